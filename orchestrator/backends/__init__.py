@@ -1,0 +1,62 @@
+"""Serving backends behind one Protocol; see :mod:`orchestrator.backends.base`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from orchestrator.backends.base import (
+    Backend,
+    BackendError,
+    ChatRequest,
+    Completion,
+    FatalError,
+    TransientError,
+)
+from orchestrator.backends.openai import LlamaCppChat, OpenAIChat, TokenCounter, VLLMChat, make_session
+from orchestrator.manifest import LoadConfig, TargetConfig
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ChatRequest",
+    "Completion",
+    "FatalError",
+    "OpenAIChat",
+    "TransientError",
+    "hf_token_counter",
+    "open_backend",
+]
+
+
+def hf_token_counter(spec: str, resolve: Path | None = None) -> TokenCounter:
+    """Counter from the model's own Hugging Face tokenizer: a local dir/file or a Hub id."""
+    from tokenizers import Tokenizer
+
+    path = Path(spec) if resolve is None else resolve
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer.from_pretrained(spec)
+
+    async def count(text: str) -> tuple[int, str] | None:
+        return (len(tok.encode(text, add_special_tokens=False).ids), "tokenizer")
+
+    return count
+
+
+async def open_backend(target: TargetConfig, url: str, load: LoadConfig, tokenizer: Path | None) -> OpenAIChat:
+    """Create the adapter of a target on its own shared session and discover its model."""
+    api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
+    counter = None
+    if target.tokenizer is not None:
+        counter = await asyncio.to_thread(hf_token_counter, target.tokenizer, tokenizer)
+    session = make_session(load.concurrency, load.request_timeout, api_key)
+    cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat}.get(target.backend, OpenAIChat)
+    backend = cls(url, session, model=target.served_model, counter=counter)
+    try:
+        await backend.start()
+    except BaseException:
+        await session.close()
+        raise
+    return backend

@@ -1,0 +1,83 @@
+"""The backend Protocol, its request/reply types and the transport error tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.timing import Stamps
+
+
+class BackendError(Exception):
+    """A request that did not produce a reply. Never scored as a wrong answer."""
+
+    transient = False
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientError(BackendError):
+    """Worth retrying: connection refused/reset, timeout, 429, 502, 503, 504."""
+
+    transient = True
+
+
+class FatalError(BackendError):
+    """Retrying cannot help: 4xx other than 429, malformed replies, other 5xx."""
+
+
+TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+
+
+def error_for_status(status: int, body: str) -> BackendError:
+    """Map an HTTP error status to the error tree."""
+    message = f"HTTP {status}: {body[:300]}"
+    if status in TRANSIENT_STATUS:
+        return TransientError(message, status)
+    return FatalError(message, status)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One greedy chat request, identical in meaning on every backend."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+    max_tokens: int
+    seed: int
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    stream: bool = True
+
+
+@dataclass
+class Completion:
+    """A reply with everything needed to audit it later."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    token_source: str  # "usage" | "tokenizer" | "server-tokenize" | "chunks" | "none"
+    stamps: Stamps
+    request: dict[str, Any]  # the body as sent
+    raw: dict[str, Any] = field(default_factory=dict)  # the server's own words (final chunks / body)
+
+
+class Backend(Protocol):
+    """What the runner needs from a serving backend."""
+
+    name: str
+
+    async def generate(self, request: ChatRequest) -> Completion:
+        """Send one request; raise BackendError when there is no reply."""
+        ...
+
+    async def describe(self) -> dict[str, Any]:
+        """The server's self-description (``/v1/models`` or ``/info``) for run.json."""
+        ...
+
+    async def close(self) -> None:
+        """Release the shared session."""
+        ...

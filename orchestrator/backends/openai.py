@@ -1,0 +1,266 @@
+"""OpenAI-compatible chat adapter (vLLM, llama.cpp, SGLang, any /v1/chat/completions server).
+
+One aiohttp session per target; streaming SSE with stamps per content chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from orchestrator.backends.base import (
+    BackendError,
+    ChatRequest,
+    Completion,
+    FatalError,
+    TransientError,
+    error_for_status,
+)
+from orchestrator.timing import Stamps
+
+# Counts the tokens of a completion text with the model's own tokenizer: (count, source) or None.
+TokenCounter = Callable[[str], Awaitable[tuple[int, str] | None]]
+
+# SSE lines can be long (a whole completion in one chunk from some servers); aiohttp refuses
+# lines above twice its read buffer, so give it room.
+READ_BUFSIZE = 4 * 1024 * 1024
+
+
+def make_session(concurrency: int, timeout: float, api_key: str | None = None) -> aiohttp.ClientSession:
+    """The one shared session of a target: connection pool sized to the concurrency."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0)),
+        read_bufsize=READ_BUFSIZE,
+        headers=headers,
+    )
+
+
+class OpenAIChat:
+    """Chat completions over one shared aiohttp session."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        model: str | None = None,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[: -len("/v1")]
+        self.session = session
+        self.model = model
+        self.counter = counter
+        self._models_answer: dict[str, Any] | None = None
+
+    # -- backend-specific knobs -------------------------------------------------------------
+    def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
+        """Sampling parameters that make this server decode greedily and reproducibly."""
+        return {"temperature": request.temperature, "top_p": 1.0, "seed": request.seed}
+
+    # -- protocol -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Discover the served model id when the manifest does not pin one."""
+        answer = await self._get_json("/v1/models")
+        self._models_answer = answer
+        if self.model is None:
+            data = answer.get("data") or []
+            if not data or not isinstance(data[0], dict) or "id" not in data[0]:
+                raise FatalError(f"{self.base_url}/v1/models lists no model; set served_model in the manifest")
+            self.model = str(data[0]["id"])
+
+    async def describe(self) -> dict[str, Any]:
+        """The `/v1/models` answer, as read at start."""
+        if self._models_answer is None:
+            self._models_answer = await self._get_json("/v1/models")
+        return {"v1_models": self._models_answer}
+
+    async def close(self) -> None:
+        """Close the shared session."""
+        await self.session.close()
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body sent for a request (recorded verbatim in the store)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": r, "content": c} for r, c in request.messages],
+            # max_tokens, not max_completion_tokens: llama.cpp ignores the latter.
+            "max_tokens": request.max_tokens,
+            "stream": request.stream,
+            **self.greedy_params(request),
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def generate(self, request: ChatRequest) -> Completion:
+        """Send one chat request and time it."""
+        body = self.build_body(request)
+        stamps = Stamps()
+        url = f"{self.base_url}/v1/chat/completions"
+        try:
+            stamps.mark_send()
+            async with self.session.post(url, json=body) as resp:
+                if resp.status != 200:
+                    text = await resp.text(errors="replace")
+                    raise error_for_status(resp.status, text)
+                if request.stream:
+                    completion = await self._read_stream(resp, stamps, body)
+                else:
+                    completion = await self._read_body(resp, stamps, body)
+        except BackendError:
+            raise
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise FatalError(f"{type(exc).__name__}: {exc}") from exc
+        if completion.completion_tokens is None:
+            await self._count(completion)
+        return completion
+
+    # -- reading replies --------------------------------------------------------------------
+    async def _read_stream(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
+        parts: list[str] = []
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        last_choice_chunk: dict[str, Any] | None = None
+        usage_chunk: dict[str, Any] | None = None
+        async for raw_line in resp.content:
+            line = raw_line.strip()
+            # Blank lines separate events; ':' lines are SSE comments (keep-alives).
+            if not line or line.startswith(b":") or not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError as exc:
+                raise FatalError(f"malformed SSE data: {data[:200]!r}") from exc
+            if not isinstance(chunk, dict):
+                raise FatalError(f"unexpected SSE payload: {data[:200]!r}")
+            if "error" in chunk:
+                raise FatalError(f"server error in stream: {json.dumps(chunk['error'])[:300]}")
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+                usage_chunk = chunk
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if content:
+                    # Only chunks carrying text count: a role-only or empty chunk is not a token.
+                    stamps.mark_chunk()
+                    parts.append(content)
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+                    last_choice_chunk = chunk
+        # A stream without [DONE] ends when the server closes the connection.
+        stamps.mark_end()
+        raw: dict[str, Any] = {"final_chunk": last_choice_chunk}
+        if usage_chunk is not None and usage_chunk is not last_choice_chunk:
+            raw["usage_chunk"] = usage_chunk
+        return self._completion("".join(parts), finish_reason, usage, stamps, body, raw)
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
+        payload = await resp.json(content_type=None)
+        stamps.mark_end()
+        try:
+            choice = payload["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise FatalError(f"unexpected reply shape: {json.dumps(payload)[:300]}") from exc
+        return self._completion(text, choice.get("finish_reason"), payload.get("usage"), stamps, body, payload)
+
+    @staticmethod
+    def _completion(
+        text: str,
+        finish_reason: str | None,
+        usage: dict[str, Any] | None,
+        stamps: Stamps,
+        body: dict[str, Any],
+        raw: dict[str, Any],
+    ) -> Completion:
+        prompt_tokens = completion_tokens = None
+        source = "none"
+        if usage:
+            prompt_tokens = usage.get("prompt_tokens")
+            completion_tokens = usage.get("completion_tokens")
+            if completion_tokens is not None:
+                source = "usage"
+        return Completion(text, finish_reason, prompt_tokens, completion_tokens, source, stamps, body, raw)
+
+    async def _count(self, completion: Completion) -> None:
+        """No usage from the server: count with the model's tokenizer, else fall back to chunks."""
+        counted = await self.counter(completion.text) if self.counter is not None else None
+        if counted is not None:
+            completion.completion_tokens, completion.token_source = counted
+        elif completion.stamps.chunks:
+            # An estimate: servers that stream one token per event make this exact.
+            completion.completion_tokens = len(completion.stamps.chunks)
+            completion.token_source = "chunks"
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        try:
+            async with self.session.get(f"{self.base_url}{path}") as resp:
+                if resp.status != 200:
+                    raise error_for_status(resp.status, await resp.text(errors="replace"))
+                answer = await resp.json(content_type=None)
+        except BackendError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise TransientError(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+        return answer if isinstance(answer, dict) else {"answer": answer}
+
+
+class VLLMChat(OpenAIChat):
+    """vLLM's OpenAI server: usage arrives as a separate chunk with empty choices."""
+
+    name = "vllm"
+
+    def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
+        """vLLM: temperature 0 is greedy; pin the other samplers to neutral values anyway."""
+        return {**super().greedy_params(request), "top_k": -1, "repetition_penalty": 1.0}
+
+
+class LlamaCppChat(OpenAIChat):
+    """llama-cpp-python's server: no stream usage, and a repeat penalty of 1.1 by default."""
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        model: str | None = None,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        super().__init__(base_url, session, model, counter or self._server_count)
+
+    def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
+        """temperature 0 alone is not greedy here: the default repeat_penalty 1.1 changes logits."""
+        return {**super().greedy_params(request), "repeat_penalty": 1.0, "top_k": 1}
+
+    async def _server_count(self, text: str) -> tuple[int, str] | None:
+        """Count with the GGUF's own tokenizer through the server's tokenize endpoint."""
+        if not text:
+            return (0, "server-tokenize")
+        try:
+            async with self.session.post(
+                f"{self.base_url}/extras/tokenize/count", json={"input": text, "model": self.model}
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                answer = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return None
+        count = answer.get("count") if isinstance(answer, dict) else None
+        return (int(count), "server-tokenize") if isinstance(count, int) else None

@@ -1,0 +1,295 @@
+"""``orchestrate``: bench, report, validate.
+
+Exit codes: 0 done; 2 bad input (manifest, data, run dir); 3 a target failed or passed the error
+threshold; 130 interrupted (Ctrl-C / SIGTERM; everything already answered is on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from orchestrator import __version__
+from orchestrator.manifest import (
+    Manifest,
+    ManifestError,
+    TargetConfig,
+    load_manifest,
+    parse_manifest,
+    with_overrides,
+)
+from orchestrator.report import ReportError, render_table, write_report
+from orchestrator.runner import Runner, TargetOutcome
+from orchestrator.store import RunStore
+from orchestrator.tasks import DataError, build_task
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+DATA_DIR_ENV = "ORCHESTRATOR_DATA_DIR"
+
+console = Console(stderr=True)
+
+
+class RichProgress:
+    """Progress bars per target x task, plus one status line."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[errors]} err"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._ids: dict[str, TaskID] = {}
+        self._errors: dict[str, int] = {}
+        self._status = self.bars.add_task("", total=None, errors="", visible=enabled)
+
+    def add(self, key: str, description: str, total: int, done: int) -> None:
+        """New bar."""
+        self._errors[key] = 0
+        self._ids[key] = self.bars.add_task(description, total=total, completed=done, errors=0)
+
+    def advance(self, key: str, error: bool) -> None:
+        """One sample ended."""
+        self._errors[key] += error
+        self.bars.update(self._ids[key], advance=1, errors=self._errors[key])
+
+    def status(self, text: str) -> None:
+        """Status line (server start-up and the like)."""
+        self.bars.update(self._status, description=f"[dim]{text}")
+
+
+def _versions() -> dict[str, str]:
+    out = {"orchestrator": __version__, "python": platform.python_version()}
+    for dist in (
+        "aiohttp",
+        "tenacity",
+        "rich",
+        "datasets",
+        "huggingface-hub",
+        "tokenizers",
+        "llama-cpp-python",
+    ):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
+    return out
+
+
+def _git_sha() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _data_dir(manifest: Manifest, cli_value: str | None) -> Path | None:
+    if cli_value:
+        return Path(cli_value).resolve()
+    if manifest.run.data_dir:
+        return manifest.resolve_path(manifest.run.data_dir)
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).resolve() if env else None
+
+
+def _tokenizer_path(manifest: Manifest) -> Any:
+    def resolve(target: TargetConfig) -> Path | None:
+        if target.tokenizer is None:
+            return None
+        p = manifest.resolve_path(target.tokenizer)
+        return p if p.exists() else None  # otherwise a Hub id
+
+    return resolve
+
+
+def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[str, Any]]:
+    if args.resume:
+        run_dir = Path(args.resume)
+        meta = RunStore(run_dir).read_meta()
+        if not meta:
+            raise ManifestError(str(run_dir), "", "not a run directory (no run.json) to resume")
+        if args.manifest:
+            manifest = load_manifest(args.manifest)
+        else:
+            manifest = parse_manifest(meta["manifest"], meta.get("manifest_path") or str(run_dir / "run.json"))
+    else:
+        if not args.manifest:
+            raise ManifestError("orchestrate bench", "", "give a manifest, or --resume RUN_DIR")
+        manifest = load_manifest(args.manifest)
+        run_id = args.run_id or f"{manifest.run.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = manifest.resolve_path(manifest.run.output_dir) / run_id
+        meta = RunStore(run_dir).read_meta()
+    manifest = with_overrides(
+        manifest,
+        limit=args.limit,
+        concurrency=args.concurrency,
+        tasks=args.tasks.split(",") if args.tasks else None,
+    )
+    return manifest, RunStore(run_dir), meta
+
+
+async def _bench_async(runner: Runner) -> list[TargetOutcome]:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    # SIGTERM (docker stop, kubectl delete) ends the run like Ctrl-C: in-flight samples are dropped.
+    loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        return await runner.run()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a manifest's tasks against its targets."""
+    manifest, store, meta = _load_for_bench(args)
+    data_dir = _data_dir(manifest, args.data_dir)
+    tasks = [
+        build_task(
+            name,
+            data_dir,
+            cfg.limit,
+            cfg.subjects,
+            cfg.shots,
+            cfg.max_tokens or manifest.generation.max_tokens,
+            manifest.run.setup,
+        )
+        for name, cfg in manifest.tasks.items()
+    ]
+    progress = RichProgress(enabled=not args.no_progress)
+    runner = Runner(manifest, list(tasks), store, progress, _tokenizer_path(manifest))
+    meta.setdefault("run_id", store.root.name)
+    meta.setdefault("created_at", _now())
+    meta["manifest"] = manifest.to_dict()
+    meta["manifest_path"] = (
+        str(Path(manifest.source).resolve())
+        if manifest.source.endswith((".yaml", ".yml"))
+        else (meta.get("manifest_path"))
+    )
+    meta["data_dir"] = None if data_dir is None else str(data_dir)
+    meta["versions"] = _versions()
+    meta["git_sha"] = _git_sha()
+    meta["samples"] = {name: len(s) for name, s in runner.samples.items()}
+    session = {"started_at": _now(), "ended_at": None, "status": "running", "argv": sys.argv[1:]}
+    meta.setdefault("sessions", []).append(session)
+    meta.setdefault("servers", {})
+    store.write_meta(meta)
+    console.print(f"run dir: [bold]{store.root}[/]")
+    status = "interrupted"
+    outcomes: list[TargetOutcome] = []
+    try:
+        with progress.bars:
+            outcomes = asyncio.run(_bench_async(runner))
+        status = "failed" if any(o.failure for o in outcomes) else "done"
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted: answered samples are on disk; resume with `orchestrate bench --resume {store.root}`"
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        store.close()
+        for o in outcomes:
+            if o.server:
+                meta["servers"][o.name] = o.server
+        session["ended_at"] = _now()
+        session["status"] = status
+        store.write_meta(meta)
+    report = write_report(store.root)
+    Console().print(render_table(report))
+    console.print(f"report: {store.root / 'report.md'}")
+    failed = [o for o in outcomes if o.failure]
+    for o in failed:
+        console.print(f"[red]error:[/] {o.failure}")
+    for row in report["rows"]:
+        total = sum(t["n"] + t["errors"] for t in row["tasks"].values())
+        if total and row["errors"] / total > manifest.load.error_threshold and not failed:
+            console.print(f"[red]error:[/] {row['target']}: {row['errors']} of {total} samples failed")
+            return EXIT_FAILED
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render the tables of a run from disk."""
+    report = write_report(Path(args.run_dir))
+    Console().print(render_table(report))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a manifest and say what it would run."""
+    m = load_manifest(args.manifest)
+    tasks = ", ".join(f"{k}(limit={v.limit})" for k, v in m.tasks.items())
+    Console().print(f"{args.manifest}: OK — {len(m.targets)} targets; tasks {tasks}; setup {m.run.setup}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="orchestrate", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="run accuracy tasks and time every request")
+    b.add_argument("manifest", nargs="?", help="run manifest (YAML)")
+    b.add_argument("--resume", metavar="RUN_DIR", help="continue a run: only samples without a record are sent")
+    b.add_argument("--run-id", help="run directory name under output_dir (re-using one resumes it)")
+    b.add_argument("--limit", type=int, help="per-task limit (deterministic, stratified by subject)")
+    b.add_argument("--data-dir", help=f"local data root with mmlu/ and ceval/ (also ${DATA_DIR_ENV})")
+    b.add_argument("--concurrency", type=int, help="in-flight requests per target")
+    b.add_argument("--tasks", help="comma-separated subset of the manifest's tasks")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="re-render a run's tables from disk")
+    r.add_argument("run_dir")
+    r.set_defaults(func=cmd_report)
+
+    v = sub.add_parser("validate", help="validate a manifest")
+    v.add_argument("manifest")
+    v.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input is one line on stderr and exit code 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ManifestError, DataError, ReportError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Run manifest: YAML in, validated and frozen configuration out.
+
+Validation is driven by the dataclass type hints below, so the schema lives in one place.
+Every error names the file, the key path (``targets[2].url``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+from urllib.parse import urlparse
+
+import yaml
+
+BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
+KNOWN_TASKS = ("mmlu", "ceval")
+KNOWN_SETUPS = ("qwen",)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message is one line meant for the user."""
+
+    def __init__(self, source: str, path: str, expected: str) -> None:
+        self.source = source
+        self.path = path
+        self.expected = expected
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {expected}")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Options of one task; ``None`` means the task's own default."""
+
+    limit: int | None = None
+    subjects: tuple[str, ...] | None = None
+    shots: int | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Greedy decoding settings sent identically to every backend."""
+
+    temperature: float = 0.0
+    seed: int = 1234
+    max_tokens: int | None = None  # default for tasks without their own; else the task's default
+    stream: bool = True
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How hard the client pushes each target."""
+
+    concurrency: int = 16
+    request_timeout: float = 300.0
+    retries: int = 3
+    targets_in_parallel: bool = False
+    error_threshold: float = 0.05
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """A llama.cpp server the orchestrator starts itself (managed target)."""
+
+    model_path: str | None = None
+    repo: str | None = None
+    filename: str | None = None
+    port: int = 0
+    n_ctx: int = 4096
+    startup_timeout: float = 600.0
+    extra_args: tuple[str, ...] = ()
+    python: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One checkpoint served by one backend."""
+
+    name: str
+    model: str
+    quantization: str
+    backend: BackendKind
+    url: str | None = None
+    model_id: str | None = None
+    served_model: str | None = None
+    tokenizer: str | None = None
+    api_key_env: str | None = None
+    launch: LaunchConfig | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run-wide settings."""
+
+    name: str
+    setup: str = "qwen"
+    output_dir: str = "runs"
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A whole run manifest, validated."""
+
+    run: RunConfig
+    targets: tuple[TargetConfig, ...]
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    source: str = ""
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a path from the manifest relative to the manifest's folder."""
+        p = Path(os.path.expandvars(os.path.expanduser(value)))
+        if p.is_absolute() or not self.source:
+            return p
+        return Path(self.source).resolve().parent / p
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (as loaded), suitable for run.json and for resuming."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return typing.cast(dict[str, Any], _plain(out))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(tp: Any, value: Any, path: str, source: str) -> Any:
+    """Check ``value`` against the type hint ``tp`` and build frozen objects."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors: list[ManifestError] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path, source)
+            except ManifestError as exc:
+                errors.append(exc)
+        # A nested error (deeper key path) is more useful than a generic one.
+        deep = [e for e in errors if e.path != path]
+        if deep:
+            raise deep[0]
+        raise ManifestError(source, path, f"expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ManifestError(source, path, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ManifestError(source, path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        return tuple(_convert(item_tp, v, f"{path}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ManifestError(source, path, f"expected a mapping, got {_describe(value)}")
+        _key_tp, val_tp = typing.get_args(tp)
+        return {str(k): _convert(val_tp, {} if v is None else v, f"{path}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), value, path, source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ManifestError(source, path, f"expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ManifestError(source, path, f"expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ManifestError(source, path, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise ManifestError(source, path, f"expected a non-empty string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported manifest type {tp!r}")  # a bug in this module, not user input
+
+
+def _build(cls: type, data: Any, path: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ManifestError(source, path or "(top level)", f"expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ManifestError(source, f"{prefix}{key}", f"unknown key (expected one of: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{prefix}{name}", source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ManifestError(source, f"{prefix}{name}", "missing required key")
+    return cls(**kwargs)
+
+
+def _check_url(url: str, path: str, source: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ManifestError(source, path, f"expected an http(s) URL like http://127.0.0.1:8000, got {url!r}")
+    try:
+        parsed.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ManifestError(source, path, f"expected a valid port in the URL, got {url!r}") from None
+
+
+def _check_semantics(m: Manifest, source: str) -> None:
+    """Rules the type hints cannot express."""
+    if not m.targets:
+        raise ManifestError(source, "targets", "expected at least one target")
+    if m.run.setup not in KNOWN_SETUPS:
+        raise ManifestError(source, "run.setup", f"expected one of {', '.join(KNOWN_SETUPS)}, got {m.run.setup!r}")
+    if not m.tasks:
+        raise ManifestError(source, "tasks", f"expected at least one task of: {', '.join(KNOWN_TASKS)}")
+    for name, task in m.tasks.items():
+        if name not in KNOWN_TASKS:
+            raise ManifestError(source, f"tasks.{name}", f"unknown task (expected one of: {', '.join(KNOWN_TASKS)})")
+        for key in ("limit", "shots", "max_tokens"):
+            value = getattr(task, key)
+            if value is not None and value < (0 if key == "shots" else 1):
+                raise ManifestError(source, f"tasks.{name}.{key}", f"expected a positive integer, got {value}")
+    if m.generation.temperature != 0.0:
+        raise ManifestError(source, "generation.temperature", "expected 0 (runs are greedy on every backend)")
+    if m.generation.max_tokens is not None and m.generation.max_tokens < 1:
+        raise ManifestError(source, "generation.max_tokens", "expected a positive integer")
+    if m.load.concurrency < 1:
+        raise ManifestError(source, "load.concurrency", "expected a positive integer")
+    if m.load.retries < 0:
+        raise ManifestError(source, "load.retries", "expected 0 or more")
+    if m.load.request_timeout <= 0:
+        raise ManifestError(source, "load.request_timeout", "expected a positive number of seconds")
+    if not 0.0 <= m.load.error_threshold <= 1.0:
+        raise ManifestError(source, "load.error_threshold", "expected a fraction between 0 and 1")
+    seen: dict[str, int] = {}
+    for i, t in enumerate(m.targets):
+        p = f"targets[{i}]"
+        if t.name in seen:
+            raise ManifestError(source, f"{p}.name", f"duplicate target name {t.name!r} (also targets[{seen[t.name]}])")
+        seen[t.name] = i
+        if not t.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ManifestError(source, f"{p}.name", "expected letters, digits, '-', '_' or '.' (used in file names)")
+        if t.launch is not None:
+            if t.backend != "llamacpp":
+                raise ManifestError(source, f"{p}.launch", "managed launch is only available for backend 'llamacpp'")
+            if t.url is not None:
+                raise ManifestError(source, f"{p}.url", "expected either url or launch, not both")
+            has_path = t.launch.model_path is not None
+            has_repo = t.launch.repo is not None and t.launch.filename is not None
+            if has_path == has_repo:
+                raise ManifestError(source, f"{p}.launch", "expected either model_path, or repo and filename")
+            if not 0 <= t.launch.port <= 65535:
+                raise ManifestError(source, f"{p}.launch.port", "expected a port 0-65535 (0 = pick a free one)")
+        elif t.url is None:
+            raise ManifestError(source, f"{p}.url", "missing required key (or give a launch block)")
+        else:
+            _check_url(t.url, f"{p}.url", source)
+        if t.backend in ("tgi", "tgi-chat", "sglang"):
+            raise ManifestError(source, f"{p}.backend", f"backend {t.backend!r} is not available yet")
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, path: str, source: str) -> Any:
+    """Replace ``${VAR}`` in strings (as Compose does); an unset variable is an error."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                raise ManifestError(source, path, f"environment variable {m.group(1)} is not set")
+            return os.environ[m.group(1)]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    return value
+
+
+def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
+    """Validate plain data (as loaded from YAML) into a frozen Manifest; ``${VAR}`` is expanded."""
+    m = typing.cast(Manifest, _build(Manifest, _expand_env(data, "", source), "", source))
+    m = dataclasses.replace(m, source=source)
+    _check_semantics(m, source)
+    return m
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a YAML manifest file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(source, "", f"cannot read file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ManifestError(source, "", f"{where}{problem}") from None
+    return parse_manifest(data, source)
+
+
+def with_overrides(m: Manifest, **changes: Any) -> Manifest:
+    """Apply command-line overrides (``limit``, ``data_dir``, ``concurrency``) to a manifest."""
+    if changes.get("limit") is not None:
+        limit = changes["limit"]
+        m = dataclasses.replace(m, tasks={k: dataclasses.replace(v, limit=limit) for k, v in m.tasks.items()})
+    if changes.get("data_dir") is not None:
+        m = dataclasses.replace(m, run=dataclasses.replace(m.run, data_dir=str(changes["data_dir"])))
+    if changes.get("concurrency") is not None:
+        m = dataclasses.replace(m, load=dataclasses.replace(m.load, concurrency=changes["concurrency"]))
+    if changes.get("tasks"):
+        wanted = set(changes["tasks"])
+        m = dataclasses.replace(m, tasks={k: v for k, v in m.tasks.items() if k in wanted})
+    return m

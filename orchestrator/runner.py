@@ -1,0 +1,265 @@
+"""The only place with concurrency: bounded in-flight requests per target, retries, records.
+
+Per target, a semaphore is acquired *before* a sample's task is created, so at most
+``concurrency`` requests (and tasks) exist at once whatever the benchmark size. Transient
+failures are retried with jittered exponential backoff; everything else fails the sample, which
+is recorded as an error (never as a wrong answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from orchestrator.backends import BackendError, ChatRequest, OpenAIChat, open_backend
+from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_model
+from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.store import RunStore
+from orchestrator.tasks import Sample, Task
+
+
+class Progress(Protocol):
+    """What the runner reports while it works (the CLI renders it with rich)."""
+
+    def add(self, key: str, description: str, total: int, done: int) -> None:
+        """A new bar: ``done`` of ``total`` samples are already on disk."""
+
+    def advance(self, key: str, error: bool) -> None:
+        """One sample ended."""
+
+    def status(self, text: str) -> None:
+        """A one-line status message."""
+
+
+class NullProgress:
+    """Progress that shows nothing (tests, scripts)."""
+
+    def add(self, key: str, description: str, total: int, done: int) -> None:
+        """Ignore."""
+
+    def advance(self, key: str, error: bool) -> None:
+        """Ignore."""
+
+    def status(self, text: str) -> None:
+        """Ignore."""
+
+
+class ErrorBudgetExceeded(Exception):
+    """A target failed more samples than the error threshold allows."""
+
+
+@dataclass
+class TargetOutcome:
+    """How one target's run ended."""
+
+    name: str
+    sent: int = 0
+    errors: int = 0
+    failure: str | None = None  # why the target stopped early, if it did
+    server: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, BackendError) and exc.transient
+
+
+class Runner:
+    """Runs a manifest's tasks against its targets and writes one record per sample."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        tasks: list[Task],
+        store: RunStore,
+        progress: Progress | None = None,
+        tokenizer_path: Callable[[TargetConfig], Path | None] | None = None,
+        retry_wait_max: float = 20.0,
+    ) -> None:
+        self.manifest = manifest
+        self.tasks = tasks
+        self.store = store
+        self.progress = progress or NullProgress()
+        self.tokenizer_path = tokenizer_path or (lambda t: None)
+        self.retry_wait_max = retry_wait_max
+        self._samples = {task.name: task.samples() for task in tasks}
+
+    @property
+    def samples(self) -> dict[str, list[Sample]]:
+        """Samples per task, as they will be sent."""
+        return self._samples
+
+    async def run(self) -> list[TargetOutcome]:
+        """Run every target (in parallel or in turn, as the manifest says)."""
+        ticker = asyncio.create_task(self._sync_ticker())
+        try:
+            if self.manifest.load.targets_in_parallel:
+                async with asyncio.TaskGroup() as tg:
+                    jobs = [tg.create_task(self._run_target(t)) for t in self.manifest.targets]
+                return [j.result() for j in jobs]
+            return [await self._run_target(t) for t in self.manifest.targets]
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self.store.sync()
+
+    async def _sync_ticker(self) -> None:
+        # fsync at least every second even when no new record arrives to trigger it.
+        while True:
+            await asyncio.sleep(0.5)
+            self.store.sync()
+
+    async def _run_target(self, target: TargetConfig) -> TargetOutcome:
+        outcome = TargetOutcome(target.name)
+        setup = self.manifest.run.setup
+        work: list[tuple[Task, Sample]] = []
+        for task in self.tasks:
+            done = self.store.completed_ids(target.name, task.name, setup)
+            pending = [s for s in self._samples[task.name] if s.id not in done]
+            self.progress.add(
+                f"{target.name}/{task.name}",
+                f"{target.name} · {task.name}",
+                len(self._samples[task.name]),
+                len(self._samples[task.name]) - len(pending),
+            )
+            work += [(task, s) for s in pending]
+        if not work:
+            return outcome
+        server: LlamaCppServer | None = None
+        backend: OpenAIChat | None = None
+        try:
+            url = target.url
+            if target.launch is not None:
+                server = await self._launch(target)
+                url = server.url
+                outcome.server["managed"] = {"command": server.command(), "log": str(server.log_path)}
+            assert url is not None
+            backend = await open_backend(target, url, self.manifest.load, self.tokenizer_path(target))
+            outcome.server.update(await backend.describe())
+            outcome.server["served_model"] = backend.model
+            outcome.server["backend"] = target.backend
+            await self._run_samples(target, backend, work, outcome)
+        except* ErrorBudgetExceeded as group:
+            outcome.failure = str(group.exceptions[0])
+        except* (BackendError, LaunchError) as group:
+            outcome.failure = f"{target.name}: {group.exceptions[0]}"
+        finally:
+            if backend is not None:
+                await backend.close()
+            if server is not None:
+                self.progress.status(f"stopping llama.cpp server of {target.name}")
+                await server.stop()
+        return outcome
+
+    async def _launch(self, target: TargetConfig) -> LlamaCppServer:
+        assert target.launch is not None
+        self.progress.status(f"{target.name}: locating model")
+        model_path = await asyncio.to_thread(resolve_model, target.launch, self.manifest.resolve_path)
+        server = LlamaCppServer(target.name, target.launch, model_path, self.store.server_log(target.name))
+
+        def waiting(elapsed: float) -> None:
+            self.progress.status(f"{target.name}: waiting for llama.cpp server on {server.url} ({elapsed:.0f} s)")
+
+        try:
+            await server.start(waiting)
+        except BaseException:
+            await server.stop()
+            raise
+        self.progress.status(f"{target.name}: server up on {server.url}")
+        return server
+
+    async def _run_samples(
+        self,
+        target: TargetConfig,
+        backend: OpenAIChat,
+        work: list[tuple[Task, Sample]],
+        outcome: TargetOutcome,
+    ) -> None:
+        load = self.manifest.load
+        gen = self.manifest.generation
+        setup = self.manifest.run.setup
+        # The run fails once errors exceed the threshold of what this run sends; stop there.
+        budget = load.error_threshold * len(work)
+        sem = asyncio.Semaphore(load.concurrency)
+
+        async def one(task: Task, sample: Sample) -> None:
+            try:
+                request = ChatRequest(sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream)
+                record = await self._attempt(backend, task, sample, request)
+                record["target"] = target.name
+                record["setup"] = setup
+                self.store.writer(target.name, task.name, setup).write(record)
+                outcome.sent += 1
+                failed = record["error"] is not None
+                outcome.errors += failed
+                self.progress.advance(f"{target.name}/{task.name}", failed)
+                if failed and outcome.errors > budget:
+                    raise ErrorBudgetExceeded(
+                        f"{target.name}: {outcome.errors} of {len(work)} samples failed "
+                        f"(threshold {load.error_threshold:.0%}); last error: {record['error']}"
+                    )
+            finally:
+                sem.release()
+
+        async with asyncio.TaskGroup() as tg:
+            for task, sample in work:
+                await sem.acquire()
+                tg.create_task(one(task, sample))
+
+    async def _attempt(self, backend: OpenAIChat, task: Task, sample: Sample, request: ChatRequest) -> dict[str, Any]:
+        attempts = 0
+        record: dict[str, Any] = {
+            "id": sample.id,
+            "task": task.name,
+            "subject": sample.subject,
+            "prompt_digest": sample.prompt_digest(),
+            "gold": sample.target,
+        }
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self.manifest.load.retries + 1),
+            wait=wait_random_exponential(multiplier=0.5, max=self.retry_wait_max),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    completion = await backend.generate(request)
+        except BackendError as exc:
+            record.update(
+                request=backend.build_body(request),
+                error=str(exc),
+                error_kind="transient" if exc.transient else "fatal",
+                status=exc.status,
+                attempts=attempts,
+                reply=None,
+                correct=None,
+                extracted=None,
+                rule=None,
+            )
+            return record
+        score = task.score(sample, completion.text)
+        record.update(
+            request=completion.request,
+            reply=completion.text,
+            raw=completion.raw,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            token_source=completion.token_source,
+            timing=completion.stamps.to_record(),
+            extracted=score.extracted,
+            rule=score.rule,
+            correct=score.correct,
+            score_details=score.details,
+            error=None,
+            attempts=attempts,
+        )
+        return record

@@ -1,0 +1,166 @@
+"""Append-only JSONL per target x task x setup, one record per sample; resume by sample id.
+
+Layout of a run directory::
+
+    run.json                              manifest as loaded (secrets redacted), versions, sessions
+    samples/<target>/<task>.<setup>.jsonl one record per sample attempt that ended (answered or error)
+    servers/<target>.log                  managed servers' logs
+    report.json, report.md                written by the report
+
+A record is written only when a sample has ended; a sample in flight at a crash or Ctrl-C has no
+record and is sent again on resume. The last record of a sample id wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+SYNC_INTERVAL = 1.0  # seconds: bound on what a power loss can take
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class SampleWriter:
+    """Appends records to one JSONL file, flushed per record, fsynced at most a second late."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_tail(path)
+        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record; one line, flushed to the OS at once."""
+        self._file.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self._file.flush()
+        self._dirty = True
+        self.sync_if_due()
+
+    def sync_if_due(self) -> None:
+        """fsync if the last one is more than SYNC_INTERVAL ago."""
+        if self._dirty and time.monotonic() - self._last_sync >= SYNC_INTERVAL:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync now."""
+        if self._dirty and not self._file.closed:
+            os.fsync(self._file.fileno())
+            self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        """Final fsync and close."""
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """A kill -9 mid-write can leave a last line without newline: cut it before appending."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        content = f.read()
+        cut = content.rfind(b"\n") + 1
+        f.truncate(cut)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete record of a JSONL file, in order; a torn last line is skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn write at a crash
+            with contextlib.suppress(ValueError):
+                yield json.loads(line)
+
+
+def latest_by_id(path: Path) -> dict[str, dict[str, Any]]:
+    """The last record of each sample id."""
+    return {r["id"]: r for r in read_records(path)}
+
+
+class RunStore:
+    """One run directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._writers: dict[tuple[str, str, str], SampleWriter] = {}
+
+    @property
+    def run_json(self) -> Path:
+        """Path of run.json."""
+        return self.root / "run.json"
+
+    def samples_path(self, target: str, task: str, setup: str) -> Path:
+        """JSONL of one target x task x setup: switching setup never mixes results."""
+        return self.root / "samples" / target / f"{task}.{setup}.jsonl"
+
+    def server_log(self, target: str) -> Path:
+        """Log file of a managed server."""
+        return self.root / "servers" / f"{target}.log"
+
+    def read_meta(self) -> dict[str, Any]:
+        """run.json as a dict (empty for a new run)."""
+        if not self.run_json.exists():
+            return {}
+        return dict(json.loads(self.run_json.read_text(encoding="utf-8")))
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Replace run.json atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(self.run_json, meta)
+
+    def completed_ids(self, target: str, task: str, setup: str) -> set[str]:
+        """Samples with an answered record (errored samples are sent again on resume)."""
+        return {sid for sid, r in latest_by_id(self.samples_path(target, task, setup)).items() if not r.get("error")}
+
+    def records(self, target: str, task: str, setup: str) -> list[dict[str, Any]]:
+        """The current record of every sample of a target x task."""
+        return list(latest_by_id(self.samples_path(target, task, setup)).values())
+
+    def writer(self, target: str, task: str, setup: str) -> SampleWriter:
+        """The (single) writer of a target x task x setup."""
+        key = (target, task, setup)
+        if key not in self._writers:
+            self._writers[key] = SampleWriter(self.samples_path(target, task, setup))
+        return self._writers[key]
+
+    def sync(self) -> None:
+        """fsync writers that are due (called by the runner's ticker)."""
+        for w in self._writers.values():
+            w.sync_if_due()
+
+    def close(self) -> None:
+        """Close every writer with a final fsync."""
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write a JSON file into the run dir atomically."""
+        path = self.root / name
+        _atomic_write_json(path, data)
+        return path

@@ -1,0 +1,89 @@
+"""Task, Sample and Score types shared by every benchmark."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One question, ready to send."""
+
+    id: str  # deterministic: subject + index in the original split
+    subject: str
+    messages: tuple[tuple[str, str], ...]
+    target: str
+    choices: tuple[str, ...] = ()
+
+    def prompt_digest(self) -> str:
+        """sha256 of the exact messages: a changed prompt never passes as the same sample."""
+        data = json.dumps(self.messages, ensure_ascii=False, separators=(",", ":")).encode()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Score:
+    """The verdict on one reply, with how it was reached."""
+
+    extracted: str | None
+    rule: str  # which rule of the extraction cascade fired, or "unparsed"
+    correct: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """A benchmark: its samples, how a reply is scored, how records aggregate."""
+
+    name: str
+    setup: str
+    max_tokens: int
+
+    def samples(self) -> list[Sample]:
+        """All samples of this task under its options (limit, subjects, shots)."""
+        ...
+
+    def score(self, sample: Sample, reply: str) -> Score:
+        """Extract and judge one reply."""
+        ...
+
+    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Headline accuracy and the other figures from stored records."""
+        ...
+
+
+def stratified_subset(by_subject: dict[str, list[Any]], limit: int | None, seed: str) -> dict[str, list[Any]]:
+    """A deterministic subset of about ``limit`` items in which every subject appears.
+
+    Each subject gets a share proportional to its size (largest remainders, at least one),
+    and its items are a seeded shuffle of the subject, so the same limit always picks the
+    same questions (paired comparisons across runs line up).
+    """
+    total = sum(len(v) for v in by_subject.values())
+    if limit is None or limit >= total:
+        return by_subject
+    subjects = sorted(by_subject)
+    if limit < len(subjects):
+        # Too few to cover every subject: one each from a seeded choice of subjects.
+        chosen = sorted(random.Random(f"{seed}:subjects").sample(subjects, limit))
+        quotas = dict.fromkeys(chosen, 1)
+    else:
+        quotas = {s: 1 for s in subjects}
+        remaining = limit - len(subjects)
+        ideal = {s: remaining * (len(by_subject[s]) - 1) / (total - len(subjects)) for s in subjects}
+        for s in subjects:
+            quotas[s] += int(ideal[s])
+        left = limit - sum(quotas.values())
+        by_remainder = sorted(subjects, key=lambda s: (-(ideal[s] - int(ideal[s])), s))
+        for s in by_remainder[:left]:
+            quotas[s] += 1
+    out: dict[str, list[Any]] = {}
+    for s, k in quotas.items():
+        order = list(range(len(by_subject[s])))
+        random.Random(f"{seed}:{s}").shuffle(order)
+        out[s] = [by_subject[s][i] for i in sorted(order[:k])]
+    return out

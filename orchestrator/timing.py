@@ -1,0 +1,108 @@
+"""Raw perf_counter stamps per request, and every latency metric derived from them.
+
+Only raw stamps are stored (send, first content token, each content chunk, end), so any metric
+can be recomputed later from the store. Offsets are seconds relative to the send stamp.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stamps:
+    """perf_counter stamps of one request, taken by the backend adapter."""
+
+    wall_send: float = 0.0  # time.time() at send: places the request on a clock shared across processes
+    t_send: float = 0.0
+    t_first: float | None = None  # first non-empty content token
+    chunks: list[float] = field(default_factory=list)  # perf_counter of each content chunk
+    t_end: float = 0.0
+
+    def mark_send(self) -> None:
+        """Stamp the moment the request leaves the client."""
+        self.wall_send = time.time()
+        self.t_send = time.perf_counter()
+
+    def mark_chunk(self) -> None:
+        """Stamp a chunk that carried non-empty content."""
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = now
+        self.chunks.append(now)
+
+    def mark_end(self) -> None:
+        """Stamp the end of the reply (last byte read)."""
+        self.t_end = time.perf_counter()
+
+    def to_record(self) -> dict[str, Any]:
+        """Offsets relative to send, in seconds rounded to microseconds."""
+        base = self.t_send
+        return {
+            "wall_send": round(self.wall_send, 6),
+            "ttft": None if self.t_first is None else round(self.t_first - base, 6),
+            "chunks": [round(c - base, 6) for c in self.chunks],
+            "e2e": round(self.t_end - base, 6),
+        }
+
+
+def ttft(timing: dict[str, Any]) -> float | None:
+    """Time to first content token (seconds), None for non-streamed replies."""
+    value = timing.get("ttft")
+    return None if value is None else float(value)
+
+
+def e2e(timing: dict[str, Any]) -> float:
+    """End-to-end latency, send to last byte (seconds)."""
+    return float(timing["e2e"])
+
+
+def tpot(timing: dict[str, Any], output_tokens: int | None) -> float | None:
+    """Time per output token after the first: (E2E - TTFT) / (tokens - 1)."""
+    first = ttft(timing)
+    if first is None or output_tokens is None or output_tokens < 2:
+        return None
+    return (e2e(timing) - first) / (output_tokens - 1)
+
+
+def itl(timing: dict[str, Any]) -> list[float]:
+    """Gaps between consecutive content chunks (seconds)."""
+    chunks: list[float] = timing.get("chunks") or []
+    return [b - a for a, b in itertools.pairwise(chunks)]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] wall-clock intervals.
+
+    Throughput divides by this instead of first-send-to-last-end so that a run resumed a day later
+    does not count the gap in between as time the server was working.
+    """
+    total = 0.0
+    cur_start: float | None = None
+    cur_end = 0.0
+    for start, end in sorted(intervals):
+        if cur_start is None or start > cur_end:
+            if cur_start is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_start is not None:
+        total += cur_end - cur_start
+    return total
