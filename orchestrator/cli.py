@@ -45,6 +45,12 @@ DATA_DIR_ENV = "ORCHESTRATOR_DATA_DIR"
 console = Console(stderr=True)
 
 
+def _out() -> Console:
+    """Console for the tables: a pipe or file gets the full width instead of 80 columns."""
+    out = Console()
+    return out if out.is_terminal else Console(width=220)
+
+
 class RichProgress:
     """Progress bars per target x task, plus one status line."""
 
@@ -210,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with progress.bars:
             outcomes = asyncio.run(_bench_async(runner))
         status = "failed" if any(o.failure for o in outcomes) else "done"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the main task
         console.print(
             f"[yellow]interrupted: answered samples are on disk; resume with `orchestrate bench --resume {store.root}`"
         )
@@ -224,7 +230,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         session["status"] = status
         store.write_meta(meta)
     report = write_report(store.root)
-    Console().print(render_table(report))
+    _out().print(render_table(report))
     console.print(f"report: {store.root / 'report.md'}")
     failed = [o for o in outcomes if o.failure]
     for o in failed:
@@ -240,7 +246,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render the tables of a run from disk."""
     report = write_report(Path(args.run_dir))
-    Console().print(render_table(report))
+    _out().print(render_table(report))
     return 0
 
 
@@ -248,7 +254,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a manifest and say what it would run."""
     m = load_manifest(args.manifest)
     tasks = ", ".join(f"{k}(limit={v.limit})" for k, v in m.tasks.items())
-    Console().print(f"{args.manifest}: OK — {len(m.targets)} targets; tasks {tasks}; setup {m.run.setup}")
+    _out().print(f"{args.manifest}: OK — {len(m.targets)} targets; tasks {tasks}; setup {m.run.setup}")
     return 0
 
 

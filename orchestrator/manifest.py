@@ -288,8 +288,8 @@ def _check_semantics(m: Manifest, source: str) -> None:
             if t.url is not None:
                 raise ManifestError(source, f"{p}.url", "expected either url or launch, not both")
             has_path = t.launch.model_path is not None
-            has_repo = t.launch.repo is not None and t.launch.filename is not None
-            if has_path == has_repo:
+            repo_keys = (t.launch.repo is not None) + (t.launch.filename is not None)
+            if has_path == bool(repo_keys) or repo_keys == 1:
                 raise ManifestError(source, f"{p}.launch", "expected either model_path, or repo and filename")
             if not 0 <= t.launch.port <= 65535:
                 raise ManifestError(source, f"{p}.launch.port", "expected a port 0-65535 (0 = pick a free one)")

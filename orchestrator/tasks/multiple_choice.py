@@ -66,8 +66,8 @@ EN_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "answer_phrase",
         re.compile(
-            r"(?i:answer|correct (?:answer|option|choice)|choice|option)\**\s*(?:is|would be|:)?\s*[:：]?\s*"
-            r"(?:option\s*)?[\(\[]?\**" + _L + _NOT_LATIN_AFTER
+            r"(?i:answer|correct (?:answer|option|choice)|choice|option)[\s*:：]*(?:is|would be)?[\s*:：]*"
+            r"(?i:option\s*)?[\(\[]?\**\s*" + _L + _NOT_LATIN_AFTER
         ),
     ),
     (

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything the tests need (project venv with llama.cpp's server, vLLM in its own venv),
+# then run the whole test suite, real servers included. Re-runs reuse what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${ORCHESTRATOR_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+# llama-cpp-python compiles llama.cpp (~10 min the first time; pip caches the wheel afterwards).
+CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "$VENV/bin/pip" install -q -e '.[local,test,dev]'
+ORCHESTRATOR_VLLM_PYTHON="$(bash scripts/setup_vllm.sh | tail -n 1)"
+export ORCHESTRATOR_VLLM_PYTHON
+"$VENV/bin/python" -m pytest "$@"

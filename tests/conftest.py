@@ -1,0 +1,47 @@
+"""Fixtures: the shared data, the tiny model, and a real vLLM server (session-wide)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import VLLMServer
+from tests.support.tiny_model import VERSION, build
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout, or $ORCHESTRATOR_SHARED."""
+    return Path(os.environ.get("ORCHESTRATOR_SHARED", REPO.parent / "shared")).resolve()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ORCHESTRATOR_CACHE", Path.home() / ".cache" / "orchestrator"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = shared_dir() / "data"
+    if not (path / "mmlu").is_dir():
+        pytest.fail(f"shared data not found at {path} (set ORCHESTRATOR_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(data_dir: Path) -> Path:
+    """The tiny Qwen2 model: HF dir under hf/, GGUF f16/q8_0/q4_k_m beside it (cached by version)."""
+    return build(cache_dir() / VERSION, data_dir)
+
+
+@pytest.fixture(scope="session")
+def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = VLLMServer(tiny_model / "hf", tmp_path_factory.mktemp("vllm") / "vllm.log")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()

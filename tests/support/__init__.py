@@ -1,0 +1,1 @@
+"""Test helpers: tiny model builder, real-server launchers, fake servers."""

@@ -1,0 +1,145 @@
+"""The CLI end to end against a scripted server: Ctrl-C / SIGTERM, error threshold, report, targets in parallel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from orchestrator.store import read_records
+from tests.support.fake_openai import FakeOpenAI, answer_b
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def slow_b(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    await asyncio.sleep(0.2)
+    return await answer_b(request, body)
+
+
+async def start_fake(handler: Any) -> tuple[TestServer, FakeOpenAI]:
+    fake = FakeOpenAI(handler)
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    return server, fake
+
+
+def write_manifest(tmp_path: Path, urls: list[str], data_dir: Path, **load: Any) -> Path:
+    data = {
+        "run": {"name": "cli", "output_dir": str(tmp_path / "runs"), "data_dir": str(data_dir)},
+        "tasks": {"mmlu": {"limit": 80, "shots": 0}},
+        "load": {"concurrency": 4, "retries": 0, **load},
+        "targets": [
+            {"name": f"t{i}", "model": "M", "quantization": q, "backend": "openai", "url": u}
+            for i, (u, q) in enumerate(zip(urls, ["BF16", "Int4"], strict=False))
+        ],
+    }
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+async def bench(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "bench",
+        *args,
+        "--no-progress",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_interrupt_keeps_answered_drops_in_flight(tmp_path: Path, data_dir: Path, sig: signal.Signals) -> None:
+    server, fake = await start_fake(slow_b)
+    try:
+        manifest = write_manifest(tmp_path, [str(server.make_url(""))], data_dir)
+        proc = await bench(str(manifest), "--run-id", "r")
+        samples = tmp_path / "runs" / "r" / "samples" / "t0" / "mmlu.qwen.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 8):
+            await asyncio.sleep(0.05)
+        proc.send_signal(sig)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 130, stderr.decode()[-2000:]
+        assert b"Traceback" not in stderr
+        records = list(read_records(samples))
+        assert 8 <= len(records) < 80
+        # Everything on disk is an answered sample; what was in flight was not written.
+        assert all(r["error"] is None and r["reply"] == "B" for r in records)
+        assert len(fake.requests) >= len(records)
+        meta = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())
+        assert meta["sessions"][-1]["status"] == "interrupted"
+
+        resumed = await bench("--resume", str(tmp_path / "runs" / "r"))
+        out, stderr = await asyncio.wait_for(resumed.communicate(), 120)
+        assert resumed.returncode == 0, stderr.decode()[-2000:]
+        ids = [r["id"] for r in read_records(samples)]
+        assert len(ids) == len(set(ids)) == 80
+        assert b"MMLU" in out
+    finally:
+        await server.close()
+
+
+async def test_error_threshold_exit_3(tmp_path: Path, data_dir: Path) -> None:
+    async def half_broken(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if len(body["messages"][-1]["content"]) % 2:
+            return web.json_response({"error": "bad"}, status=422)
+        return await answer_b(request, body)
+
+    server, _ = await start_fake(half_broken)
+    try:
+        manifest = write_manifest(tmp_path, [str(server.make_url(""))], data_dir, error_threshold=0.05)
+        proc = await bench(str(manifest), "--run-id", "r")
+        _, stderr = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 3
+        assert b"threshold 5%" in stderr and b"Traceback" not in stderr
+    finally:
+        await server.close()
+
+
+async def test_targets_in_parallel_and_report_command(tmp_path: Path, data_dir: Path) -> None:
+    windows: dict[str, list[float]] = {"a": [], "b": []}
+
+    def timed(key: str) -> Any:
+        async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+            windows[key].append(time.monotonic())
+            return await slow_b(request, body)
+
+        return handler
+
+    (sa, _), (sb, _) = await start_fake(timed("a")), await start_fake(timed("b"))
+    try:
+        manifest = write_manifest(
+            tmp_path, [str(sa.make_url("")), str(sb.make_url(""))], data_dir, targets_in_parallel=True
+        )
+        proc = await bench(str(manifest), "--run-id", "r")
+        _, stderr = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+        # Both targets were served during the same period.
+        assert min(windows["a"]) < max(windows["b"]) and min(windows["b"]) < max(windows["a"])
+    finally:
+        await sa.close()
+        await sb.close()
+    report = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", "report", str(tmp_path / "runs" / "r"), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await report.communicate()
+    assert report.returncode == 0
+    text = out.decode()
+    assert "BF16" in text and "Int4" in text and "(n=80)" in text
+    rows = json.loads((tmp_path / "runs" / "r" / "report.json").read_text())["rows"]
+    assert rows[1]["reference"] == "t0" and rows[1]["delta_average"] == pytest.approx(0.0)

@@ -1,0 +1,185 @@
+"""End to end on real servers: vLLM (CPU) and three GGUF quantizations on llama.cpp.
+
+`orchestrate bench manifests/smoke.yaml` runs as a user would run it (a subprocess), MMLU limit
+200 over all subjects and C-Eval limit 100, concurrency 16. A second run is killed with SIGKILL
+mid-way and resumed; it must end with exactly the same samples, replies and table as the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.report import build_report
+from orchestrator.store import read_records
+from orchestrator.tasks import build_task
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "manifests" / "smoke.yaml"
+TARGETS = ("tiny-vllm-f32", "tiny-llamacpp-f16", "tiny-llamacpp-q8_0", "tiny-llamacpp-q4_k_m")
+TASKS = {"mmlu": 200, "ceval": 100}
+
+pytestmark = pytest.mark.real_server
+
+
+def _env(tiny_model: Path, vllm_url: str, data_dir: Path, out: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SMOKE_MODEL_DIR": str(tiny_model),
+        "SMOKE_VLLM_URL": vllm_url,
+        "SMOKE_DATA_DIR": str(data_dir),
+        "SMOKE_OUTPUT_DIR": str(out),
+    }
+
+
+def _bench(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "bench", *args, "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def _replies(run_dir: Path) -> dict[tuple[str, str, str], str]:
+    out = {}
+    for target in TARGETS:
+        for task in TASKS:
+            for r in read_records(run_dir / "samples" / target / f"{task}.qwen.jsonl"):
+                out[(target, task, r["id"])] = r["reply"]
+    return out
+
+
+def _accuracy_cells(report: dict[str, Any]) -> dict[tuple[str, str], tuple[float, int]]:
+    rows = report["rows"]
+    return {(row["target"], name): (agg["accuracy"], agg["n"]) for row in rows for name, agg in row["tasks"].items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_model: Path, vllm_url: str, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    proc = _bench(_env(tiny_model, vllm_url, data_dir, out), str(SMOKE), "--run-id", "first")
+    stdout, stderr = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, stderr[-3000:]
+    (out / "first" / "stdout.txt").write_text(stdout)
+    return out / "first"
+
+
+def test_every_sample_has_a_complete_record(first_run: Path, data_dir: Path) -> None:
+    for task, limit in TASKS.items():
+        expected = {s.id for s in build_task(task, data_dir, limit=limit).samples()}
+        assert len(expected) == limit
+        subjects = {i.split("/")[0] for i in expected}
+        assert len(subjects) == (57 if task == "mmlu" else 52)  # every subject represented
+        for target in TARGETS:
+            records = list(read_records(first_run / "samples" / target / f"{task}.qwen.jsonl"))
+            ids = Counter(r["id"] for r in records)
+            assert set(ids) == expected, (target, task)
+            assert max(ids.values()) == 1
+            for r in records:
+                assert r["error"] is None, (target, r["id"], r["error"])  # zero errors at concurrency 16
+                assert r["attempts"] >= 1
+                assert r["request"]["temperature"] == 0.0 and r["request"]["seed"] == 1234
+                assert r["request"]["max_tokens"] == 8
+                assert r["finish_reason"] in ("length", "stop")
+                assert r["rule"] in (
+                    "answer_phrase",
+                    "correct_phrase",
+                    "leading_letter",
+                    "first_letter",
+                    "option_text",
+                    "unparsed",
+                )
+                assert r["completion_tokens"] is not None and r["token_source"] != "none"
+                t = r["timing"]
+                assert 0 < t["ttft"] <= t["e2e"] and t["chunks"] == sorted(t["chunks"])
+
+
+def test_backend_quirks_recorded(first_run: Path) -> None:
+    vllm = next(read_records(first_run / "samples" / "tiny-vllm-f32" / "mmlu.qwen.jsonl"))
+    # vLLM: usage arrives in a separate chunk with empty choices.
+    assert vllm["token_source"] == "usage" and vllm["prompt_tokens"] > 0
+    assert vllm["raw"]["usage_chunk"]["choices"] == []
+    llama = next(read_records(first_run / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen.jsonl"))
+    # llama.cpp: no stream usage; counted with the GGUF's tokenizer through the server; greedy needs
+    # repeat_penalty 1.0 on top of temperature 0.
+    assert llama["token_source"] == "server-tokenize"
+    assert llama["request"]["repeat_penalty"] == 1.0
+    meta = json.loads((first_run / "run.json").read_text())
+    assert meta["servers"]["tiny-vllm-f32"]["v1_models"]["data"][0]["id"] == "tiny-qwen2"
+    assert "llama_cpp.server" in meta["servers"]["tiny-llamacpp-f16"]["managed"]["command"]
+
+
+def test_report_recomputed_from_records(first_run: Path) -> None:
+    report = json.loads((first_run / "report.json").read_text())
+    for row in report["rows"]:
+        for task in TASKS:
+            records = list(read_records(first_run / "samples" / row["target"] / f"{task}.qwen.jsonl"))
+            correct = [r["correct"] for r in records]
+            by_subject: dict[str, list[bool]] = {}
+            for r in records:
+                by_subject.setdefault(r["subject"], []).append(r["correct"])
+            micro = sum(correct) / len(correct)
+            macro = sum(sum(v) / len(v) for v in by_subject.values()) / len(by_subject)
+            agg = row["tasks"][task]
+            assert agg["n"] == len(records)
+            assert agg["accuracy"] == pytest.approx(micro if task == "mmlu" else macro)
+    stdout = (first_run / "stdout.txt").read_text()
+    for header in ("MMLU", "C-Eval", "Q4_K_M", "tiny-qwen2"):
+        assert header in stdout
+    assert (first_run / "report.md").read_text().count("| tiny-qwen2 |") == len(TARGETS)
+
+
+def test_kill_9_then_resume_is_exact(
+    first_run: Path, tiny_model: Path, vllm_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    env = _env(tiny_model, vllm_url, data_dir, tmp_path)
+    proc = _bench(env, str(SMOKE), "--run-id", "killed")
+    run_dir = tmp_path / "killed"
+    victim = run_dir / "samples" / "tiny-llamacpp-f16" / "mmlu.qwen.jsonl"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if victim.exists() and victim.read_text().count("\n") >= 40:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run ended before it could be killed"
+    meta = json.loads((run_dir / "run.json").read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    partial = sum(1 for _ in read_records(victim))
+    assert 40 <= partial < TASKS["mmlu"]
+    # The managed llama.cpp server died with its parent (no orphan left behind).
+    time.sleep(2)
+    leftovers = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout.split()
+    assert not leftovers, f"orphan llama.cpp servers: {leftovers}"
+    assert meta["sessions"][-1]["status"] == "running"
+
+    resumed = _bench(env, "--resume", str(run_dir))
+    _, stderr = resumed.communicate(timeout=1800)
+    assert resumed.returncode == 0, stderr[-3000:]
+
+    # No sample lost, none duplicated; the resumed session sent only what was missing.
+    for target in TARGETS:
+        for task in TASKS:
+            ids = Counter(r["id"] for r in read_records(run_dir / "samples" / target / f"{task}.qwen.jsonl"))
+            assert len(ids) == TASKS[task] and max(ids.values()) == 1, (target, task)
+    # Greedy decoding: identical replies to the uninterrupted run, on every backend and quantization.
+    first, second = _replies(first_run), _replies(run_dir)
+    assert first.keys() == second.keys()
+    differing = [k for k in first if first[k] != second[k]]
+    assert not differing, differing[:5]
+    # Hence the same table.
+    assert _accuracy_cells(build_report(run_dir)) == _accuracy_cells(build_report(first_run))
+    sessions = json.loads((run_dir / "run.json").read_text())["sessions"]
+    assert [s["status"] for s in sessions] == ["running", "done"]

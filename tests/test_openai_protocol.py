@@ -1,0 +1,167 @@
+"""OpenAI-compatible adapter against a scripted server: SSE edge cases and error mapping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from orchestrator.backends import ChatRequest, FatalError, OpenAIChat, TransientError
+from orchestrator.backends.openai import LlamaCppChat, VLLMChat, make_session
+from tests.support.fake_openai import FakeOpenAI, Handler, chunk, sse
+
+REQ = ChatRequest((("user", "Question?"),), max_tokens=5, seed=7)
+
+Serve = Callable[..., Awaitable[OpenAIChat]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[TestServer] = []
+    backends: list[OpenAIChat] = []
+
+    async def start(handler: Handler, cls: type[OpenAIChat] = OpenAIChat, **kw: Any) -> OpenAIChat:
+        fake = FakeOpenAI(handler)
+        server = TestServer(fake.app(), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        backend = cls(str(server.make_url("/")), make_session(4, 10.0), **kw)
+        backend.fake = fake  # type: ignore[attr-defined]
+        backends.append(backend)
+        await backend.start()
+        return backend
+
+    yield start
+    for b in backends:
+        await b.close()
+    for s in servers:
+        await s.close()
+
+
+async def test_comments_role_and_usage_chunks_are_not_tokens(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        usage = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2}}
+        events: list[Any] = [": keep-alive", chunk(role=True), chunk(""), chunk("Hel"), ": ping", chunk("lo", "stop")]
+        return await sse(request, [*events, usage])
+
+    backend = await serve(handler)
+    c = await backend.generate(REQ)
+    assert c.text == "Hello"
+    assert len(c.stamps.chunks) == 2  # role-only, empty and usage-only chunks are not tokens
+    assert (c.prompt_tokens, c.completion_tokens, c.token_source) == (11, 2, "usage")
+    assert c.finish_reason == "stop"
+    rec = c.stamps.to_record()
+    assert 0 < rec["ttft"] == rec["chunks"][0] <= rec["chunks"][1] <= rec["e2e"]
+    assert c.raw["usage_chunk"]["choices"] == []
+
+
+async def test_usage_in_final_choice_chunk(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        final = chunk("x", "length") | {"usage": {"prompt_tokens": 3, "completion_tokens": 5}}
+        return await sse(request, [chunk("abcd"), final])
+
+    c = await (await serve(handler)).generate(REQ)
+    assert (c.text, c.completion_tokens, c.token_source, c.finish_reason) == ("abcdx", 5, "usage", "length")
+    assert "usage_chunk" not in c.raw
+
+
+async def test_stream_without_done_and_without_usage(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, [chunk("a"), chunk("b"), chunk("c", "length")], done=False)
+
+    c = await (await serve(handler)).generate(REQ)
+    assert c.text == "abc"
+    assert (c.completion_tokens, c.token_source) == (3, "chunks")  # no tokenizer: an estimate, and said so
+
+
+async def test_missing_usage_counted_with_tokenizer(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, [chunk("one two three", "stop")])
+
+    async def counter(text: str) -> tuple[int, str]:
+        return (len(text.split()), "tokenizer")
+
+    c = await (await serve(handler, counter=counter)).generate(REQ)
+    assert (c.completion_tokens, c.token_source) == (3, "tokenizer")
+
+
+async def test_request_body_is_greedy_with_explicit_max_tokens(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, [chunk("B", "stop")])
+
+    backend = await serve(handler, LlamaCppChat)
+    await backend.generate(REQ)
+    body = backend.fake.requests[-1]  # type: ignore[attr-defined]
+    assert body["model"] == "fake-model"  # discovered from /v1/models
+    assert body["max_tokens"] == 5 and "max_completion_tokens" not in body
+    assert body["temperature"] == 0.0 and body["seed"] == 7 and body["repeat_penalty"] == 1.0
+    assert body["stream_options"] == {"include_usage": True}
+
+    pinned = await serve(handler, VLLMChat, model="pinned")
+    await pinned.generate(REQ)
+    assert pinned.fake.requests[-1]["model"] == "pinned"  # type: ignore[attr-defined]
+
+
+async def test_non_streaming(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        assert body["stream"] is False and "stream_options" not in body
+        return web.json_response(
+            {
+                "choices": [{"message": {"role": "assistant", "content": "C"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 4, "completion_tokens": 1},
+            }
+        )
+
+    c = await (await serve(handler)).generate(ChatRequest((("user", "q"),), 5, 1, stream=False))
+    assert (c.text, c.completion_tokens, c.stamps.t_first) == ("C", 1, None)
+
+
+@pytest.mark.parametrize(("status", "kind"), [(429, TransientError), (503, TransientError), (400, FatalError)])
+async def test_status_mapping(serve: Serve, status: int, kind: type[Exception]) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({"error": {"message": "no"}}, status=status)
+
+    with pytest.raises(kind) as info:
+        await (await serve(handler)).generate(REQ)
+    assert info.value.status == status  # type: ignore[attr-defined]
+
+
+async def test_error_event_in_stream_and_malformed_json(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, [chunk("a"), {"error": {"message": "boom"}}])
+
+    with pytest.raises(FatalError, match="boom"):
+        await (await serve(handler)).generate(REQ)
+
+    async def broken(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, ["data: {not json"])
+
+    with pytest.raises(FatalError, match="malformed"):
+        await (await serve(broken)).generate(REQ)
+
+
+async def test_connection_dropped_mid_stream_is_transient(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(("data: " + json.dumps(chunk("a")) + "\n\n").encode())
+        assert request.transport is not None
+        request.transport.close()  # abort mid-body
+        return resp
+
+    with pytest.raises(TransientError):
+        await (await serve(handler)).generate(REQ)
+
+
+async def test_connection_refused_is_transient() -> None:
+    backend = OpenAIChat("http://127.0.0.1:9", make_session(1, 5.0), model="m")
+    try:
+        with pytest.raises(TransientError):
+            await backend.generate(REQ)
+    finally:
+        await backend.close()

@@ -1,0 +1,138 @@
+"""Runner against a scripted server: bounded concurrency, retries, error records, error budget."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from orchestrator.manifest import Manifest, parse_manifest
+from orchestrator.report import build_report
+from orchestrator.runner import Runner
+from orchestrator.store import RunStore
+from orchestrator.tasks import build_task
+from tests.support.fake_openai import FakeOpenAI, Handler, answer_b, sse
+
+
+@pytest.fixture
+async def fake_url() -> AsyncIterator[Any]:
+    servers: list[TestServer] = []
+
+    async def start(handler: Handler) -> tuple[str, FakeOpenAI]:
+        fake = FakeOpenAI(handler)
+        server = TestServer(fake.app(), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/"), fake
+
+    yield start
+    for s in servers:
+        await s.close()
+
+
+def manifest(url: str, tmp_path: Path, **load: Any) -> Manifest:
+    return parse_manifest(
+        {
+            "run": {"name": "t", "output_dir": str(tmp_path)},
+            "tasks": {"mmlu": {"limit": 60, "shots": 0}},
+            "load": {"concurrency": 4, "retries": 2, **load},
+            "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
+        }
+    )
+
+
+async def run(m: Manifest, tmp_path: Path, data_dir: Path) -> tuple[Runner, RunStore, Any]:
+    store = RunStore(tmp_path / "run")
+    store.write_meta({"run_id": "run", "manifest": m.to_dict()})
+    runner = Runner(m, [build_task("mmlu", data_dir, limit=60, shots=0)], store, retry_wait_max=0.01)
+    outcomes = await runner.run()
+    store.close()
+    return runner, store, outcomes
+
+
+async def test_bounded_concurrency_and_complete_records(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    url, fake = await fake_url(answer_b)
+    _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
+    assert outcomes[0].failure is None and outcomes[0].sent == 60
+    assert fake.peak_in_flight == 4  # never more in flight than the concurrency
+    records = store.records("fake", "mmlu", "qwen")
+    assert len(records) == 60
+    for r in records:
+        assert r["extracted"] == "B" and r["rule"] == "leading_letter" and r["correct"] == (r["gold"] == "B")
+        assert r["attempts"] == 1 and r["error"] is None and r["token_source"] == "usage"
+    report = build_report(tmp_path / "run")
+    expected = sum(r["gold"] == "B" for r in records) / 60
+    assert report["rows"][0]["tasks"]["mmlu"]["accuracy"] == pytest.approx(expected)
+
+
+async def test_transient_errors_are_retried(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    calls: dict[str, int] = {}
+
+    async def flaky(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        key = body["messages"][-1]["content"]
+        calls[key] = calls.get(key, 0) + 1
+        if calls[key] == 1:
+            return web.json_response({"error": "busy"}, status=503 if len(calls) % 2 else 429)
+        return await answer_b(request, body)
+
+    url, _ = await fake_url(flaky)
+    _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
+    assert outcomes[0].errors == 0
+    assert all(r["attempts"] == 2 and r["error"] is None for r in store.records("fake", "mmlu", "qwen"))
+
+
+async def test_fatal_errors_are_recorded_not_scored(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    async def picky(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if "abstract algebra" in body["messages"][-1]["content"]:
+            return web.json_response({"error": "context too long"}, status=400)
+        return await answer_b(request, body)
+
+    url, _ = await fake_url(picky)
+    _, store, _ = await run(manifest(url, tmp_path, error_threshold=0.5), tmp_path, data_dir)
+    failed = [r for r in store.records("fake", "mmlu", "qwen") if r["error"]]
+    assert failed and all(r["subject"] == "abstract_algebra" for r in failed)
+    for r in failed:
+        assert r["attempts"] == 1 and r["status"] == 400 and r["error_kind"] == "fatal"
+        assert r["correct"] is None and r["reply"] is None  # an error, never a wrong answer
+    agg = build_report(tmp_path / "run")["rows"][0]["tasks"]["mmlu"]
+    assert agg["errors"] == len(failed) and agg["n"] == 60 - len(failed)
+    # Errored samples are sent again on resume.
+    assert len(store.completed_ids("fake", "mmlu", "qwen")) == 60 - len(failed)
+
+
+async def test_error_budget_stops_the_target(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    async def down(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({"error": "internal"}, status=500)
+
+    url, fake = await fake_url(down)
+    _, _, outcomes = await run(manifest(url, tmp_path, error_threshold=0.05), tmp_path, data_dir)
+    assert outcomes[0].failure is not None and "threshold 5%" in outcomes[0].failure
+    assert len(fake.requests) < 60  # stopped early instead of hammering a broken server
+
+
+async def test_resume_sends_only_missing(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    url, fake = await fake_url(answer_b)
+    m = manifest(url, tmp_path)
+    await run(m, tmp_path, data_dir)
+    assert len(fake.requests) == 60
+    path = RunStore(tmp_path / "run").samples_path("fake", "mmlu", "qwen")
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:45]) + lines[45][:50])  # 15 lost, one of them a torn line
+    await run(m, tmp_path, data_dir)
+    assert len(fake.requests) == 75
+    ids = [r["id"] for r in RunStore(tmp_path / "run").records("fake", "mmlu", "qwen")]
+    assert len(ids) == len(set(ids)) == 60
+
+
+async def test_stream_keeps_going_without_done(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    async def no_done(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, [{"choices": [{"delta": {"content": "A"}, "finish_reason": "stop"}]}], done=False)
+
+    url, _ = await fake_url(no_done)
+    _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
+    assert outcomes[0].errors == 0
+    assert {r["extracted"] for r in store.records("fake", "mmlu", "qwen")} == {"A"}

@@ -1,0 +1,106 @@
+"""Benchmarks on the original local data, the store's crash safety, and timing maths."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from orchestrator import timing
+from orchestrator.store import SampleWriter, latest_by_id, read_records
+from orchestrator.tasks import DataError, build_task, stratified_subset
+
+
+def test_mmlu_full_split_and_prompt(data_dir: Path) -> None:
+    task = build_task("mmlu", data_dir)
+    samples = task.samples()
+    assert len(samples) == 14042
+    assert len({s.subject for s in samples}) == 57
+    assert len({s.id for s in samples}) == 14042
+    s = next(x for x in samples if x.id == "anatomy/0")
+    assert len(s.messages) == 11  # 5 shots as user/assistant turns + the question
+    assert [r for r, _ in s.messages[:2]] == ["user", "assistant"]
+    assert s.messages[1][1] in "ABCD"
+    first = s.messages[0][1]
+    hint = "There is a single choice question about anatomy. Answer the question by replying A, B, C or D."
+    assert first.startswith(hint + "\nQuestion: ")
+    assert "\nA. " in first and first.endswith("Answer: ")
+    assert s.target in "ABCD"
+
+
+def test_ceval_val_split_zero_shot_chinese(data_dir: Path) -> None:
+    samples = build_task("ceval", data_dir).samples()
+    assert len(samples) == 1346
+    assert len({s.subject for s in samples}) == 52
+    law = next(x for x in samples if x.id == "law/0")
+    assert len(law.messages) == 1
+    text = law.messages[0][1]
+    assert text.startswith("以下是中国关于法学考试的单项选择题") and text.endswith("答案：")
+    assert law.target == "C" and law.choices[2].startswith("类比推理")
+
+
+def test_limit_is_stratified_and_deterministic(data_dir: Path) -> None:
+    a = [s.id for s in build_task("mmlu", data_dir, limit=200).samples()]
+    b = [s.id for s in build_task("mmlu", data_dir, limit=200).samples()]
+    assert a == b and len(a) == 200
+    per_subject = Counter(i.split("/")[0] for i in a)
+    assert len(per_subject) == 57
+    # Proportional shares: the largest subject gets the most questions.
+    assert per_subject.most_common(1)[0][0] == "professional_law"
+    few = stratified_subset({"x": list(range(10)), "y": list(range(10)), "z": list(range(10))}, 2, "s")
+    assert sum(len(v) for v in few.values()) == 2
+
+
+def test_subjects_option_and_unknown_subject(data_dir: Path) -> None:
+    task = build_task("ceval", data_dir, subjects=["law", "logic"])
+    assert {s.subject for s in task.samples()} == {"law", "logic"}
+    with pytest.raises(DataError, match="nonexistent"):
+        build_task("ceval", data_dir, subjects=["nonexistent"]).samples()
+    with pytest.raises(DataError):
+        build_task("mmlu", data_dir / "nowhere").samples()
+
+
+def test_writer_cuts_torn_tail_and_latest_record_wins(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    w = SampleWriter(path)
+    w.write({"id": "a", "v": 1})
+    w.write({"id": "b", "v": 1})
+    w.close()
+    with open(path, "a") as f:
+        f.write('{"id": "c", "v"')  # kill -9 mid-write
+    assert [r["id"] for r in read_records(path)] == ["a", "b"]
+    w = SampleWriter(path)
+    w.write({"id": "a", "v": 2})
+    w.close()
+    assert path.read_text().count("\n") == 3
+    assert latest_by_id(path)["a"]["v"] == 2 and "c" not in latest_by_id(path)
+
+
+def test_writer_fsyncs_within_a_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    w = SampleWriter(tmp_path / "s.jsonl")
+    w.write({"id": "a"})
+    assert synced == []  # not on every record
+    w._last_sync -= 1.5
+    w.sync_if_due()
+    assert len(synced) == 1
+    w.write({"id": "b"})
+    w.close()
+    assert len(synced) == 2  # and at close
+
+
+def test_timing_metrics() -> None:
+    rec = {"wall_send": 0.0, "ttft": 0.1, "chunks": [0.1, 0.15, 0.25], "e2e": 0.3}
+    assert timing.ttft(rec) == 0.1
+    assert timing.tpot(rec, 3) == pytest.approx(0.1)
+    assert timing.itl(rec) == pytest.approx([0.05, 0.1])
+    assert timing.tpot(rec, 1) is None
+    assert timing.percentile([1, 2, 3, 4], 50) == 2.5
+    assert timing.percentile([5], 99) == 5
+    assert timing.percentile([], 50) is None
+    # Union of intervals: overlap counted once, gaps (a resume a day later) not at all.
+    assert timing.busy_seconds([(0, 2), (1, 3), (100, 101)]) == 4
