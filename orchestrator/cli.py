@@ -118,6 +118,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def _redacted(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Secrets never reach run.json: credentials in URLs are masked (tokens only travel by env var name)."""
+    for target in manifest["targets"]:
+        url = target.get("url")
+        if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+            scheme, rest = url.split("//", 1)
+            target["url"] = f"{scheme}//***@{rest.split('@', 1)[1]}"
+    return manifest
+
+
 def _data_dir(manifest: Manifest, cli_value: str | None) -> Path | None:
     if cli_value:
         return Path(cli_value).resolve()
@@ -195,7 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runner = Runner(manifest, list(tasks), store, progress, _tokenizer_path(manifest))
     meta.setdefault("run_id", store.root.name)
     meta.setdefault("created_at", _now())
-    meta["manifest"] = manifest.to_dict()
+    meta["manifest"] = _redacted(manifest.to_dict())
     meta["manifest_path"] = (
         str(Path(manifest.source).resolve())
         if manifest.source.endswith((".yaml", ".yml"))

@@ -70,7 +70,7 @@ async def test_interrupt_keeps_answered_drops_in_flight(tmp_path: Path, data_dir
         proc = await bench(str(manifest), "--run-id", "r")
         samples = tmp_path / "runs" / "r" / "samples" / "t0" / "mmlu.qwen.jsonl"
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 8):
+        while time.monotonic() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 8):  # noqa: ASYNC110 - polls a file another process writes
             await asyncio.sleep(0.05)
         proc.send_signal(sig)
         _, stderr = await asyncio.wait_for(proc.communicate(), 30)

@@ -123,3 +123,13 @@ def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["validate", str(p)]) == 0
     assert "OK" in capsys.readouterr().out
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_run_json_never_holds_url_credentials() -> None:
+    from orchestrator.cli import _redacted
+
+    data = base()
+    data["targets"][0]["url"] = "https://user:s3cret@example.org:8443/v1"
+    redacted = _redacted(parse_manifest(data).to_dict())
+    assert redacted["targets"][0]["url"] == "https://***@example.org:8443/v1"
+    assert "s3cret" not in str(redacted)
