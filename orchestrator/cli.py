@@ -32,10 +32,11 @@ from orchestrator.manifest import (
     parse_manifest,
     with_overrides,
 )
-from orchestrator.report import ReportError, render_table, write_report
+from orchestrator.report import render_table, write_report
+from orchestrator.rescore import RescoreError, rescore_run, score_responses
 from orchestrator.runner import Runner, TargetOutcome
-from orchestrator.store import RunStore
-from orchestrator.tasks import DataError, build_task
+from orchestrator.store import NotARunError, RunStore
+from orchestrator.tasks import SETUP_VERSIONS, DataError, build_task
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3
@@ -212,6 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else (meta.get("manifest_path"))
     )
     meta["data_dir"] = None if data_dir is None else str(data_dir)
+    meta["setup"] = {"name": manifest.run.setup, "version": SETUP_VERSIONS[manifest.run.setup]}
     meta["versions"] = _versions()
     meta["git_sha"] = _git_sha()
     meta["samples"] = {name: len(s) for name, s in runner.samples.items()}
@@ -260,6 +262,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Re-score a run's stored replies, or score an IFEval responses file."""
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        data_dir = Path(os.environ[DATA_DIR_ENV]).resolve()
+    if args.responses:
+        if args.task != "ifeval":
+            raise RescoreError("--responses scores IFEval responses: give --task ifeval")
+        responses = Path(args.responses)
+        out_dir = Path(args.output_dir) if args.output_dir else responses.parent
+        metrics = score_responses(responses, data_dir, out_dir)
+        for key in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"):
+            value = metrics[key]
+            _out().print(f"{key.replace('_', '-level ', 1):<24} {'' if value is None else f'{100 * value:.2f}'}")
+        _out().print(
+            f"prompts {metrics['n']}; verdicts: {out_dir / 'eval_results_strict.jsonl'}, eval_results_loose.jsonl"
+        )
+        return 0
+    if not args.run_dir:
+        raise RescoreError("give RUN_DIR, or --responses FILE --task ifeval")
+    counts = rescore_run(Path(args.run_dir), data_dir)
+    console.print("re-scored: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return cmd_report(args)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a manifest and say what it would run."""
     m = load_manifest(args.manifest)
@@ -289,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.set_defaults(func=cmd_report)
 
+    s = sub.add_parser("score", help="re-score stored replies (no server), or score an IFEval responses file")
+    s.add_argument("run_dir", nargs="?")
+    s.add_argument("--responses", metavar="FILE", help="JSONL of {prompt, response} (official input_response format)")
+    s.add_argument("--task", choices=["ifeval"], help="task of the responses file")
+    s.add_argument("--data-dir", help=f"local data root (also ${DATA_DIR_ENV}); default: the Hub or the run's")
+    s.add_argument("--output-dir", help="where eval_results_{strict,loose}.jsonl go (default: beside FILE)")
+    s.set_defaults(func=cmd_score)
+
     v = sub.add_parser("validate", help="validate a manifest")
     v.add_argument("manifest")
     v.set_defaults(func=cmd_validate)
@@ -300,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ManifestError, DataError, ReportError) as exc:
+    except (ManifestError, DataError, RescoreError, NotARunError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 import yaml
 
 BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
-KNOWN_TASKS = ("mmlu", "ceval")
-KNOWN_SETUPS = ("qwen",)
+KNOWN_TASKS = ("mmlu", "ceval", "ifeval")
+KNOWN_SETUPS = ("qwen", "simple-evals")
 
 
 class ManifestError(ValueError):

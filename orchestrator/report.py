@@ -14,14 +14,10 @@ from rich.table import Table
 
 from orchestrator import timing
 from orchestrator.store import RunStore
-from orchestrator.tasks import build_task
+from orchestrator.tasks import SETUP_VERSIONS, build_task
 
 ACCURACY_COLUMNS = (("mmlu", "MMLU"), ("ceval", "C-Eval"), ("ifeval", "IFEval"))
 REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
-
-
-class ReportError(RuntimeError):
-    """A run directory that cannot be reported."""
 
 
 def speed_figures(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -54,9 +50,7 @@ def _ms(seconds: float | None) -> float | None:
 def build_report(run_dir: Path) -> dict[str, Any]:
     """Every figure of a run, computed from run.json and the sample records."""
     store = RunStore(run_dir)
-    meta = store.read_meta()
-    if not meta:
-        raise ReportError(f"{run_dir}: not a run directory (no run.json)")
+    meta = store.require_meta()
     manifest = meta["manifest"]
     setup = manifest["run"]["setup"]
     task_names = list(manifest["tasks"])
@@ -89,6 +83,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     return {
         "run_id": meta.get("run_id", run_dir.name),
         "setup": setup,
+        "setup_version": SETUP_VERSIONS.get(setup),
         "tasks": task_names,
         "rows": rows,
     }
@@ -124,7 +119,13 @@ def _cells(row: dict[str, Any]) -> list[str]:
     cells.append("" if row["delta_average"] is None else f"{100 * row['delta_average']:+.1f}")
     for key, _title in ACCURACY_COLUMNS:
         agg = row["tasks"].get(key)
-        cells.append("" if agg is None or agg["accuracy"] is None else f"{_pct(agg['accuracy'])} (n={agg['n']})")
+        if agg is None or agg["accuracy"] is None:
+            cells.append("")
+            continue
+        # The unparsed rate stands next to the accuracy it qualifies: a low score with many
+        # unparsed replies is an extraction problem, not (only) a model problem.
+        unparsed = f", {_pct(agg['unparsed_rate'])}% unparsed" if agg.get("unparsed") else ""
+        cells.append(f"{_pct(agg['accuracy'])} (n={agg['n']}{unparsed})")
     sp = row["speed"]
     cells += [
         _num(sp["requests_per_s"]),
@@ -150,7 +151,7 @@ HEADERS = [
 
 def render_table(report: dict[str, Any]) -> Table:
     """The rich table: one section per model, one row per quantization."""
-    table = Table(title=f"Run {report['run_id']} · setup {report['setup']}", show_lines=False)
+    table = Table(title=f"Run {report['run_id']} · setup {report['setup_version']}", show_lines=False)
     table.add_column("Model", style="bold")
     table.add_column("Quantization")
     table.add_column("Backend")
@@ -170,7 +171,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The same table in Markdown, plus extraction audit per target x task."""
     head = ["Model", "Quantization", "Backend", *HEADERS]
     lines = [
-        f"# Run {report['run_id']} (setup `{report['setup']}`)",
+        f"# Run {report['run_id']} (setup `{report['setup_version']}`)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",

@@ -245,7 +245,10 @@ class Runner:
                 rule=None,
             )
             return record
-        score = task.score(sample, completion.text)
+        if getattr(task, "score_in_thread", False):
+            score = await asyncio.to_thread(task.score, sample, completion.text)
+        else:
+            score = task.score(sample, completion.text)
         record.update(
             request=completion.request,
             reply=completion.text,

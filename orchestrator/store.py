@@ -102,6 +102,10 @@ def latest_by_id(path: Path) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in read_records(path)}
 
 
+class NotARunError(RuntimeError):
+    """A directory that holds no run (no run.json)."""
+
+
 class RunStore:
     """One run directory."""
 
@@ -127,6 +131,13 @@ class RunStore:
         if not self.run_json.exists():
             return {}
         return dict(json.loads(self.run_json.read_text(encoding="utf-8")))
+
+    def require_meta(self) -> dict[str, Any]:
+        """run.json of an existing run; NotARunError otherwise."""
+        meta = self.read_meta()
+        if not meta:
+            raise NotARunError(f"{self.root}: not a run directory (no run.json)")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         """Replace run.json atomically."""

@@ -8,6 +8,9 @@ VENV="${ORCHESTRATOR_VENV:-.venv}"
 "$VENV/bin/pip" install -q --upgrade pip
 # llama-cpp-python compiles llama.cpp (~10 min the first time; pip caches the wheel afterwards).
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "$VENV/bin/pip" install -q -e '.[local,test,dev]'
+# The IFEval fidelity test compares with the official evaluation loop as vendored by
+# lm-evaluation-harness; only those modules are imported, so none of its heavy dependencies.
+"$VENV/bin/pip" install -q --no-deps 'lm-eval==0.4.13'
 ORCHESTRATOR_VLLM_PYTHON="$(bash scripts/setup_vllm.sh | tail -n 1)"
 export ORCHESTRATOR_VLLM_PYTHON
 "$VENV/bin/python" -m pytest "$@"

@@ -26,7 +26,9 @@ from orchestrator.tasks import build_task
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "manifests" / "smoke.yaml"
 TARGETS = ("tiny-vllm-f32", "tiny-llamacpp-f16", "tiny-llamacpp-q8_0", "tiny-llamacpp-q4_k_m")
-TASKS = {"mmlu": 200, "ceval": 100}
+TASKS = {"mmlu": 200, "ceval": 100, "ifeval": 100}
+MAX_TOKENS = {"mmlu": 8, "ceval": 8, "ifeval": 64}
+SUBJECTS = {"mmlu": 57, "ceval": 52, "ifeval": 9}  # IFEval: instruction groups
 
 pytestmark = pytest.mark.real_server
 
@@ -80,8 +82,8 @@ def test_every_sample_has_a_complete_record(first_run: Path, data_dir: Path) -> 
     for task, limit in TASKS.items():
         expected = {s.id for s in build_task(task, data_dir, limit=limit).samples()}
         assert len(expected) == limit
-        subjects = {i.split("/")[0] for i in expected}
-        assert len(subjects) == (57 if task == "mmlu" else 52)  # every subject represented
+        subjects = {s.subject for s in build_task(task, data_dir, limit=limit).samples()}
+        assert len(subjects) == SUBJECTS[task]  # every subject represented
         for target in TARGETS:
             records = list(read_records(first_run / "samples" / target / f"{task}.qwen.jsonl"))
             ids = Counter(r["id"] for r in records)
@@ -91,7 +93,7 @@ def test_every_sample_has_a_complete_record(first_run: Path, data_dir: Path) -> 
                 assert r["error"] is None, (target, r["id"], r["error"])  # zero errors at concurrency 16
                 assert r["attempts"] >= 1
                 assert r["request"]["temperature"] == 0.0 and r["request"]["seed"] == 1234
-                assert r["request"]["max_tokens"] == 8
+                assert r["request"]["max_tokens"] == MAX_TOKENS[task]
                 assert r["finish_reason"] in ("length", "stop")
                 assert r["rule"] in (
                     "answer_phrase",
@@ -100,6 +102,7 @@ def test_every_sample_has_a_complete_record(first_run: Path, data_dir: Path) -> 
                     "first_letter",
                     "option_text",
                     "unparsed",
+                    "ifeval",
                 )
                 assert r["completion_tokens"] is not None and r["token_source"] != "none"
                 t = r["timing"]
@@ -126,6 +129,12 @@ def test_report_recomputed_from_records(first_run: Path) -> None:
     for row in report["rows"]:
         for task in TASKS:
             records = list(read_records(first_run / "samples" / row["target"] / f"{task}.qwen.jsonl"))
+            if task == "ifeval":
+                strict = [all(r["score_details"]["strict"]) for r in records]
+                loose = [all(r["score_details"]["loose"]) for r in records]
+                assert row["tasks"][task]["accuracy"] == pytest.approx(sum(strict) / len(strict))
+                assert row["tasks"][task]["prompt_loose"] == pytest.approx(sum(loose) / len(loose))
+                continue
             correct = [r["correct"] for r in records]
             by_subject: dict[str, list[bool]] = {}
             for r in records:
@@ -136,7 +145,7 @@ def test_report_recomputed_from_records(first_run: Path) -> None:
             assert agg["n"] == len(records)
             assert agg["accuracy"] == pytest.approx(micro if task == "mmlu" else macro)
     stdout = (first_run / "stdout.txt").read_text()
-    for header in ("MMLU", "C-Eval", "Q4_K_M", "tiny-qwen2"):
+    for header in ("MMLU", "C-Eval", "IFEval", "Q4_K_M", "tiny-qwen2"):
         assert header in stdout
     assert (first_run / "report.md").read_text().count("| tiny-qwen2 |") == len(TARGETS)
 

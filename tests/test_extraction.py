@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from orchestrator.tasks.multiple_choice import EN_RULES, ZH_RULES, extract_choice
+from orchestrator.tasks.multiple_choice import EN_RULES, SIMPLE_EVALS_RULES, ZH_RULES, extract_choice
 
 OPTIONS = ("北京", "上海", "广州", "深圳市南山区")
 
@@ -69,3 +71,42 @@ def test_chinese_cascade(reply: str, letter: str | None, rule: str) -> None:
 def test_option_text_prefers_longest_quoted_option() -> None:
     options = ("上海", "上海市", "广州", "北京")
     assert extract_choice("应该是上海市", ZH_RULES, options) == ("B", "option_text")
+
+
+@pytest.mark.parametrize(
+    ("reply", "letter", "rule"),
+    [
+        ("Let me think. A seems wrong.\nAnswer: C", "C", "answer_line"),
+        ("Answer: A\nWait, that is wrong.\nAnswer: D", "D", "answer_line"),  # the last answer line wins
+        ("ANSWER: $B$", "B", "answer_line"),
+        ("answer : (C)", "C", "answer_line"),
+        ("**Answer:** B", "B", "answer_line"),
+        ("**Answer**: C", "C", "answer_line"),
+        ("分析如下……\n答案：D", "D", "answer_line"),
+        ("<think>Answer: A</think>\nAnswer: B", "B", "answer_line"),
+        # Must not parse: no answer line (the qwen cascade would have taken the letter).
+        ("The answer is B.", None, "unparsed"),
+        ("B", None, "unparsed"),
+        ("Answer: E", None, "unparsed"),
+        ("Answer: Because", None, "unparsed"),
+    ],
+)
+def test_simple_evals_answer_line(reply: str, letter: str | None, rule: str) -> None:
+    assert extract_choice(reply, SIMPLE_EVALS_RULES) == (letter, rule)
+
+
+def test_setups_change_prompt_and_store_key(data_dir: Path) -> None:
+    from orchestrator.store import RunStore
+    from orchestrator.tasks import build_task
+
+    qwen = build_task("ceval", data_dir, limit=60)
+    simple = build_task("ceval", data_dir, limit=60, setup="simple-evals")
+    a, b = qwen.samples()[0], simple.samples()[0]
+    assert a.id == b.id and a.prompt_digest() != b.prompt_digest()
+    assert b.messages[0][1].startswith("Answer the following multiple choice question.")
+    assert "\nA) " in b.messages[0][1] and simple.max_tokens >= 1024
+    mmlu = build_task("mmlu", data_dir, limit=60, setup="simple-evals").samples()[0]
+    assert len(mmlu.messages) == 1  # 0-shot
+    assert simple.score(b, "Answer: B").rule == "answer_line"
+    store = RunStore(Path("/r"))
+    assert store.samples_path("t", "ceval", "qwen") != store.samples_path("t", "ceval", "simple-evals")

@@ -1,6 +1,41 @@
 """Benchmarks: samples, scoring and aggregation."""
 
-from orchestrator.tasks.base import Sample, Score, Task, stratified_subset
-from orchestrator.tasks.multiple_choice import DataError, MultipleChoiceTask, build_task
+from __future__ import annotations
 
-__all__ = ["DataError", "MultipleChoiceTask", "Sample", "Score", "Task", "build_task", "stratified_subset"]
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.tasks.base import Sample, Score, Task, stratified_subset
+from orchestrator.tasks.ifeval import IFEvalTask
+from orchestrator.tasks.multiple_choice import BENCHMARKS, DataError, MultipleChoiceTask
+
+# A setup is the whole evaluation protocol (prompts, shots, extraction); its version changes
+# whenever any of that changes, so results of different protocols are never compared as equal.
+SETUP_VERSIONS = {"qwen": "qwen@1", "simple-evals": "simple-evals@1"}
+
+__all__ = [
+    "SETUP_VERSIONS",
+    "DataError",
+    "IFEvalTask",
+    "MultipleChoiceTask",
+    "Sample",
+    "Score",
+    "Task",
+    "build_task",
+    "stratified_subset",
+]
+
+
+def build_task(
+    name: str,
+    data_dir: Path | None,
+    limit: int | None = None,
+    subjects: Sequence[str] | None = None,
+    shots: int | None = None,
+    max_tokens: int | None = None,
+    setup: str = "qwen",
+) -> Task:
+    """The task named in a manifest, under a setup."""
+    if name == "ifeval":
+        return IFEvalTask(data_dir, limit, max_tokens, setup)
+    return MultipleChoiceTask(BENCHMARKS[name], data_dir, limit, subjects, shots, max_tokens, setup)

@@ -21,6 +21,10 @@ Chinese (C-Eval):
   5. ``option_text``    the option whose text the reply contains (longest), else the most similar
                         option text with similarity >= 0.6
   otherwise ``unparsed``.
+
+Setup ``simple-evals`` (both benchmarks): 0-shot, OpenAI simple-evals' multiple-choice template
+(think step by step, last line 'Answer: $LETTER'); one rule, ``answer_line``: the *last*
+"Answer: X" (also "答案：X") in the reply, otherwise ``unparsed``.
 """
 
 from __future__ import annotations
@@ -91,6 +95,11 @@ ZH_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("first_letter", re.compile(_NOT_LATIN_BEFORE + _L + _NOT_LATIN_AFTER)),
 )
 
+SIMPLE_EVALS_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("answer_line", re.compile(r"(?i:answer|答案|答)[ \t*]*[:：][ \t*]*\$?\(?\**([ABCD])(?![A-Za-z])")),
+)
+LAST_MATCH_RULES = frozenset({"answer_line"})
+
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
@@ -100,6 +109,11 @@ def extract_choice(
     """Apply a cascade to a reply; returns (letter or None, rule name)."""
     text = THINK_BLOCK.sub("", reply).strip()
     for name, pattern in rules:
+        if name in LAST_MATCH_RULES:
+            found = pattern.findall(text)
+            if found:
+                return found[-1], name
+            continue
         m = pattern.search(text)
         if m:
             return m.group(1), name
@@ -214,6 +228,19 @@ def ceval_messages(q: Question, shots: Sequence[Question], subject_name: str) ->
     return tuple(turns)
 
 
+SIMPLE_EVALS_TEMPLATE = (
+    "Answer the following multiple choice question. The last line of your response should be of the following "
+    "format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by step before answering."
+    "\n\n{question}\n\nA) {a}\nB) {b}\nC) {c}\nD) {d}"
+)
+
+
+def simple_evals_messages(q: Question) -> tuple[tuple[str, str], ...]:
+    """simple-evals setup: 0-shot, chain of thought, final 'Answer: $LETTER' line."""
+    a, b, c, d = q.options
+    return (("user", SIMPLE_EVALS_TEMPLATE.format(question=q.question, a=a, b=b, c=c, d=d)),)
+
+
 # ---------------------------------------------------------------------------------------------
 # The builder
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +266,11 @@ CEVAL = Benchmark("ceval", "ceval", "ceval/ceval-exam", "val", "dev", True, 0, 1
 BENCHMARKS = {b.name: b for b in (MMLU, CEVAL)}
 
 
+SETUP_DEFAULT_MAX_TOKENS = {"qwen": None, "simple-evals": 2048}  # None: the benchmark's own default
+
+
 class MultipleChoiceTask:
-    """A multiple-choice benchmark under the ``qwen`` setup."""
+    """A multiple-choice benchmark under a named setup (``qwen`` or ``simple-evals``)."""
 
     def __init__(
         self,
@@ -258,8 +288,11 @@ class MultipleChoiceTask:
         self.data_dir = data_dir
         self.limit = limit
         self.wanted_subjects = tuple(subjects) if subjects else None
-        self.shots = bench.default_shots if shots is None else shots
-        self.max_tokens = max_tokens or bench.default_max_tokens
+        if setup not in SETUP_DEFAULT_MAX_TOKENS:
+            raise ValueError(f"unknown setup {setup!r}")
+        self.shots = 0 if setup == "simple-evals" else (bench.default_shots if shots is None else shots)
+        self.max_tokens = max_tokens or SETUP_DEFAULT_MAX_TOKENS[setup] or bench.default_max_tokens
+        self.rules = SIMPLE_EVALS_RULES if setup == "simple-evals" else bench.rules
 
     # -- data -------------------------------------------------------------------------------
     def _folder(self) -> Path | None:
@@ -302,7 +335,9 @@ class MultipleChoiceTask:
         for subject in sorted(chosen):
             shots = self._load(subject, self.bench.shot_split)[: self.shots] if self.shots else []
             for q in chosen[subject]:
-                if self.name == "mmlu":
+                if self.setup == "simple-evals":
+                    messages = simple_evals_messages(q)
+                elif self.name == "mmlu":
                     messages = mmlu_messages(q, shots)
                 else:
                     messages = ceval_messages(q, shots, names.get(subject, subject.replace("_", " ")))
@@ -312,8 +347,8 @@ class MultipleChoiceTask:
     # -- scoring ----------------------------------------------------------------------------
     def score(self, sample: Sample, reply: str) -> Score:
         """Extract a letter by the cascade and compare with the gold answer."""
-        options = sample.choices if self.bench.option_text_fallback else None
-        letter, rule = extract_choice(reply, self.bench.rules, options)
+        options = sample.choices if self.bench.option_text_fallback and self.setup == "qwen" else None
+        letter, rule = extract_choice(reply, self.rules, options)
         details = {"think_stripped": True} if THINK_BLOCK.search(reply) else {}
         return Score(letter, rule, letter == sample.target, details)
 
@@ -342,16 +377,3 @@ class MultipleChoiceTask:
             "unparsed_rate": unparsed / n if n else None,
             "subjects": subject_acc,
         }
-
-
-def build_task(
-    name: str,
-    data_dir: Path | None,
-    limit: int | None = None,
-    subjects: Sequence[str] | None = None,
-    shots: int | None = None,
-    max_tokens: int | None = None,
-    setup: str = "qwen",
-) -> MultipleChoiceTask:
-    """The task named in a manifest."""
-    return MultipleChoiceTask(BENCHMARKS[name], data_dir, limit, subjects, shots, max_tokens, setup)

@@ -1,0 +1,107 @@
+"""Scoring without a server: re-score a run's stored replies, or score a file of responses.
+
+``rescore_run`` applies the current scorers to every stored reply (the data is re-read and each
+record's prompt digest is checked, so a changed dataset is refused, never silently re-scored).
+``score_responses`` takes IFEval responses in the official ``input_response_data`` format
+({prompt, response} per line) and writes verdicts in the official ``eval_results`` format, so our
+verdicts can be compared with other tools', item by item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.store import RunStore, read_records
+from orchestrator.tasks import IFEvalTask, Sample, build_task
+from orchestrator.tasks.ifeval import aggregate_verdicts
+from orchestrator.tasks.multiple_choice import DataError
+
+
+class RescoreError(RuntimeError):
+    """Stored records that cannot be re-scored (one line for the user)."""
+
+
+def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
+    """Re-score every answered record of a run in place; returns records re-scored per task."""
+    store = RunStore(run_dir)
+    meta = store.require_meta()
+    manifest = meta["manifest"]
+    setup = manifest["run"]["setup"]
+    if data_dir is None and meta.get("data_dir"):
+        data_dir = Path(meta["data_dir"])
+    counts: dict[str, int] = {}
+    for name, cfg in manifest["tasks"].items():
+        # Every sample of the task (no limit), so any stored id can be found.
+        task = build_task(name, data_dir, None, cfg.get("subjects"), cfg.get("shots"), cfg.get("max_tokens"), setup)
+        samples: dict[str, Sample] = {s.id: s for s in task.samples()}
+        counts[name] = 0
+        for target in manifest["targets"]:
+            path = store.samples_path(target["name"], name, setup)
+            if not path.exists():
+                continue
+            records = list(read_records(path))
+            for r in records:
+                if r.get("error") or r.get("reply") is None:
+                    continue
+                sample = samples.get(r["id"])
+                if sample is None or sample.prompt_digest() != r["prompt_digest"]:
+                    raise RescoreError(
+                        f"{path}: sample {r['id']} does not match the data any more (prompt digest differs)"
+                    )
+                score = task.score(sample, r["reply"])
+                r.update(extracted=score.extracted, rule=score.rule, correct=score.correct, score_details=score.details)
+                counts[name] += 1
+            tmp = path.with_suffix(".rescore.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # all or nothing: a crash leaves the old file
+    return counts
+
+
+def score_responses(responses: Path, data_dir: Path | None, output_dir: Path) -> dict[str, Any]:
+    """Score an official-format IFEval responses file; write eval_results_{strict,loose}.jsonl."""
+    try:
+        lines = [json.loads(line) for line in responses.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise RescoreError(f"{responses}: cannot read JSONL ({exc})") from None
+    task = IFEvalTask(data_dir)
+    by_prompt = {row["prompt"]: row for row in task.rows().values()}
+    strict_out: list[dict[str, Any]] = []
+    loose_out: list[dict[str, Any]] = []
+    items: list[tuple[list[str], list[bool], list[bool]]] = []
+    for i, item in enumerate(lines):
+        if not isinstance(item, dict) or "prompt" not in item or "response" not in item:
+            raise RescoreError(f"{responses}: line {i + 1}: expected an object with prompt and response")
+        row = by_prompt.get(item["prompt"])
+        if row is None:
+            raise RescoreError(f"{responses}: line {i + 1}: prompt is not an IFEval prompt")
+        details = task.score_response(row, item["response"]).details
+        items.append((details["instruction_id_list"], details["strict"], details["loose"]))
+        for mode, out in (("strict", strict_out), ("loose", loose_out)):
+            out.append(
+                {
+                    "key": row["key"],
+                    "instruction_id_list": details["instruction_id_list"],
+                    "prompt": row["prompt"],
+                    "response": item["response"],
+                    "follow_all_instructions": all(details[mode]),
+                    "follow_instruction_list": details[mode],
+                }
+            )
+    metrics = aggregate_verdicts(items)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for mode, out in (("strict", strict_out), ("loose", loose_out)):
+        with open(output_dir / f"eval_results_{mode}.jsonl", "w", encoding="utf-8") as f:
+            for entry in out:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    metrics["n"] = len(items)
+    return metrics
+
+
+__all__ = ["DataError", "RescoreError", "rescore_run", "score_responses"]
