@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,6 +89,9 @@ class Runner:
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.retry_wait_max = retry_wait_max
         self._samples = {task.name: task.samples() for task in tasks}
+        # Heavy scorers (IFEval's checkers) run off the event loop that times the requests, in one
+        # thread: scoring is CPU-bound (more threads only contend for the GIL) and stays ordered.
+        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
 
     @property
     def samples(self) -> dict[str, list[Sample]]:
@@ -107,6 +111,7 @@ class Runner:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            self._scoring.shutdown(wait=False, cancel_futures=True)
             self.store.sync()
 
     async def _sync_ticker(self) -> None:
@@ -246,7 +251,8 @@ class Runner:
             )
             return record
         if getattr(task, "score_in_thread", False):
-            score = await asyncio.to_thread(task.score, sample, completion.text)
+            loop = asyncio.get_running_loop()
+            score = await loop.run_in_executor(self._scoring, task.score, sample, completion.text)
         else:
             score = task.score(sample, completion.text)
         record.update(

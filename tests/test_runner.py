@@ -136,3 +136,61 @@ async def test_stream_keeps_going_without_done(fake_url: Any, tmp_path: Path, da
     _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
     assert outcomes[0].errors == 0
     assert {r["extracted"] for r in store.records("fake", "mmlu", "qwen")} == {"A"}
+
+
+async def test_rescore_run_without_server(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    import json
+
+    from orchestrator.cli import main
+
+    url, _ = await fake_url(answer_b)
+    m = manifest(url, tmp_path)
+    store = RunStore(tmp_path / "run")
+    store.write_meta({"run_id": "run", "manifest": m.to_dict(), "data_dir": str(data_dir)})
+    await Runner(m, [build_task("mmlu", data_dir, limit=60, shots=0)], store, retry_wait_max=0.01).run()
+    store.close()
+    path = store.samples_path("fake", "mmlu", "qwen")
+    original = path.read_text()
+    # A scorer bug stored wrong verdicts: re-scoring from the raw replies puts them right.
+    tampered = [json.loads(line) | {"correct": True, "rule": "bogus"} for line in original.splitlines()]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in tampered))
+    assert main(["score", str(tmp_path / "run")]) == 0
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [json.loads(x) for x in original.splitlines()]
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["rows"][0]["tasks"]["mmlu"]["n"] == 60
+    # A record whose prompt no longer matches the data is refused, not silently re-scored.
+    broken = [json.loads(line) for line in original.splitlines()]
+    broken[0]["prompt_digest"] = "0" * 16
+    path.write_text("".join(json.dumps(r) + "\n" for r in broken))
+    assert main(["score", str(tmp_path / "run")]) == 2
+    assert main(["score", str(tmp_path / "nowhere")]) == 2
+
+
+async def test_ifeval_scored_off_the_event_loop(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+    async def polite(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        text = "Das ist eine kurze Antwort auf Deutsch. Es gibt keine Kommas hier."
+        return await sse(request, [{"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}])
+
+    url, _ = await fake_url(polite)
+    m = parse_manifest(
+        {
+            "run": {"name": "t", "output_dir": str(tmp_path)},
+            "tasks": {"ifeval": {"limit": 40}},
+            "load": {"concurrency": 8, "retries": 0},
+            "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
+        }
+    )
+    store = RunStore(tmp_path / "run")
+    store.write_meta({"run_id": "run", "manifest": m.to_dict()})
+    outcomes = await Runner(m, [build_task("ifeval", data_dir, limit=40)], store).run()
+    store.close()
+    assert outcomes[0].errors == 0
+    records = store.records("fake", "ifeval", "qwen")
+    assert len(records) == 40
+    for r in records:
+        d = r["score_details"]
+        assert len(d["strict"]) == len(d["loose"]) == len(d["instruction_id_list"])
+        assert r["correct"] == all(d["strict"]) and r["rule"] == "ifeval"
+    no_comma = [r for r in records if r["score_details"]["instruction_id_list"] == ["punctuation:no_comma"]]
+    assert all(r["correct"] for r in no_comma)
+    report = build_report(tmp_path / "run")["rows"][0]["tasks"]["ifeval"]
+    assert report["n"] == 40 and report["prompt_loose"] >= report["prompt_strict"]

@@ -29,24 +29,21 @@ def install() -> None:
         return
     ORIGINAL["_extract_ngrams"] = Detector._extract_ngrams
     table: dict[int, str] = {}  # code point -> NGram.normalize(character), filled as characters appear
+    words: dict[str, tuple[list[str], list[str]]] = {}  # normalised word -> (its n-grams, those of a space after it)
 
-    def _extract_ngrams(self: Any) -> list[str]:
-        wmap = self.word_lang_prob_map
-        result: list[str] = []
-        append = result.append
-        text = self.text
-        for ch in set(text):
-            if ord(ch) not in table:
-                table[ord(ch)] = NGram.normalize(ch)
+    def simulate(word: str, wmap: Any) -> tuple[list[str], list[str]]:
+        """The original per-character state machine over one word and the space after it."""
+        body: list[str] = []
+        out = body
         grams = " "
         capital = False
-        for ch in text.translate(table):
+        for ch in word + " ":
+            if ch == " ":
+                out = []  # n-grams ending in the space that follows the word
             last = grams[-1]
             if last == " ":
                 grams = " "
                 capital = False
-                if ch == " ":
-                    continue  # the original adds nothing here either (a lone space is no n-gram)
             elif len(grams) >= 3:
                 grams = grams[1:]
             grams += ch
@@ -57,18 +54,35 @@ def install() -> None:
                 capital = False
             if capital:
                 continue
-            size = len(grams)
-            w = grams[-1:]
-            if w != " " and w in wmap:
-                append(w)
-            if size >= 2:
-                w = grams[-2:]
-                if w in wmap:
-                    append(w)
-                if size >= 3:
-                    w = grams[-3:]
-                    if w in wmap:
-                        append(w)
+            for n in (1, 2, 3):
+                if len(grams) < n:
+                    break
+                w = grams[-n:]
+                if w != " " and w in wmap:
+                    out.append(w)
+        return body, out
+
+    def _extract_ngrams(self: Any) -> list[str]:
+        # After normalisation a space always resets the state machine, so the n-grams of a text are
+        # those of its words in order, each followed by those of the space after it (if any): the
+        # same list the character loop builds, computed once per distinct word.
+        wmap = self.word_lang_prob_map
+        text = self.text
+        for ch in set(text):
+            if ord(ch) not in table:
+                table[ord(ch)] = NGram.normalize(ch)
+        parts = text.translate(table).split(" ")
+        last = len(parts) - 1
+        result: list[str] = []
+        for k, word in enumerate(parts):
+            if not word:
+                continue
+            cached = words.get(word)
+            if cached is None:
+                cached = words[word] = simulate(word, wmap)
+            result += cached[0]
+            if k < last:
+                result += cached[1]
         return result
 
     vectors: dict[str, np.ndarray] = {}  # n-gram -> its 55 language probabilities as an array

@@ -45,8 +45,16 @@ class UnknownInstructionError(ValueError):
     """An instruction id that no checker implements."""
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def _registry() -> dict[str, Any]:
     """``INSTRUCTION_DICT`` without running ``if_verifiable/__init__`` (it imports datasets eagerly)."""
+    with _INIT_LOCK:
+        return _load_registry()
+
+
+def _load_registry() -> dict[str, Any]:
     if "if_verifiable.ifeval.instructions_registry" not in sys.modules and "if_verifiable" not in sys.modules:
         spec = importlib.util.find_spec("if_verifiable")
         if spec is None or not spec.submodule_search_locations:
@@ -60,6 +68,11 @@ def _registry() -> dict[str, Any]:
     # makes detect() a pure function of the text, which also makes its answers safe to memoise
     # (the same text reaches it from several checkers and from strict and loose passes).
     langdetect.DetectorFactory.seed = 0
+    # langdetect loads its 55 profiles lazily on the first detect(), and a detector created by
+    # another thread meanwhile sees a half-loaded factory: load them now, once, under the lock.
+    from langdetect import detector_factory
+
+    detector_factory.init_factory()
     fast_langdetect.install()
     if not hasattr(langdetect.detect, "cache_info"):
         langdetect.detect = functools.lru_cache(maxsize=4096)(langdetect.detect)
@@ -74,6 +87,7 @@ def _registry() -> dict[str, Any]:
 
 _RNG = random.Random()
 _RNG_LOCK = threading.Lock()
+_CHECKER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -207,8 +221,9 @@ class IFEvalTask:
     @property
     def checker(self) -> IFEvalChecker:
         """Built on first use (imports the checkers and the offline punkt model)."""
-        if self._checker is None:
-            self._checker = IFEvalChecker()
+        with _CHECKER_LOCK:
+            if self._checker is None:
+                self._checker = IFEvalChecker()
         return self._checker
 
     def rows(self) -> dict[str, dict[str, Any]]:
