@@ -214,15 +214,15 @@ LANG_TEXTS = [
 ]
 
 
-def test_fast_langdetect_is_bit_identical() -> None:
+def test_fastpaths_is_bit_identical() -> None:
     import random
 
     from langdetect import detector_factory
 
-    from orchestrator.tasks.ifeval import fast_langdetect
+    from orchestrator.tasks.ifeval import fastpaths
 
     IFEvalChecker()  # installs the fast paths
-    assert fast_langdetect.ORIGINAL
+    assert fastpaths.ORIGINAL
     detector_factory.init_factory()
     factory = detector_factory._factory
     rng = random.Random(3)
@@ -231,9 +231,9 @@ def test_fast_langdetect_is_bit_identical() -> None:
         fast, slow = factory.create(), factory.create()
         fast.append(text)
         slow.append(text)
-        assert fast._extract_ngrams() == fast_langdetect.ORIGINAL["_extract_ngrams"](slow)
+        assert fast._extract_ngrams() == fastpaths.ORIGINAL["_extract_ngrams"](slow)
         fast_probs = [(p.lang, p.prob) for p in fast.get_probabilities()]
-        fast_langdetect.ORIGINAL["_detect_block"](slow)
+        fastpaths.ORIGINAL["_detect_block"](slow)
         slow_probs = [(p.lang, p.prob) for p in slow._sort_probability(slow.langprob)]
         assert fast_probs == slow_probs  # exact floats, not approximately
     assert detector_factory.DetectorFactory.seed == 0

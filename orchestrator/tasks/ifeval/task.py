@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.tasks.base import Sample, Score, stratified_subset
-from orchestrator.tasks.ifeval import fast_langdetect
+from orchestrator.tasks.ifeval import fastpaths
 from orchestrator.tasks.ifeval.punkt import ensure_punkt
 from orchestrator.tasks.multiple_choice import THINK_BLOCK, DataError
 
@@ -73,9 +73,10 @@ def _load_registry() -> dict[str, Any]:
     from langdetect import detector_factory
 
     detector_factory.init_factory()
-    fast_langdetect.install()
+    fastpaths.install()
     if not hasattr(langdetect.detect, "cache_info"):
         langdetect.detect = functools.lru_cache(maxsize=4096)(langdetect.detect)
+        fastpaths.register_cache(langdetect.detect)
     ensure_punkt()
     module = importlib.import_module("if_verifiable.ifeval.instructions_registry")
     # The checkers draw from the module-global `random`; give them a private generator so that
