@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from orchestrator import __version__
+from orchestrator.compose import ComposeError, ComposeOptions, check_compose, dump_compose, load_compose, render_compose
 from orchestrator.manifest import (
     Manifest,
     ManifestError,
@@ -32,6 +33,7 @@ from orchestrator.manifest import (
     parse_manifest,
     with_overrides,
 )
+from orchestrator.matrix import MatrixError
 from orchestrator.report import render_table, write_report
 from orchestrator.rescore import RescoreError, rescore_run, score_responses
 from orchestrator.runner import Runner, TargetOutcome
@@ -287,6 +289,42 @@ def cmd_score(args: argparse.Namespace) -> int:
     return cmd_report(args)
 
 
+def cmd_compose(args: argparse.Namespace) -> int:
+    """Render Compose files from the checkpoint matrix, or check a Compose file."""
+    schema = Path(args.schema) if args.schema else None
+    if args.check:
+        problems = check_compose(load_compose(Path(args.check)), args.check, schema)
+        for line in problems:
+            console.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+        if not problems:
+            _out().print(f"{args.check}: OK")
+        return EXIT_BAD_INPUT if problems else 0
+    options = ComposeOptions(
+        backend=args.backend,
+        sizes=tuple(_split(args.sizes)),
+        quants=tuple(_split(args.quants)),
+        gpus=tuple(_split(args.gpus)),
+        first_port=args.first_port,
+        hf_cache=args.hf_cache or ComposeOptions.hf_cache,
+        reuse_gpus_across_sizes=not args.no_gpu_reuse,
+    )
+    doc = render_compose(options)
+    problems = check_compose(doc, args.output or "<generated>", schema)
+    if problems:  # a generator bug, never the user's: say so loudly
+        raise ComposeError("generated file fails its own checks: " + "; ".join(problems))
+    text = dump_compose(doc, options)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        console.print(f"wrote {args.output}: {len(doc['services'])} services")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a manifest and say what it would run."""
     m = load_manifest(args.manifest)
@@ -324,6 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", help="where eval_results_{strict,loose}.jsonl go (default: beside FILE)")
     s.set_defaults(func=cmd_score)
 
+    c = sub.add_parser("compose", help="render Compose files for the Qwen2 checkpoint matrix, or --check one")
+    c.add_argument("--backend", choices=["tgi", "vllm", "sglang"], default="tgi")
+    c.add_argument("--sizes", help="comma-separated: 0.5b,1.5b,7b,72b (default: all)")
+    c.add_argument("--quants", help="comma-separated: bf16,gptq-int8,gptq-int4,awq (default: all)")
+    c.add_argument("--gpus", default="0,1,2,3,4,5,6,7", help="GPU ids to assign, in order")
+    c.add_argument("--first-port", type=int, default=8001, help="host port of the first service")
+    c.add_argument("--hf-cache", help="host folder of the Hugging Face cache (default: $HF_HOME)")
+    c.add_argument("--no-gpu-reuse", action="store_true", help="never give a GPU to two services, even across sizes")
+    c.add_argument("-o", "--output", help="write here instead of stdout")
+    c.add_argument("--check", metavar="FILE", help="check a Compose file (schema + GPU, port, token, TP rules)")
+    c.add_argument("--schema", help="compose-spec.json (default: $ORCHESTRATOR_COMPOSE_SCHEMA or ../shared/specs)")
+    c.set_defaults(func=cmd_compose)
+
     v = sub.add_parser("validate", help="validate a manifest")
     v.add_argument("manifest")
     v.set_defaults(func=cmd_validate)
@@ -335,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ManifestError, DataError, RescoreError, NotARunError) as exc:
+    except (ManifestError, DataError, RescoreError, NotARunError, ComposeError, MatrixError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -1,0 +1,367 @@
+"""Compose files for the checkpoint matrix: render, check, and discover targets from them.
+
+One service per checkpoint, pinned to its GPUs (``deploy.resources.reservations.devices`` with
+``device_ids``), its own host port, a shared Hugging Face cache, ``HF_TOKEN`` passed through from
+the environment (never written into the file), shared memory for NCCL, a ``/health`` healthcheck
+with a long start period, profiles per size and per quantization, and labels that let
+``orchestrate bench --compose`` find the targets.
+
+``check_compose`` validates a file against the Compose Specification JSON schema and then checks
+what the schema cannot express: count and device_ids never together, a GPU never given to two
+services that can run together (unless the file says GPUs are reused across size profiles), host
+ports unique, TGI's token limits ordered, and the tensor-parallel size valid for the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.matrix import Checkpoint, MatrixError, by_repo, select
+
+BACKENDS = ("tgi", "vllm", "sglang")
+IMAGES = {
+    # TGI is in maintenance mode upstream (README); 3.3.x is its last line.
+    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
+    "vllm": "vllm/vllm-openai:v0.11.0",
+    "sglang": "lmsysorg/sglang:v0.5.4",
+}
+CONTAINER_PORT = {"tgi": 80, "vllm": 8000, "sglang": 30000}
+# The host's HF_HOME is mounted whole; TGI is pointed at its hub/ folder so that every backend
+# shares one download of each checkpoint.
+CACHE_MOUNT = {"tgi": "/data", "vllm": "/root/.cache/huggingface", "sglang": "/root/.cache/huggingface"}
+CACHE_ENV = {"tgi": ["HF_HUB_CACHE=/data/hub", "HUGGINGFACE_HUB_CACHE=/data/hub"], "vllm": [], "sglang": []}
+LABEL = "orchestrator"
+# TGI token budget: prompts up to 7,168 tokens (5-shot MMLU) plus 1,024 generated.
+TGI_MAX_INPUT, TGI_MAX_TOTAL, TGI_MAX_PREFILL = 7168, 8192, 8192
+MAX_MODEL_LEN = 8192
+
+
+class ComposeError(ValueError):
+    """A compose request or file that cannot be used; one line for the user."""
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    """What `orchestrate compose` renders."""
+
+    backend: str = "tgi"
+    sizes: tuple[str, ...] = ()
+    quants: tuple[str, ...] = ()
+    gpus: tuple[str, ...] = tuple(str(i) for i in range(8))
+    first_port: int = 8001
+    hf_cache: str = "${HF_HOME:-${HOME}/.cache/huggingface}"
+    reuse_gpus_across_sizes: bool = True
+    tp: dict[str, int] = field(default_factory=dict)  # Hub id -> tensor-parallel size override
+
+    def command_line(self) -> str:
+        """The `orchestrate compose` call that renders these options (for the file header)."""
+        default = ComposeOptions()
+        parts = ["orchestrate compose", f"--backend {self.backend}"]
+        if self.sizes:
+            parts.append("--sizes " + ",".join(self.sizes))
+        if self.quants:
+            parts.append("--quants " + ",".join(self.quants))
+        if self.gpus != default.gpus:
+            parts.append("--gpus " + ",".join(self.gpus))
+        if self.first_port != default.first_port:
+            parts.append(f"--first-port {self.first_port}")
+        if self.hf_cache != default.hf_cache:
+            parts.append(f"--hf-cache {self.hf_cache}")
+        if not self.reuse_gpus_across_sizes:
+            parts.append("--no-gpu-reuse")
+        return " ".join(parts)
+
+
+def _command(backend: str, ckpt: Checkpoint, tp: int) -> list[str]:
+    if backend == "tgi":
+        # No --quantize/--dtype for GPTQ/AWQ repos: TGI reads the quantization config itself.
+        return [
+            "--model-id", ckpt.repo,
+            "--num-shard", str(tp),
+            "--max-input-tokens", str(TGI_MAX_INPUT),
+            "--max-total-tokens", str(TGI_MAX_TOTAL),
+            "--max-batch-prefill-tokens", str(TGI_MAX_PREFILL),
+            "--usage-stats", "off",
+        ]  # fmt: skip
+    if backend == "vllm":
+        # Never --quantization gptq|awq: vLLM picks the fast Marlin kernels itself; forcing it slows down.
+        return [
+            "--model", ckpt.repo,
+            "--tensor-parallel-size", str(tp),
+            "--gpu-memory-utilization", "0.90",
+            "--max-model-len", str(MAX_MODEL_LEN),
+        ]  # fmt: skip
+    return [
+        "python3", "-m", "sglang.launch_server",
+        "--model-path", ckpt.repo,
+        "--host", "0.0.0.0",
+        "--port", str(CONTAINER_PORT["sglang"]),
+        "--tp", str(tp),
+    ]  # fmt: skip
+
+
+def _service(backend: str, ckpt: Checkpoint, tp: int, gpu_ids: list[str], host_port: int) -> dict[str, Any]:
+    port = CONTAINER_PORT[backend]
+    service: dict[str, Any] = {
+        "image": IMAGES[backend],
+        "command": _command(backend, ckpt, tp),
+        "ports": [f"{host_port}:{port}"],
+        "volumes": [f"hf-cache:{CACHE_MOUNT[backend]}"],
+        # HF_TOKEN is passed through from the shell that runs `docker compose`: never in the file.
+        "environment": ["HF_TOKEN", *CACHE_ENV[backend]],
+        "deploy": {
+            "resources": {
+                "reservations": {"devices": [{"driver": "nvidia", "device_ids": gpu_ids, "capabilities": ["gpu"]}]}
+            }
+        },
+        "healthcheck": {
+            "test": ["CMD-SHELL", f"curl -fsS http://127.0.0.1:{port}/health || exit 1"],
+            "interval": "30s",
+            "timeout": "10s",
+            "retries": 3,
+            # Downloading and loading a 72B checkpoint takes long; do not count that as failures.
+            "start_period": "40m",
+        },
+        "profiles": [ckpt.profile_size, ckpt.profile_quant, "all"],
+        "labels": {
+            f"{LABEL}.model": ckpt.model,
+            f"{LABEL}.model_id": ckpt.repo,
+            f"{LABEL}.quantization": ckpt.quant,
+            f"{LABEL}.backend": backend,
+            f"{LABEL}.tensor_parallel": str(tp),
+        },
+        "restart": "unless-stopped",
+    }
+    if tp > 1:
+        service["ipc"] = "host"  # NCCL between shards needs more than a private /dev/shm
+    else:
+        service["shm_size"] = "1g"
+    return service
+
+
+def render_compose(options: ComposeOptions) -> dict[str, Any]:
+    """The Compose document for the selected checkpoints on one backend."""
+    if options.backend not in BACKENDS:
+        raise ComposeError(f"unknown backend {options.backend!r} (expected one of {', '.join(BACKENDS)})")
+    try:
+        checkpoints = select(list(options.sizes) or None, list(options.quants) or None)
+    except MatrixError as exc:
+        raise ComposeError(str(exc)) from None
+    if not checkpoints:
+        raise ComposeError("no checkpoint matches the selected sizes and quantizations")
+    services: dict[str, Any] = {}
+    cursor = 0
+    current_size = None
+    for i, ckpt in enumerate(checkpoints):
+        if options.reuse_gpus_across_sizes and ckpt.size != current_size:
+            cursor = 0  # each size profile is a box of its own: its services start at the first GPU
+        current_size = ckpt.size
+        tp = options.tp.get(ckpt.repo, ckpt.default_tp)
+        try:
+            ckpt.check_tp(tp)
+        except MatrixError as exc:
+            raise ComposeError(str(exc)) from None
+        if cursor + tp > len(options.gpus):
+            raise ComposeError(
+                f"not enough GPUs for {ckpt.repo}: needs {tp} more, {len(options.gpus) - cursor} left of "
+                f"{len(options.gpus)} (give more with --gpus, or select fewer checkpoints)"
+            )
+        gpu_ids = list(options.gpus[cursor : cursor + tp])
+        cursor += tp
+        services[ckpt.slug] = _service(options.backend, ckpt, tp, gpu_ids, options.first_port + i)
+    doc: dict[str, Any] = {
+        "name": f"qwen2-{options.backend}",
+        "services": services,
+        "volumes": {"hf-cache": {"driver": "local", "driver_opts": {"type": "none", "o": "bind",
+                                                                     "device": options.hf_cache}}},
+    }  # fmt: skip
+    if options.reuse_gpus_across_sizes:
+        doc["x-orchestrator"] = {"gpu_reuse": "across-sizes"}
+    return doc
+
+
+def dump_compose(doc: dict[str, Any], options: ComposeOptions) -> str:
+    """YAML text with a header saying how it was made."""
+    header = (
+        f"# Generated by `{options.command_line()}` - do not edit; regenerate instead.\n"
+        "# HF_TOKEN comes from the environment of `docker compose`; start a subset with profiles,\n"
+        "# e.g. `docker compose -f <this file> --profile 7b up -d`.\n"
+    )
+    return header + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+def schema_path() -> Path:
+    """The Compose Specification schema: $ORCHESTRATOR_COMPOSE_SCHEMA or ../shared/specs beside the checkout."""
+    env = os.environ.get("ORCHESTRATOR_COMPOSE_SCHEMA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "specs" / "compose-spec" / "compose-spec.json"
+
+
+def _flag(command: list[str], *names: str) -> str | None:
+    for i, arg in enumerate(command):
+        for name in names:
+            if arg == name and i + 1 < len(command):
+                return command[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def _host_ports(service: dict[str, Any]) -> list[tuple[int, str]]:
+    out = []
+    for i, entry in enumerate(service.get("ports") or []):
+        if isinstance(entry, dict):
+            published = entry.get("published")
+        else:
+            parts = str(entry).split(":")
+            published = parts[-2] if len(parts) >= 2 else None
+        if published is not None and str(published).isdigit():
+            out.append((int(published), f"ports[{i}]"))
+    return out
+
+
+def _gpus(service: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(device ids, problems) of a service's GPU reservations."""
+    devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
+    ids: list[str] = []
+    problems = []
+    for i, dev in enumerate(devices):
+        if not isinstance(dev, dict):
+            continue
+        where = f"deploy.resources.reservations.devices[{i}]"
+        if "count" in dev and "device_ids" in dev:
+            problems.append(f"{where}: count and device_ids together (Compose refuses it; give device_ids)")
+        ids += [str(d) for d in dev.get("device_ids") or []]
+    return ids, problems
+
+
+def check_compose(doc: Any, source: str, schema: Path | None = None) -> list[str]:
+    """Every problem of a Compose document, each as 'source: key path: what is wrong'."""
+    import jsonschema
+
+    schema_file = schema or schema_path()
+    try:
+        spec = json.loads(schema_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ComposeError(f"cannot read the Compose schema {schema_file} ({exc.strerror})") from None
+    problems: list[str] = []
+    validator = jsonschema.Draft7Validator(spec)
+    for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        problems.append(f"{source}: {where}: {err.message}")
+    if problems or not isinstance(doc, dict):
+        return problems
+    services = doc.get("services") or {}
+    reuse_across_sizes = (doc.get("x-orchestrator") or {}).get("gpu_reuse") == "across-sizes"
+    gpu_owner: dict[str, list[str]] = {}
+    port_owner: dict[int, str] = {}
+    for name, svc in services.items():
+        prefix = f"{source}: services.{name}"
+        ids, gpu_problems = _gpus(svc)
+        problems += [f"{prefix}.{p}" for p in gpu_problems]
+        for gpu in ids:
+            gpu_owner.setdefault(gpu, []).append(name)
+        for port, where in _host_ports(svc):
+            if port in port_owner:
+                problems.append(f"{prefix}.{where}: host port {port} is also used by service {port_owner[port]}")
+            else:
+                port_owner[port] = name
+        command = svc.get("command") or []
+        if isinstance(command, str):
+            command = command.split()
+        labels = svc.get("labels") or {}
+        if isinstance(labels, list):
+            labels = dict(item.split("=", 1) for item in labels if "=" in item)
+        tgi_in = _flag(command, "--max-input-tokens")
+        tgi_total = _flag(command, "--max-total-tokens")
+        tgi_prefill = _flag(command, "--max-batch-prefill-tokens")
+        if tgi_in and tgi_total and int(tgi_in) >= int(tgi_total):
+            problems.append(
+                f"{prefix}.command: --max-input-tokens {tgi_in} must be below --max-total-tokens {tgi_total}"
+            )
+        if tgi_in and tgi_prefill and int(tgi_prefill) < int(tgi_in):
+            problems.append(
+                f"{prefix}.command: --max-batch-prefill-tokens {tgi_prefill} must be at least "
+                f"--max-input-tokens {tgi_in}"
+            )
+        repo = labels.get(f"{LABEL}.model_id") or _flag(command, "--model-id", "--model", "--model-path")
+        tp_text = _flag(command, "--num-shard", "--tensor-parallel-size", "--tp", "--tp-size") or "1"
+        ckpt = by_repo(repo) if repo else None
+        if ckpt is not None and tp_text.isdigit():
+            problem = ckpt.tp_problem(int(tp_text))
+            if problem:
+                problems.append(f"{prefix}.command: {ckpt.repo} at tensor-parallel {tp_text}: {problem}")
+            elif ids and len(ids) < int(tp_text):
+                problems.append(f"{prefix}.deploy: tensor-parallel {tp_text} but only {len(ids)} GPUs reserved")
+    for gpu, owners in gpu_owner.items():
+        if len(owners) < 2:
+            continue
+        for a, b in itertools.combinations(owners, 2):
+            if reuse_across_sizes and _size(services[a]) != _size(services[b]):
+                continue  # different size profiles: declared as never started together
+            problems.append(f"{source}: services.{b}.deploy.resources.reservations: GPU {gpu} is also given to {a}")
+    return problems
+
+
+def _size(service: dict[str, Any]) -> str | None:
+    labels = service.get("labels") or {}
+    repo = labels.get(f"{LABEL}.model_id") if isinstance(labels, dict) else None
+    ckpt = by_repo(repo) if repo else None
+    return ckpt.size if ckpt else None
+
+
+def load_compose(path: Path) -> dict[str, Any]:
+    """Read a Compose file; ComposeError with one line if it is not YAML."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ComposeError(f"{path}: cannot read file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ComposeError(f"{path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(doc, dict):
+        raise ComposeError(f"{path}: expected a Compose mapping")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+# ---------------------------------------------------------------------------------------------
+ADAPTER = {"tgi": "tgi", "vllm": "vllm", "sglang": "sglang"}
+
+
+def discover_targets(doc: dict[str, Any], profiles: list[str], host: str = "127.0.0.1") -> list[dict[str, Any]]:
+    """Manifest target entries for the services of the given profiles (all services if none)."""
+    targets = []
+    for name, svc in (doc.get("services") or {}).items():
+        svc_profiles = svc.get("profiles") or []
+        if profiles and not set(profiles) & set(svc_profiles):
+            continue
+        labels = svc.get("labels") or {}
+        backend = labels.get(f"{LABEL}.backend")
+        ports = _host_ports(svc)
+        if backend not in ADAPTER or not ports:
+            continue  # not a service of ours (no labels) or not reachable from the host
+        targets.append(
+            {
+                "name": name,
+                "model": labels.get(f"{LABEL}.model", name),
+                "model_id": labels.get(f"{LABEL}.model_id"),
+                "quantization": labels.get(f"{LABEL}.quantization", "?"),
+                "backend": ADAPTER[backend],
+                "url": f"http://{host}:{ports[0][0]}",
+            }
+        )
+    if not targets:
+        raise ComposeError(f"no orchestrator-labelled service with a host port in profiles {profiles or ['(all)']}")
+    return targets
