@@ -297,8 +297,6 @@ def _check_semantics(m: Manifest, source: str) -> None:
             raise ManifestError(source, f"{p}.url", "missing required key (or give a launch block)")
         else:
             _check_url(t.url, f"{p}.url", source)
-        if t.backend in ("tgi", "tgi-chat", "sglang"):
-            raise ManifestError(source, f"{p}.backend", f"backend {t.backend!r} is not available yet")
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from orchestrator.backends import BackendError, ChatRequest, OpenAIChat, open_backend
+from orchestrator.backends import Backend, BackendError, ChatRequest, open_backend
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_model
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.store import RunStore
@@ -137,7 +137,7 @@ class Runner:
         if not work:
             return outcome
         server: LlamaCppServer | None = None
-        backend: OpenAIChat | None = None
+        backend: Backend | None = None
         try:
             url = target.url
             if target.launch is not None:
@@ -149,6 +149,7 @@ class Runner:
             outcome.server.update(await backend.describe())
             outcome.server["served_model"] = backend.model
             outcome.server["backend"] = target.backend
+            outcome.server["version"] = await backend.server_version()
             await self._run_samples(target, backend, work, outcome)
         except* ErrorBudgetExceeded as group:
             outcome.failure = str(group.exceptions[0])
@@ -182,7 +183,7 @@ class Runner:
     async def _run_samples(
         self,
         target: TargetConfig,
-        backend: OpenAIChat,
+        backend: Backend,
         work: list[tuple[Task, Sample]],
         outcome: TargetOutcome,
     ) -> None:
@@ -217,7 +218,7 @@ class Runner:
                 await sem.acquire()
                 tg.create_task(one(task, sample))
 
-    async def _attempt(self, backend: OpenAIChat, task: Task, sample: Sample, request: ChatRequest) -> dict[str, Any]:
+    async def _attempt(self, backend: Backend, task: Task, sample: Sample, request: ChatRequest) -> dict[str, Any]:
         attempts = 0
         record: dict[str, Any] = {
             "id": sample.id,

@@ -14,7 +14,15 @@ from orchestrator.backends.base import (
     FatalError,
     TransientError,
 )
-from orchestrator.backends.openai import LlamaCppChat, OpenAIChat, TokenCounter, VLLMChat, make_session
+from orchestrator.backends.openai import (
+    LlamaCppChat,
+    OpenAIChat,
+    TGIChat,
+    TokenCounter,
+    VLLMChat,
+    make_session,
+)
+from orchestrator.backends.tgi import ChatTemplate, TGINative
 from orchestrator.manifest import LoadConfig, TargetConfig
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "Completion",
     "FatalError",
     "OpenAIChat",
+    "TGINative",
     "TransientError",
     "hf_token_counter",
     "open_backend",
@@ -45,15 +54,24 @@ def hf_token_counter(spec: str, resolve: Path | None = None) -> TokenCounter:
     return count
 
 
-async def open_backend(target: TargetConfig, url: str, load: LoadConfig, tokenizer: Path | None) -> OpenAIChat:
+async def open_backend(target: TargetConfig, url: str, load: LoadConfig, tokenizer: Path | None) -> Backend:
     """Create the adapter of a target on its own shared session and discover its model."""
     api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
     counter = None
-    if target.tokenizer is not None:
+    if target.tokenizer is not None and target.backend != "tgi":
         counter = await asyncio.to_thread(hf_token_counter, target.tokenizer, tokenizer)
-    session = make_session(load.concurrency, load.request_timeout, api_key)
-    cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat}.get(target.backend, OpenAIChat)
-    backend = cls(url, session, model=target.served_model, counter=counter)
+    backend: Backend
+    if target.backend == "tgi":
+        source = str(tokenizer) if tokenizer is not None else (target.tokenizer or target.model_id)
+        if source is None:
+            raise FatalError(f"{target.name}: backend tgi renders the chat template: set model_id or tokenizer")
+        template = await asyncio.to_thread(ChatTemplate.load, source)
+        session = make_session(load.concurrency, load.request_timeout, api_key)
+        backend = TGINative(url, session, template, model=target.served_model)
+    else:
+        session = make_session(load.concurrency, load.request_timeout, api_key)
+        cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat, "tgi-chat": TGIChat}.get(target.backend, OpenAIChat)
+        backend = cls(url, session, model=target.served_model, counter=counter)
     try:
         await backend.start()
     except BaseException:

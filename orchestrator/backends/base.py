@@ -69,6 +69,19 @@ class Backend(Protocol):
     """What the runner needs from a serving backend."""
 
     name: str
+    model: str | None
+
+    async def start(self) -> None:
+        """Discover what the server serves; raise BackendError when it is not usable."""
+        ...
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The request body as it would be sent (recorded with every sample)."""
+        ...
+
+    async def server_version(self) -> str | None:
+        """The server's version, when it says."""
+        ...
 
     async def generate(self, request: ChatRequest) -> Completion:
         """Send one request; raise BackendError when there is no reply."""

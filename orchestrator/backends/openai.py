@@ -40,7 +40,40 @@ def make_session(concurrency: int, timeout: float, api_key: str | None = None) -
     )
 
 
-class OpenAIChat:
+class HTTPBackend:
+    """What every adapter shares: the target's one session, its base URL, JSON GETs."""
+
+    name = "http"
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, model: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[: -len("/v1")]
+        self.session = session
+        self.model = model
+
+    async def close(self) -> None:
+        """Close the shared session."""
+        await self.session.close()
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        try:
+            async with self.session.get(f"{self.base_url}{path}") as resp:
+                if resp.status != 200:
+                    raise error_for_status(resp.status, await resp.text(errors="replace"))
+                answer = await resp.json(content_type=None)
+        except BackendError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise TransientError(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+        return answer if isinstance(answer, dict) else {"answer": answer}
+
+    async def server_version(self) -> str | None:
+        """The server's own version string, when it tells (for the report)."""
+        return None
+
+
+class OpenAIChat(HTTPBackend):
     """Chat completions over one shared aiohttp session."""
 
     name = "openai"
@@ -52,11 +85,7 @@ class OpenAIChat:
         model: str | None = None,
         counter: TokenCounter | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        if self.base_url.endswith("/v1"):
-            self.base_url = self.base_url[: -len("/v1")]
-        self.session = session
-        self.model = model
+        super().__init__(base_url, session, model)
         self.counter = counter
         self._models_answer: dict[str, Any] | None = None
 
@@ -81,10 +110,6 @@ class OpenAIChat:
         if self._models_answer is None:
             self._models_answer = await self._get_json("/v1/models")
         return {"v1_models": self._models_answer}
-
-    async def close(self) -> None:
-        """Close the shared session."""
-        await self.session.close()
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body sent for a request (recorded verbatim in the store)."""
@@ -208,27 +233,48 @@ class OpenAIChat:
             completion.completion_tokens = len(completion.stamps.chunks)
             completion.token_source = "chunks"
 
-    async def _get_json(self, path: str) -> dict[str, Any]:
-        try:
-            async with self.session.get(f"{self.base_url}{path}") as resp:
-                if resp.status != 200:
-                    raise error_for_status(resp.status, await resp.text(errors="replace"))
-                answer = await resp.json(content_type=None)
-        except BackendError:
-            raise
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise TransientError(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
-        return answer if isinstance(answer, dict) else {"answer": answer}
-
 
 class VLLMChat(OpenAIChat):
     """vLLM's OpenAI server: usage arrives as a separate chunk with empty choices."""
 
     name = "vllm"
 
+    async def server_version(self) -> str | None:
+        """vLLM answers GET /version."""
+        try:
+            return str((await self._get_json("/version")).get("version"))
+        except BackendError:
+            return None
+
     def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
         """vLLM: temperature 0 is greedy; pin the other samplers to neutral values anyway."""
         return {**super().greedy_params(request), "top_k": -1, "repetition_penalty": 1.0}
+
+
+class TGIChat(OpenAIChat):
+    """TGI's OpenAI-compatible route; TGI serves one model, addressed as "tgi"."""
+
+    name = "tgi-chat"
+
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        model: str | None = None,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        super().__init__(base_url, session, model or "tgi", counter)
+
+    async def describe(self) -> dict[str, Any]:
+        """TGI's /info (model, limits, version)."""
+        return {"info": await self._get_json("/info")}
+
+    async def server_version(self) -> str | None:
+        """From /info."""
+        try:
+            return str((await self._get_json("/info")).get("version"))
+        except BackendError:
+            return None
 
 
 class LlamaCppChat(OpenAIChat):

@@ -1,0 +1,165 @@
+"""TGI native adapter against a fake TGI validated by TGI's OpenAPI document (contract tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from jsonschema import ValidationError
+
+from orchestrator.backends import ChatRequest, FatalError, TransientError
+from orchestrator.backends.openai import make_session
+from orchestrator.backends.tgi import ChatTemplate, TGINative
+from orchestrator.manifest import parse_manifest
+from orchestrator.runner import Runner
+from orchestrator.store import RunStore
+from orchestrator.tasks import build_task
+from tests.support.fake_tgi import FakeTGI, OpenAPI
+from tests.support.servers import vllm_python
+
+CHATS: list[tuple[tuple[str, str], ...]] = [
+    (("user", "Hi"),),
+    (("system", "You are terse."), ("user", "2+2?")),
+    (("user", "Q1"), ("assistant", "A"), ("user", "Q2"), ("assistant", "B"), ("user", "Q3 答案：")),
+]
+
+
+@pytest.fixture(scope="module")
+def spec(data_dir: Path) -> OpenAPI:
+    return OpenAPI(data_dir.parent / "specs" / "text-generation-inference" / "openapi.json")
+
+
+@pytest.fixture(scope="module")
+def template(data_dir: Path) -> ChatTemplate:
+    return ChatTemplate.load(str(data_dir / "qwen2-tokenizer"))
+
+
+@pytest.fixture
+async def tgi(spec: OpenAPI, template: ChatTemplate) -> AsyncIterator[tuple[TGINative, FakeTGI, str]]:
+    fake = FakeTGI(spec)
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    backend = TGINative(url, make_session(4, 10.0), template)
+    await backend.start()
+    yield backend, fake, url
+    await backend.close()
+    await server.close()
+
+
+REQ = ChatRequest((("user", "Which option?"),), max_tokens=4, seed=7, stop=("\n\n",))
+
+
+async def test_stream_request_and_reply_follow_the_contract(tgi: tuple[TGINative, FakeTGI, str]) -> None:
+    backend, fake, _ = tgi
+    c = await backend.generate(REQ)
+    sent = fake.requests[-1]
+    # TGI samples when parameters are absent: they are always explicit, and greedy.
+    assert sent["parameters"]["do_sample"] is False and sent["parameters"]["details"] is True
+    assert sent["parameters"]["max_new_tokens"] == 4 and sent["parameters"]["seed"] == 7
+    assert sent["parameters"]["stop"] == ["\n\n"]
+    assert sent["inputs"].endswith("<|im_start|>user\nWhich option?<|im_end|>\n<|im_start|>assistant\n")
+    assert c.text == "The answer is B"
+    assert (c.prompt_tokens, c.completion_tokens, c.token_source) == (42, 4, "tgi-details")
+    assert c.finish_reason == "length" and len(c.stamps.chunks) == 4  # one token per event
+    assert (await backend.describe())["info"]["version"] == "3.3.6" and backend.model == "Qwen/Qwen2-0.5B-Instruct"
+    assert await backend.server_version() == "3.3.6"
+
+
+async def test_special_end_token_is_not_content(tgi: tuple[TGINative, FakeTGI, str]) -> None:
+    backend, fake, _ = tgi
+    fake.tokens = ["B"]
+    c = await backend.generate(ChatRequest((("user", "x"),), max_tokens=8, seed=1))
+    assert c.text == "B" and len(c.stamps.chunks) == 1 and c.completion_tokens == 2
+    assert c.finish_reason == "eos_token"
+
+
+async def test_non_stream_uses_details_and_headers(tgi: tuple[TGINative, FakeTGI, str]) -> None:
+    backend, fake, _ = tgi
+    c = await backend.generate(ChatRequest((("user", "x"),), max_tokens=3, seed=1, stream=False))
+    assert c.text == "The answer is" and c.completion_tokens == 3 and c.prompt_tokens == 42
+    assert c.raw["headers"]["x-generated-tokens"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "kind"),
+    [(429, "overloaded", TransientError), (422, "validation", FatalError), (424, "generation", FatalError)],
+)
+async def test_error_types_map_onto_the_error_tree(
+    tgi: tuple[TGINative, FakeTGI, str], status: int, error_type: str, kind: type[Exception]
+) -> None:
+    backend, fake, _ = tgi
+    for stream in (True, False):
+        fake.fail = [(status, error_type)]
+        with pytest.raises(kind, match=error_type):
+            await backend.generate(ChatRequest((("user", "x"),), max_tokens=3, seed=1, stream=stream))
+
+
+async def test_runner_backs_off_when_overloaded(
+    tgi: tuple[TGINative, FakeTGI, str], tmp_path: Path, data_dir: Path
+) -> None:
+    _, fake, url = tgi
+    fake.fail = [(429, "overloaded")] * 3
+    m = parse_manifest(
+        {
+            "run": {"name": "t", "output_dir": str(tmp_path)},
+            "tasks": {"ceval": {"limit": 60}},
+            "load": {"concurrency": 1, "retries": 3},
+            "targets": [
+                {
+                    "name": "tgi",
+                    "model": "Qwen2-0.5B-Instruct",
+                    "quantization": "BF16",
+                    "backend": "tgi",
+                    "url": url,
+                    "tokenizer": str(data_dir / "qwen2-tokenizer"),
+                }
+            ],
+        }
+    )
+    store = RunStore(tmp_path / "run")
+    outcomes = await Runner(m, [build_task("ceval", data_dir, limit=60)], store, retry_wait_max=0.01).run()
+    store.close()
+    assert outcomes[0].errors == 0 and outcomes[0].server["info"]["router"] == "text-generation-router"
+    records = store.records("tgi", "ceval", "qwen")
+    assert len(records) == 60 and records[0]["attempts"] == 4 and records[0]["token_source"] == "tgi-details"
+    assert all(r["request"]["parameters"]["do_sample"] is False for r in records)
+
+
+def test_schema_drift_breaks_the_contract(spec: OpenAPI) -> None:
+    with pytest.raises(ValidationError):
+        spec.validate("GenerateRequest", {"parameters": {"do_sample": False}})  # no inputs
+    with pytest.raises(ValidationError):
+        spec.validate("StreamResponse", {"index": 0, "token": {"id": 1, "text": "a"}})  # token lacks fields
+    assert spec.response_schema("/generate_stream", 200) == "StreamResponse"
+    assert spec.response_schema("/generate", 429) == "ErrorResponse"
+
+
+def test_chat_template_equals_transformers(template: ChatTemplate, data_dir: Path) -> None:
+    """The prompt sent to /generate equals what transformers' apply_chat_template builds (vLLM's chat path)."""
+    script = (
+        "import json, sys\n"
+        "from transformers import AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "chats = json.loads(sys.stdin.read())\n"
+        "print(json.dumps([tok.apply_chat_template([{'role': r, 'content': c} for r, c in chat],"
+        " tokenize=False, add_generation_prompt=True) for chat in chats]))\n"
+    )
+    done = subprocess.run(
+        [vllm_python(), "-c", script, str(data_dir / "qwen2-tokenizer")],
+        input=json.dumps(CHATS),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference: list[Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = [template.render(chat) for chat in CHATS]
+    assert ours == reference
+    assert ours[0].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
