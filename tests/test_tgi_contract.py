@@ -80,7 +80,7 @@ async def test_special_end_token_is_not_content(tgi: tuple[TGINative, FakeTGI, s
 
 
 async def test_non_stream_uses_details_and_headers(tgi: tuple[TGINative, FakeTGI, str]) -> None:
-    backend, fake, _ = tgi
+    backend, _, _ = tgi
     c = await backend.generate(ChatRequest((("user", "x"),), max_tokens=3, seed=1, stream=False))
     assert c.text == "The answer is" and c.completion_tokens == 3 and c.prompt_tokens == 42
     assert c.raw["headers"]["x-generated-tokens"] == "3"

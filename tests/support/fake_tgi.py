@@ -107,8 +107,12 @@ class FakeTGI:
             if i == len(tokens) - 1:
                 event["generated_text"] = "".join(t["text"] for t in tokens if not t["special"])
                 finish = "length" if len(self.tokens) >= n else "eos_token"
-                event["details"] = {"finish_reason": finish, "generated_tokens": len(tokens),
-                                    "input_length": self.input_length, "seed": body["parameters"].get("seed")}  # fmt: skip
+                event["details"] = {
+                    "finish_reason": finish,
+                    "generated_tokens": len(tokens),
+                    "input_length": self.input_length,
+                    "seed": body["parameters"].get("seed"),
+                }
             self.spec.validate(self.spec.response_schema("/generate_stream", 200), event)
             await resp.write(f"data:{json.dumps(event)}\n\n".encode())
         await resp.write_eof()
