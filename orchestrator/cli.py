@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
 import signal
@@ -24,7 +25,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from orchestrator import __version__
-from orchestrator.compose import ComposeError, ComposeOptions, check_compose, dump_compose, load_compose, render_compose
+from orchestrator.compose import (
+    ComposeError,
+    ComposeOptions,
+    check_compose,
+    discover_targets,
+    dump_compose,
+    load_compose,
+    render_compose,
+)
+from orchestrator.k8s import K8sOptions, dump_k8s, render_k8s
 from orchestrator.manifest import (
     Manifest,
     ManifestError,
@@ -34,7 +44,7 @@ from orchestrator.manifest import (
     with_overrides,
 )
 from orchestrator.matrix import MatrixError
-from orchestrator.report import render_table, write_report
+from orchestrator.report import compare_reports, render_comparison, render_table, write_report
 from orchestrator.rescore import RescoreError, rescore_run, score_responses
 from orchestrator.runner import Runner, TargetOutcome
 from orchestrator.store import NotARunError, RunStore
@@ -161,9 +171,12 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         else:
             manifest = parse_manifest(meta["manifest"], meta.get("manifest_path") or str(run_dir / "run.json"))
     else:
-        if not args.manifest:
-            raise ManifestError("orchestrate bench", "", "give a manifest, or --resume RUN_DIR")
-        manifest = load_manifest(args.manifest)
+        if args.compose:
+            manifest = _manifest_from_compose(args)
+        elif args.manifest:
+            manifest = load_manifest(args.manifest)
+        else:
+            raise ManifestError("orchestrate bench", "", "give a manifest, --compose FILE, or --resume RUN_DIR")
         run_id = args.run_id or f"{manifest.run.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         run_dir = manifest.resolve_path(manifest.run.output_dir) / run_id
         meta = RunStore(run_dir).read_meta()
@@ -172,8 +185,24 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         limit=args.limit,
         concurrency=args.concurrency,
         tasks=args.tasks.split(",") if args.tasks else None,
+        backend=args.backend,
     )
     return manifest, RunStore(run_dir), meta
+
+
+def _manifest_from_compose(args: argparse.Namespace) -> Manifest:
+    """Targets discovered from a Compose file's labelled services; the default tasks on all of them."""
+    path = Path(args.compose)
+    targets = discover_targets(load_compose(path), args.profile or [])
+    profile = "-".join(args.profile) if args.profile else "all"
+    data = {
+        "run": {"name": f"{path.stem}-{profile}", "output_dir": str(Path.cwd() / "runs")},
+        "tasks": {"mmlu": {}, "ceval": {}, "ifeval": {}},
+        # One server per GPU: measure them side by side; wait for servers still loading weights.
+        "load": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout},
+        "targets": targets,
+    }
+    return parse_manifest(data, str(path))
 
 
 async def _bench_async(runner: Runner) -> list[TargetOutcome]:
@@ -258,9 +287,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Re-render the tables of a run from disk."""
+    """Re-render the tables of a run from disk; with a second run, the two side by side."""
     report = write_report(Path(args.run_dir))
     _out().print(render_table(report))
+    if getattr(args, "other_run", None):
+        other = write_report(Path(args.other_run))
+        _out().print(render_table(other))
+        cmp = compare_reports(report, other)
+        if not cmp["rows"]:
+            raise NotARunError("the two runs share no checkpoint (model and quantization)")
+        _out().print(render_comparison(cmp))
+        path = Path(args.other_run) / f"compare-{report['run_id']}.json"
+        path.write_text(json.dumps(cmp, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        console.print(f"comparison: {path}")
     return 0
 
 
@@ -321,6 +360,26 @@ def cmd_compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_k8s(args: argparse.Namespace) -> int:
+    """Render Kubernetes manifests (Deployments, Services, PVC, bench Job) from the checkpoint matrix."""
+    options = K8sOptions(
+        backend=args.backend,
+        sizes=tuple(_split(args.sizes)),
+        quants=tuple(_split(args.quants)),
+        namespace=args.namespace,
+        replicas=args.replicas,
+        storage_class=args.storage_class,
+        orchestrator_image=args.image,
+    )
+    text = dump_k8s(render_k8s(options))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        console.print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
@@ -347,11 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", help=f"local data root with mmlu/ and ceval/ (also ${DATA_DIR_ENV})")
     b.add_argument("--concurrency", type=int, help="in-flight requests per target")
     b.add_argument("--tasks", help="comma-separated subset of the manifest's tasks")
+    b.add_argument("--compose", metavar="FILE", help="discover targets from a Compose file's labelled services")
+    b.add_argument("--profile", action="append", help="with --compose: only services of this profile (repeatable)")
+    b.add_argument("--health-timeout", type=float, default=1800.0, help="with --compose: seconds to wait for /health")
+    b.add_argument(
+        "--backend",
+        choices=["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"],
+        help="swap the serving backend of every target (same URLs, another adapter)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
 
-    r = sub.add_parser("report", help="re-render a run's tables from disk")
+    r = sub.add_parser("report", help="re-render a run's tables from disk; two runs: side by side")
     r.add_argument("run_dir")
+    r.add_argument("other_run", nargs="?", help="a second run of the same checkpoints (e.g. another backend)")
     r.set_defaults(func=cmd_report)
 
     s = sub.add_parser("score", help="re-score stored replies (no server), or score an IFEval responses file")
@@ -374,6 +442,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", metavar="FILE", help="check a Compose file (schema + GPU, port, token, TP rules)")
     c.add_argument("--schema", help="compose-spec.json (default: $ORCHESTRATOR_COMPOSE_SCHEMA or ../shared/specs)")
     c.set_defaults(func=cmd_compose)
+
+    k = sub.add_parser("k8s", help="render Kubernetes manifests for the checkpoint matrix (more than one host)")
+    k.add_argument("--backend", choices=["tgi", "vllm", "sglang"], default="vllm")
+    k.add_argument("--sizes", help="comma-separated: 0.5b,1.5b,7b,72b (default: all)")
+    k.add_argument("--quants", help="comma-separated: bf16,gptq-int8,gptq-int4,awq (default: all)")
+    k.add_argument("--namespace", default="llm-bench")
+    k.add_argument("--replicas", type=int, default=1, help="server replicas per checkpoint")
+    k.add_argument("--storage-class", help="storage class of the shared (ReadWriteMany) Hugging Face cache")
+    k.add_argument("--image", default="orchestrator:latest", help="image with orchestrator installed, for the Job")
+    k.add_argument("-o", "--output", help="write here instead of stdout")
+    k.set_defaults(func=cmd_k8s)
 
     v = sub.add_parser("validate", help="validate a manifest")
     v.add_argument("manifest")

@@ -79,7 +79,8 @@ class ComposeOptions:
         return " ".join(parts)
 
 
-def _command(backend: str, ckpt: Checkpoint, tp: int) -> list[str]:
+def server_command(backend: str, ckpt: Checkpoint, tp: int) -> list[str]:
+    """The server's arguments (TGI, vLLM) or full command (SGLang) for a checkpoint."""
     if backend == "tgi":
         # No --quantize/--dtype for GPTQ/AWQ repos: TGI reads the quantization config itself.
         return [
@@ -111,7 +112,7 @@ def _service(backend: str, ckpt: Checkpoint, tp: int, gpu_ids: list[str], host_p
     port = CONTAINER_PORT[backend]
     service: dict[str, Any] = {
         "image": IMAGES[backend],
-        "command": _command(backend, ckpt, tp),
+        "command": server_command(backend, ckpt, tp),
         "ports": [f"{host_port}:{port}"],
         "volumes": [f"hf-cache:{CACHE_MOUNT[backend]}"],
         # HF_TOKEN is passed through from the shell that runs `docker compose`: never in the file.

@@ -63,6 +63,7 @@ class LoadConfig:
     retries: int = 3
     targets_in_parallel: bool = False
     error_threshold: float = 0.05
+    health_timeout: float = 0.0  # > 0: wait this long for each server's /health before sending
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class TargetConfig:
     quantization: str
     backend: BackendKind
     url: str | None = None
+    urls: tuple[str, ...] = ()  # replicas of the same checkpoint: requests go to the least busy
     model_id: str | None = None
     served_model: str | None = None
     tokenizer: str | None = None
@@ -293,10 +295,15 @@ def _check_semantics(m: Manifest, source: str) -> None:
                 raise ManifestError(source, f"{p}.launch", "expected either model_path, or repo and filename")
             if not 0 <= t.launch.port <= 65535:
                 raise ManifestError(source, f"{p}.launch.port", "expected a port 0-65535 (0 = pick a free one)")
-        elif t.url is None:
-            raise ManifestError(source, f"{p}.url", "missing required key (or give a launch block)")
+        elif t.url is None and not t.urls:
+            raise ManifestError(source, f"{p}.url", "missing required key (or give urls, or a launch block)")
+        elif t.url is not None and t.urls:
+            raise ManifestError(source, f"{p}.urls", "expected either url or urls, not both")
         else:
-            _check_url(t.url, f"{p}.url", source)
+            for j, url in enumerate(t.urls):
+                _check_url(url, f"{p}.urls[{j}]", source)
+            if t.url is not None:
+                _check_url(t.url, f"{p}.url", source)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -356,4 +363,9 @@ def with_overrides(m: Manifest, **changes: Any) -> Manifest:
     if changes.get("tasks"):
         wanted = set(changes["tasks"])
         m = dataclasses.replace(m, tasks={k: v for k, v in m.tasks.items() if k in wanted})
+    if changes.get("backend") is not None:
+        # Swap the serving backend of every target: same checkpoints, same URLs, another adapter.
+        targets = tuple(dataclasses.replace(t, backend=changes["backend"]) for t in m.targets)
+        m = dataclasses.replace(m, targets=targets)
+    _check_semantics(m, m.source or "<command line>")
     return m

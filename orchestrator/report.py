@@ -6,7 +6,7 @@ quantization, Average | MMLU | C-Eval | IFEval, then speed columns from the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,9 @@ def build_report(run_dir: Path) -> dict[str, Any]:
                 "model": t["model"],
                 "quantization": t["quantization"],
                 "backend": t["backend"],
+                "server_version": server.get("version"),
                 "served_model": server.get("served_model"),
+                "replicas": _replica_counts(all_records),
                 "tasks": tasks,
                 "average": sum(accs) / len(accs) if accs else None,
                 "errors": sum(v["errors"] for v in tasks.values()),
@@ -87,6 +89,20 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "tasks": task_names,
         "rows": rows,
     }
+
+
+def _replica_counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Answered requests per replica URL (targets with several URLs)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.get("replica") and not r.get("error"):
+            counts[r["replica"]] = counts.get(r["replica"], 0) + 1
+    return counts
+
+
+def _backend_cell(row: dict[str, Any]) -> str:
+    version = row.get("server_version")
+    return f"{row['backend']} {version}" if version else row["backend"]
 
 
 def _add_deltas(rows: list[dict[str, Any]]) -> None:
@@ -162,7 +178,7 @@ def render_table(report: dict[str, Any]) -> Table:
         if last_model is not None and row["model"] != last_model:
             table.add_section()
         model_cell = row["model"] if row["model"] != last_model else ""
-        table.add_row(model_cell, row["quantization"], row["backend"], *_cells(row))
+        table.add_row(model_cell, row["quantization"], _backend_cell(row), *_cells(row))
         last_model = row["model"]
     return table
 
@@ -177,7 +193,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for row in report["rows"]:
-        lines.append("| " + " | ".join([row["model"], row["quantization"], row["backend"], *_cells(row)]) + " |")
+        lines.append("| " + " | ".join([row["model"], row["quantization"], _backend_cell(row), *_cells(row)]) + " |")
     lines += [
         "",
         "## Extraction audit",
@@ -198,3 +214,68 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     store.write_json("report.json", report)
     (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Two runs side by side (same checkpoints, e.g. two serving backends)
+# ---------------------------------------------------------------------------------------------
+Figure = Callable[[dict[str, Any]], "float | None"]
+COMPARED: tuple[tuple[str, Figure, float], ...] = (
+    ("Average", lambda r: r["average"], 100.0),
+    ("MMLU", lambda r: (r["tasks"].get("mmlu") or {}).get("accuracy"), 100.0),
+    ("C-Eval", lambda r: (r["tasks"].get("ceval") or {}).get("accuracy"), 100.0),
+    ("IFEval", lambda r: (r["tasks"].get("ifeval") or {}).get("accuracy"), 100.0),
+    ("req/s", lambda r: r["speed"]["requests_per_s"], 1.0),
+    ("out tok/s", lambda r: r["speed"]["output_tokens_per_s"], 1.0),
+    ("TTFT p50 ms", lambda r: r["speed"]["ttft_p50_ms"], 1.0),
+    ("TPOT p50 ms", lambda r: r["speed"]["tpot_p50_ms"], 1.0),
+)
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Rows of two runs matched by (model, quantization): each figure for A, B and B - A."""
+    b_rows = {(r["model"], r["quantization"]): r for r in b["rows"]}
+    rows = []
+    for ra in a["rows"]:
+        rb = b_rows.get((ra["model"], ra["quantization"]))
+        if rb is None:
+            continue
+        figures = {}
+        for name, get, scale in COMPARED:
+            va, vb = get(ra), get(rb)
+            figures[name] = {
+                "a": None if va is None else va * scale,
+                "b": None if vb is None else vb * scale,
+                "delta": None if va is None or vb is None else (vb - va) * scale,
+            }
+        rows.append(
+            {
+                "model": ra["model"],
+                "quantization": ra["quantization"],
+                "a": {"target": ra["target"], "backend": _backend_cell(ra)},
+                "b": {"target": rb["target"], "backend": _backend_cell(rb)},
+                "figures": figures,
+            }
+        )
+    return {"a": a["run_id"], "b": b["run_id"], "setups": [a["setup_version"], b["setup_version"]], "rows": rows}
+
+
+def render_comparison(cmp: dict[str, Any]) -> Table:
+    """Rich table: per checkpoint, each figure as A | B | delta."""
+    table = Table(title=f"{cmp['a']} (A) vs {cmp['b']} (B)")
+    table.add_column("Model", style="bold")
+    table.add_column("Quantization")
+    table.add_column("Backend A / B")
+    for name, _get, _scale in COMPARED:
+        table.add_column(f"{name}\nA / B (Δ)", justify="right")
+    for row in cmp["rows"]:
+        cells = []
+        for name, _get, _scale in COMPARED:
+            f = row["figures"][name]
+            if f["a"] is None and f["b"] is None:
+                cells.append("")
+                continue
+            delta = "" if f["delta"] is None else f" ({f['delta']:+.1f})"
+            cells.append(f"{_num(f['a'], '{:.1f}') or '-'} / {_num(f['b'], '{:.1f}') or '-'}{delta}")
+        table.add_row(row["model"], row["quantization"], f"{row['a']['backend']} / {row['b']['backend']}", *cells)
+    return table

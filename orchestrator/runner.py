@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from orchestrator.backends import Backend, BackendError, ChatRequest, open_backend
+from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_model
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.store import RunStore
@@ -137,27 +139,29 @@ class Runner:
         if not work:
             return outcome
         server: LlamaCppServer | None = None
-        backend: Backend | None = None
+        backends: list[Backend] = []
         try:
-            url = target.url
+            urls = list(target.urls) or ([target.url] if target.url else [])
             if target.launch is not None:
                 server = await self._launch(target)
-                url = server.url
+                urls = [server.url]
                 outcome.server["managed"] = {"command": server.command(), "log": str(server.log_path)}
-            assert url is not None
-            backend = await open_backend(target, url, self.manifest.load, self.tokenizer_path(target))
-            outcome.server.update(await backend.describe())
-            outcome.server["served_model"] = backend.model
+            elif self.manifest.load.health_timeout > 0:
+                await asyncio.gather(*(self._wait_healthy(target, url) for url in urls))
+            backends = await open_backends(target, urls, self.manifest.load, self.tokenizer_path(target))
+            outcome.server.update(await backends[0].describe())
+            outcome.server["served_model"] = backends[0].model
             outcome.server["backend"] = target.backend
-            outcome.server["version"] = await backend.server_version()
-            await self._run_samples(target, backend, work, outcome)
+            outcome.server["version"] = await backends[0].server_version()
+            outcome.server["replicas"] = urls
+            await self._run_samples(target, backends, work, outcome)
         except* ErrorBudgetExceeded as group:
             outcome.failure = str(group.exceptions[0])
         except* (BackendError, LaunchError) as group:
             outcome.failure = f"{target.name}: {group.exceptions[0]}"
         finally:
-            if backend is not None:
-                await backend.close()
+            if backends:
+                await backends[0].close()  # the replicas share this one session
             if server is not None:
                 self.progress.status(f"stopping llama.cpp server of {target.name}")
                 await server.stop()
@@ -180,10 +184,34 @@ class Runner:
         self.progress.status(f"{target.name}: server up on {server.url}")
         return server
 
+    async def _wait_healthy(self, target: TargetConfig, url: str) -> None:
+        """Poll /health (or /v1/models for servers without it) until it answers 200, or time out."""
+        timeout = self.manifest.load.health_timeout
+        started = time.monotonic()
+        last = "no answer yet"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while True:
+                for path in ("/health", "/v1/models"):
+                    try:
+                        async with session.get(f"{url}{path}") as resp:
+                            if resp.status == 200:
+                                return
+                            last = f"{path} answered HTTP {resp.status}"
+                            if resp.status != 404:
+                                break
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        last = f"{type(exc).__name__}: {exc}"
+                        break
+                elapsed = time.monotonic() - started
+                if elapsed > timeout:
+                    raise LaunchError(f"service {target.name} at {url} not healthy after {timeout:.0f} s ({last})")
+                self.progress.status(f"waiting for {target.name} at {url} to be healthy ({elapsed:.0f} s)")
+                await asyncio.sleep(1.0)
+
     async def _run_samples(
         self,
         target: TargetConfig,
-        backend: Backend,
+        backends: list[Backend],
         work: list[tuple[Task, Sample]],
         outcome: TargetOutcome,
     ) -> None:
@@ -194,11 +222,18 @@ class Runner:
         budget = load.error_threshold * len(work)
         sem = asyncio.Semaphore(load.concurrency)
 
+        outstanding = [0] * len(backends)
+
         async def one(task: Task, sample: Sample) -> None:
+            # Least outstanding requests first: a slow replica gets less work, not the same share.
+            replica = min(range(len(backends)), key=outstanding.__getitem__)
+            outstanding[replica] += 1
             try:
                 request = ChatRequest(sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream)
-                record = await self._attempt(backend, task, sample, request)
+                record = await self._attempt(backends[replica], task, sample, request)
                 record["target"] = target.name
+                if len(backends) > 1:
+                    record["replica"] = backends[replica].base_url
                 record["setup"] = setup
                 self.store.writer(target.name, task.name, setup).write(record)
                 outcome.sent += 1
@@ -211,6 +246,7 @@ class Runner:
                         f"(threshold {load.error_threshold:.0%}); last error: {record['error']}"
                     )
             finally:
+                outstanding[replica] -= 1
                 sem.release()
 
         async with asyncio.TaskGroup() as tg:

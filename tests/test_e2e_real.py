@@ -221,3 +221,56 @@ def test_ctrl_c_stops_managed_server(tiny_model: Path, vllm_url: str, data_dir: 
     assert not leftovers
     records = list(read_records(victim))
     assert 5 <= len(records) < 60 and all(r["error"] is None for r in records)
+
+
+@pytest.fixture(scope="module")
+def llamacpp_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A llama.cpp server started by the test (not managed by the orchestrator), on the F16 GGUF."""
+    from tests.support.servers import free_port, wait_http
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("llamacpp") / "server.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_model / "tiny-qwen2-f16.gguf"),
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "32768", "--interrupt_requests", "False"]  # fmt: skip
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", 120, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_backend_swap_side_by_side(
+    tiny_model: Path, vllm_url: str, llamacpp_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    swap = REPO / "manifests" / "swap.yaml"
+    runs = {}
+    for backend, url in (("vllm", vllm_url), ("llamacpp", llamacpp_url)):
+        env = _env(tiny_model, vllm_url, data_dir, tmp_path) | {"SWAP_URL": url}
+        proc = _bench(env, str(swap), "--backend", backend, "--run-id", f"swap-{backend}")
+        _, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-3000:]
+        runs[backend] = tmp_path / f"swap-{backend}"
+        meta = json.loads((runs[backend] / "run.json").read_text())
+        assert meta["manifest"]["targets"][0]["backend"] == backend
+    vllm_version = json.loads((runs["vllm"] / "run.json").read_text())["servers"]["tiny"]["version"]
+    assert vllm_version and vllm_version[0].isdigit()  # the report names the server version per row
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "report", str(runs["vllm"]), str(runs["llamacpp"])],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"vllm {vllm_version}" in done.stdout and "llamacpp" in done.stdout and "(Δ)" in done.stdout
+    cmp = json.loads((runs["llamacpp"] / "compare-swap-vllm.json").read_text())
+    [row] = cmp["rows"]
+    assert row["a"]["backend"].startswith("vllm") and row["b"]["backend"] == "llamacpp"
+    for name, f in row["figures"].items():
+        if name in ("MMLU", "C-Eval", "IFEval", "req/s", "TTFT p50 ms"):
+            assert f["a"] is not None and f["b"] is not None
+            assert f["delta"] == pytest.approx(f["b"] - f["a"])
+    # llama.cpp's records carry its own greedy knob; vLLM's do not.
+    llama = next(read_records(runs["llamacpp"] / "samples" / "tiny" / "mmlu.qwen.jsonl"))
+    vllm = next(read_records(runs["vllm"] / "samples" / "tiny" / "mmlu.qwen.jsonl"))
+    assert llama["request"]["repeat_penalty"] == 1.0 and "repeat_penalty" not in vllm["request"]

@@ -35,7 +35,7 @@ __all__ = [
     "TGINative",
     "TransientError",
     "hf_token_counter",
-    "open_backend",
+    "open_backends",
 ]
 
 
@@ -54,27 +54,32 @@ def hf_token_counter(spec: str, resolve: Path | None = None) -> TokenCounter:
     return count
 
 
-async def open_backend(target: TargetConfig, url: str, load: LoadConfig, tokenizer: Path | None) -> Backend:
-    """Create the adapter of a target on its own shared session and discover its model."""
+async def open_backends(
+    target: TargetConfig, urls: list[str], load: LoadConfig, tokenizer: Path | None
+) -> list[Backend]:
+    """One adapter per replica URL of a target, all on the target's one shared session."""
     api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
     counter = None
     if target.tokenizer is not None and target.backend != "tgi":
         counter = await asyncio.to_thread(hf_token_counter, target.tokenizer, tokenizer)
-    backend: Backend
+    template = None
     if target.backend == "tgi":
         source = str(tokenizer) if tokenizer is not None else (target.tokenizer or target.model_id)
         if source is None:
             raise FatalError(f"{target.name}: backend tgi renders the chat template: set model_id or tokenizer")
         template = await asyncio.to_thread(ChatTemplate.load, source)
-        session = make_session(load.concurrency, load.request_timeout, api_key)
-        backend = TGINative(url, session, template, model=target.served_model)
-    else:
-        session = make_session(load.concurrency, load.request_timeout, api_key)
-        cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat, "tgi-chat": TGIChat}.get(target.backend, OpenAIChat)
-        backend = cls(url, session, model=target.served_model, counter=counter)
+    session = make_session(load.concurrency, load.request_timeout, api_key)
+    backends: list[Backend] = []
+    for url in urls:
+        if template is not None:
+            backends.append(TGINative(url, session, template, model=target.served_model))
+        else:
+            cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat, "tgi-chat": TGIChat}.get(target.backend, OpenAIChat)
+            backends.append(cls(url, session, model=target.served_model, counter=counter))
     try:
-        await backend.start()
+        for backend in backends:
+            await backend.start()
     except BaseException:
         await session.close()
         raise
-    return backend
+    return backends

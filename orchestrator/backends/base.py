@@ -70,6 +70,7 @@ class Backend(Protocol):
 
     name: str
     model: str | None
+    base_url: str
 
     async def start(self) -> None:
         """Discover what the server serves; raise BackendError when it is not usable."""

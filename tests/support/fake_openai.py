@@ -47,12 +47,18 @@ class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
+    healthy_at: float = 0.0  # loop time from which /health answers 200 (503 before)
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        ready = asyncio.get_running_loop().time() >= self.healthy_at
+        return web.Response(status=200 if ready else 503)
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
