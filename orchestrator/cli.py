@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -17,6 +18,7 @@ import platform
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from orchestrator.compose import (
     render_compose,
 )
 from orchestrator.k8s import K8sOptions, dump_k8s, render_k8s
+from orchestrator.loadtest import LoadConfigError, LoadProfile, parse_slo
 from orchestrator.manifest import (
     Manifest,
     ManifestError,
@@ -44,9 +47,16 @@ from orchestrator.manifest import (
     with_overrides,
 )
 from orchestrator.matrix import MatrixError
-from orchestrator.report import compare_reports, render_comparison, render_table, write_report
+from orchestrator.report import (
+    compare_reports,
+    render_comparison,
+    render_latency_table,
+    render_table,
+    write_load_report,
+    write_report,
+)
 from orchestrator.rescore import RescoreError, rescore_run, score_responses
-from orchestrator.runner import Runner, TargetOutcome
+from orchestrator.runner import LoadRunner, Runner, TargetOutcome
 from orchestrator.store import NotARunError, RunStore
 from orchestrator.tasks import SETUP_VERSIONS, DataError, build_task
 
@@ -286,6 +296,72 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """Load-test the manifest's targets with synthetic prompts; latency tables and curves."""
+    manifest = load_manifest(args.manifest)
+    base = dataclasses.asdict(manifest.load_test)
+    overrides: dict[str, Any] = {
+        "mode": args.mode,
+        "requests": args.requests,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "input_tokens": args.input_tokens,
+        "output_tokens": args.output_tokens,
+        "max_concurrency": args.max_concurrency,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if args.levels == "auto":
+        base["auto"] = True
+    elif args.levels:
+        base["levels"] = [float(x) for x in _split(args.levels)]
+    if args.percentiles:
+        base["percentiles"] = [float(x) for x in _split(args.percentiles)]
+    if args.slo:
+        base["slo"] = parse_slo(args.slo)
+    if args.no_ignore_eos:
+        base["ignore_eos"] = False
+    profile = LoadProfile.from_dict(base)
+    run_id = args.run_id or f"{manifest.run.name}-load-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    store = RunStore(manifest.resolve_path(manifest.run.output_dir) / run_id)
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "created_at": _now(),
+        "kind": "load",
+        "manifest": _redacted(manifest.to_dict()),
+        "load_profile": profile.to_dict(),
+        "versions": _versions(),
+        "git_sha": _git_sha(),
+    }
+    store.write_meta(meta)
+    progress = RichProgress(enabled=not args.no_progress)
+    runner = LoadRunner(manifest, profile, store, progress, _tokenizer_path(manifest))
+    cpu0 = time.process_time()
+    try:
+        with progress.bars:
+            results = asyncio.run(runner.run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return EXIT_INTERRUPTED
+    finally:
+        store.close()
+    requests = sum(len(r.records) for r in results)
+    meta["client"] = {
+        "cpu_s": time.process_time() - cpu0,
+        "cpu_us_per_request": (time.process_time() - cpu0) / requests * 1e6 if requests else None,
+    }
+    meta["load_notes"] = runner.notes
+    meta["server_metrics"] = {
+        f"{r.target}/{r.mode}-{r.level:g}": {"before": r.server_before, "after": r.server_after} for r in results
+    }
+    store.write_meta(meta)
+    report = write_load_report(store.root)
+    _out().print(render_latency_table(report))
+    for target, notes in runner.notes.items():
+        for note in notes:
+            console.print(f"[yellow]{target}:[/] {note}", highlight=False, soft_wrap=True)
+    console.print(f"report: {store.root / 'load_report.html'}")
+    return EXIT_FAILED if any("failed:" in n for notes in runner.notes.values() for n in notes) else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render the tables of a run from disk; with a second run, the two side by side."""
     report = write_report(Path(args.run_dir))
@@ -417,6 +493,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
 
+    ld = sub.add_parser(
+        "load",
+        help="load-test the targets: fixed concurrency, constant or Poisson rates, sweeps, SLO goodput",
+        description="Metrics as vLLM names them: TTFT (time to first token), TPOT (time per output token; "
+        "AIPerf/guidellm: inter-token latency per request), ITL (inter-token latency, pooled), E2EL "
+        "(end-to-end latency; guidellm: request latency), request/output/total token throughput, queue time "
+        "(client-side wait before send), dispatch lag (actual - intended send time).",
+    )
+    ld.add_argument("manifest")
+    ld.add_argument("--mode", choices=["concurrency", "constant", "poisson"])
+    ld.add_argument("--levels", help="comma-separated concurrencies or rates (req/s), or 'auto' (find saturation)")
+    ld.add_argument("--requests", type=int, help="requests per level after warm-up")
+    ld.add_argument("--duration", type=float, help="seconds per level at most")
+    ld.add_argument("--warmup", type=int, help="requests per level excluded from statistics")
+    ld.add_argument("--input-tokens", type=int)
+    ld.add_argument("--output-tokens", type=int)
+    ld.add_argument("--max-concurrency", type=int, help="rate modes: cap of in-flight requests (client queue)")
+    ld.add_argument("--slo", help="goodput SLOs, e.g. ttft=200ms,tpot=50ms")
+    ld.add_argument("--percentiles", help="e.g. 50,90,99")
+    ld.add_argument("--no-ignore-eos", action="store_true", help="let the model stop early")
+    ld.add_argument("--run-id")
+    ld.add_argument("--no-progress", action="store_true")
+    ld.set_defaults(func=cmd_load)
+
     r = sub.add_parser("report", help="re-render a run's tables from disk; two runs: side by side")
     r.add_argument("run_dir")
     r.add_argument("other_run", nargs="?", help="a second run of the same checkpoints (e.g. another backend)")
@@ -465,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ManifestError, DataError, RescoreError, NotARunError, ComposeError, MatrixError) as exc:
+    except (ManifestError, DataError, RescoreError, NotARunError, ComposeError, MatrixError, LoadConfigError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

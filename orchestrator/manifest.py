@@ -67,6 +67,25 @@ class LoadConfig:
 
 
 @dataclass(frozen=True)
+class LoadTestConfig:
+    """`orchestrate load` defaults (see orchestrator.loadtest.LoadProfile; the CLI overrides)."""
+
+    mode: Literal["concurrency", "constant", "poisson"] = "concurrency"
+    levels: tuple[float, ...] = (1, 4, 16)
+    auto: bool = False
+    requests: int = 100
+    duration: float | None = None
+    warmup: int = 4
+    input_tokens: int = 128
+    output_tokens: int = 64
+    ignore_eos: bool = True
+    max_concurrency: int | None = None
+    percentiles: tuple[float, ...] = (50, 90, 99)
+    slo: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """A llama.cpp server the orchestrator starts itself (managed target)."""
 
@@ -116,6 +135,7 @@ class Manifest:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
+    load_test: LoadTestConfig = field(default_factory=LoadTestConfig)
     source: str = ""
 
     def resolve_path(self, value: str) -> Path:

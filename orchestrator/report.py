@@ -6,6 +6,7 @@ quantization, Average | MMLU | C-Eval | IFEval, then speed columns from the same
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,160 @@ def render_comparison(cmp: dict[str, Any]) -> Table:
             cells.append(f"{_num(f['a'], '{:.1f}') or '-'} / {_num(f['b'], '{:.1f}') or '-'}{delta}")
         table.add_row(row["model"], row["quantization"], f"{row['a']['backend']} / {row['b']['backend']}", *cells)
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Load tests: latency tables, throughput-vs-latency curves, HTML/PNG/JSON/CSV
+# ---------------------------------------------------------------------------------------------
+LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms")
+
+
+def build_load_report(run_dir: Path) -> dict[str, Any]:
+    """Every figure of a load-test run, from its records."""
+    from orchestrator.loadtest import LoadProfile, level_metrics
+
+    store = RunStore(run_dir)
+    meta = store.require_meta()
+    profile = LoadProfile.from_dict(meta["load_profile"])
+    targets: dict[str, list[dict[str, Any]]] = {}
+    for t in meta["manifest"]["targets"]:
+        folder = run_dir / "samples" / t["name"]
+        levels = []
+        for path in sorted(folder.glob("load-*.load.jsonl")) if folder.is_dir() else []:
+            records = list(store_records(path))
+            if not records:
+                continue
+            metrics = level_metrics(records, profile)
+            metrics.update(mode=records[0]["mode"], level=records[0]["level"])
+            levels.append(metrics)
+        levels.sort(key=lambda m: (m["mode"] != "concurrency", m["level"]))
+        targets[t["name"]] = levels
+    return {
+        "run_id": meta.get("run_id", run_dir.name),
+        "profile": meta["load_profile"],
+        "notes": meta.get("load_notes", {}),
+        "client": meta.get("client", {}),
+        "targets": targets,
+    }
+
+
+def store_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a load level (all attempts are final: load requests are never retried)."""
+    from orchestrator.store import read_records
+
+    return list(read_records(path))
+
+
+def render_latency_table(report: dict[str, Any]) -> Table:
+    """Per target and level: throughput, then p50/p90/p99 of each latency metric (ms)."""
+    pcts = [f"p{q:g}" for q in report["profile"]["percentiles"]]
+    table = Table(title=f"Load test {report['run_id']} ({report['profile']['mode']})")
+    for col in ("Target", "Level", "req/s", "out tok/s", "ok/fail"):
+        table.add_column(col, justify="right" if col != "Target" else "left")
+    for metric in LATENCY_METRICS:
+        table.add_column(f"{metric.removesuffix('_ms').upper()} ms\n{'/'.join(pcts)}", justify="right")
+    if any(m.get("goodput") for levels in report["targets"].values() for m in levels):
+        table.add_column("goodput", justify="right")
+    for target, levels in report["targets"].items():
+        for m in levels:
+            cells = [
+                target,
+                f"{m['mode'][:4]} {m['level']:g}",
+                _num(m["request_throughput"]),
+                _num(m["output_throughput"], "{:.1f}"),
+                f"{m['completed']}/{m['failed']}",
+            ]
+            for metric in LATENCY_METRICS:
+                s = m[metric]
+                cells.append(" / ".join(_num(s.get(p), "{:.1f}") or "-" for p in pcts))
+            if m.get("goodput"):
+                g = m["goodput"]
+                cells.append(f"{_pct(g['fraction'])}% ({_num(g['rate'])}/s)")
+            table.add_row(*cells)
+    return table
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def write_load_report(run_dir: Path) -> dict[str, Any]:
+    """load_report.json, load_report.csv, a PNG curve per target and load_report.html.
+
+    Plots use matplotlib: static PNGs render offline and embed in a self-contained HTML page
+    (no JavaScript bundle or CDN), which is what a report kept next to the raw data needs.
+    """
+    import base64
+    import csv
+    import html
+
+    report = build_load_report(run_dir)
+    RunStore(run_dir).write_json("load_report.json", report)
+    rows = []
+    for target, levels in report["targets"].items():
+        for m in levels:
+            flat: dict[str, Any] = {"target": target}
+            _flatten("", m, flat)
+            rows.append(flat)
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "target", k))
+    with open(run_dir / "load_report.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    images = {}
+    for target, levels in report["targets"].items():
+        if levels:
+            png = run_dir / f"load_{target}.png"
+            _plot_curve(target, levels, png)
+            images[target] = png
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>Load test {html.escape(report['run_id'])}</title>",
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>",
+        f"<h1>Load test {html.escape(report['run_id'])}</h1>",
+        f"<p>profile: <code>{html.escape(json.dumps(report['profile']))}</code></p>",
+    ]
+    for target, notes in report["notes"].items():
+        parts += [f"<p><b>{html.escape(target)}</b>: {html.escape(n)}</p>" for n in notes]
+    for target, levels in report["targets"].items():
+        parts.append(f"<h2>{html.escape(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th>")
+        parts += [f"<th>{m} p50/p90/p99</th>" for m in LATENCY_METRICS]
+        parts.append("</tr>")
+        for m in levels:
+            cells = [f"{m['mode']} {m['level']:g}", _num(m["request_throughput"]), _num(m["output_throughput"])]
+            for metric in LATENCY_METRICS:
+                s = m[metric]
+                cells.append(" / ".join(_num(s.get(k), "{:.1f}") or "-" for k in ("p50", "p90", "p99")))
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+        if target in images:
+            data = base64.b64encode(images[target].read_bytes()).decode()
+            parts.append(f"<img alt='{html.escape(target)}' src='data:image/png;base64,{data}'>")
+    (run_dir / "load_report.html").write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return report
+
+
+def _plot_curve(target: str, levels: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    xs = [m["request_throughput"] or 0.0 for m in levels]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("ttft_ms", "e2el_ms"), strict=True):
+        for q in ("p50", "p99"):
+            ys = [m[metric].get(q) for m in levels]
+            ax.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=q)
+        ax.set_xlabel("request throughput (req/s)")
+        ax.set_ylabel(f"{metric.removesuffix('_ms').upper()} (ms)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{target}: throughput vs latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

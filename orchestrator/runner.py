@@ -25,6 +25,7 @@ from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_mo
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.store import RunStore
 from orchestrator.tasks import Sample, Task
+from orchestrator.tokenizer import load_tokenizer
 
 
 class Progress(Protocol):
@@ -70,6 +71,27 @@ class TargetOutcome:
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and exc.transient
+
+
+async def launch_server(
+    target: TargetConfig, manifest: Manifest, store: RunStore, progress: Progress
+) -> LlamaCppServer:
+    """Start a managed llama.cpp server for a target and wait until it serves."""
+    assert target.launch is not None
+    progress.status(f"{target.name}: locating model")
+    model_path = await asyncio.to_thread(resolve_model, target.launch, manifest.resolve_path)
+    server = LlamaCppServer(target.name, target.launch, model_path, store.server_log(target.name))
+
+    def waiting(elapsed: float) -> None:
+        progress.status(f"{target.name}: waiting for llama.cpp server on {server.url} ({elapsed:.0f} s)")
+
+    try:
+        await server.start(waiting)
+    except BaseException:
+        await server.stop()
+        raise
+    progress.status(f"{target.name}: server up on {server.url}")
+    return server
 
 
 class Runner:
@@ -168,21 +190,7 @@ class Runner:
         return outcome
 
     async def _launch(self, target: TargetConfig) -> LlamaCppServer:
-        assert target.launch is not None
-        self.progress.status(f"{target.name}: locating model")
-        model_path = await asyncio.to_thread(resolve_model, target.launch, self.manifest.resolve_path)
-        server = LlamaCppServer(target.name, target.launch, model_path, self.store.server_log(target.name))
-
-        def waiting(elapsed: float) -> None:
-            self.progress.status(f"{target.name}: waiting for llama.cpp server on {server.url} ({elapsed:.0f} s)")
-
-        try:
-            await server.start(waiting)
-        except BaseException:
-            await server.stop()
-            raise
-        self.progress.status(f"{target.name}: server up on {server.url}")
-        return server
+        return await launch_server(target, self.manifest, self.store, self.progress)
 
     async def _wait_healthy(self, target: TargetConfig, url: str) -> None:
         """Poll /health (or /v1/models for servers without it) until it answers 200, or time out."""
@@ -309,3 +317,178 @@ class Runner:
             attempts=attempts,
         )
         return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Load tests
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LevelResult:
+    """One level of a load test on one target."""
+
+    target: str
+    mode: str
+    level: float
+    records: list[dict[str, Any]]
+    cpu_s: float
+    server_before: dict[str, float] | None
+    server_after: dict[str, float] | None
+
+
+class LoadRunner:
+    """Sends synthetic requests at fixed concurrencies or scheduled rates and records raw stamps.
+
+    Rate-based sends are scheduled against absolute deadlines from the level's start (never
+    sleep-after-send), so a slow server cannot slow the schedule down; a request that must wait
+    for a free slot (``max_concurrency``) or for a late event loop records that wait as queue time
+    and dispatch lag, apart from its latencies.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        profile: Any,
+        store: RunStore,
+        progress: Progress | None = None,
+        tokenizer_path: Callable[[TargetConfig], Path | None] | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.profile = profile
+        self.store = store
+        self.progress = progress or NullProgress()
+        self.tokenizer_path = tokenizer_path or (lambda t: None)
+        self.notes: dict[str, list[str]] = {}
+
+    async def run(self) -> list[LevelResult]:
+        """Every level of every target, targets one after the other (they would compete otherwise)."""
+        results: list[LevelResult] = []
+        for target in self.manifest.targets:
+            results += await self._run_target(target)
+        return results
+
+    def _tokenizer(self, target: TargetConfig) -> Any:
+        source = target.tokenizer or target.model_id
+        if source is None:
+            raise LaunchError(
+                f"{target.name}: synthetic prompts need the model's tokenizer (set tokenizer or model_id)"
+            )
+        return load_tokenizer(source, self.tokenizer_path(target))
+
+    async def _run_target(self, target: TargetConfig) -> list[LevelResult]:
+        from orchestrator.loadtest import schedule, synthetic_prompts
+
+        profile = self.profile
+        server: LlamaCppServer | None = None
+        backends: list[Backend] = []
+        results: list[LevelResult] = []
+        try:
+            urls = list(target.urls) or ([target.url] if target.url else [])
+            if target.launch is not None:
+                server = await launch_server(target, self.manifest, self.store, self.progress)
+                urls = [server.url]
+            backends = await open_backends(target, urls[:1], self.manifest.load, self.tokenizer_path(target))
+            backend = backends[0]
+            if profile.ignore_eos and not backend.supports_ignore_eos:
+                self.notes.setdefault(target.name, []).append(
+                    f"backend {target.backend} cannot ignore end-of-sequence: outputs may be shorter than "
+                    f"{profile.output_tokens} tokens (the measured lengths are reported)"
+                )
+            tokenizer = await asyncio.to_thread(self._tokenizer, target)
+            per_level = profile.warmup + profile.requests
+            levels = list(profile.levels)
+            mode = profile.mode
+            if profile.auto:
+                # Saturation first: a closed loop at high concurrency, then rates up to its throughput.
+                probe_c = int(max(profile.levels)) if profile.levels else 64
+                prompts = synthetic_prompts(tokenizer, per_level, profile.input_tokens, profile.seed)
+                probe = await self._level(target, backend, "concurrency", probe_c, prompts, [])
+                results.append(probe)
+                from orchestrator.loadtest import level_metrics
+
+                saturation = level_metrics(probe.records, profile)["request_throughput"] or 1.0
+                mode = "poisson" if profile.mode == "poisson" else "constant"
+                levels = [round(saturation * f, 3) for f in (0.25, 0.5, 0.75, 1.0)]
+            for i, level in enumerate(levels):
+                prompts = synthetic_prompts(tokenizer, per_level, profile.input_tokens, profile.seed + 1 + i)
+                offsets = [] if mode == "concurrency" else schedule(mode, level, per_level, profile.seed + i)
+                results.append(await self._level(target, backend, mode, level, prompts, offsets))
+        except* (BackendError, LaunchError) as group:
+            self.notes.setdefault(target.name, []).append(f"failed: {group.exceptions[0]}")
+        finally:
+            if backends:
+                await backends[0].close()
+            if server is not None:
+                await server.stop()
+        return results
+
+    async def _level(
+        self, target: TargetConfig, backend: Backend, mode: str, level: float, prompts: list[str], offsets: list[float]
+    ) -> LevelResult:
+        profile = self.profile
+        gen = self.manifest.generation
+        key = f"{target.name}/{mode}-{level:g}"
+        self.progress.add(key, f"{target.name} · {mode} {level:g}", len(prompts), 0)
+        writer = self.store.writer(target.name, f"load-{mode}-{level:g}", "load")
+        records: list[dict[str, Any]] = []
+        server_before = await backend.scrape_metrics()
+        cpu0 = time.process_time()
+        cap = int(level) if mode == "concurrency" else profile.max_concurrency
+        slots = asyncio.Semaphore(cap) if cap else None
+        start = time.perf_counter() + 0.05
+        deadline = None if profile.duration is None else start + profile.duration
+
+        async def one(i: int, wake: float, intended: float | None) -> None:
+            request = ChatRequest(
+                (("user", prompts[i]),), profile.output_tokens, gen.seed, gen.temperature, ignore_eos=profile.ignore_eos
+            )
+            record: dict[str, Any] = {
+                "index": i,
+                "warmup": i < profile.warmup,
+                "mode": mode,
+                "level": level,
+                "dispatch_lag": None if intended is None else round(wake - intended, 6),
+            }
+            try:
+                if slots is not None and mode != "concurrency":
+                    async with slots:
+                        completion = await backend.generate(request)
+                else:
+                    completion = await backend.generate(request)
+            except BackendError as exc:
+                record.update(error=str(exc), queued=round(time.perf_counter() - wake, 6), timing=None)
+            else:
+                record.update(
+                    error=None,
+                    queued=round(completion.stamps.t_send - wake, 6),
+                    timing=completion.stamps.to_record(),
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=completion.completion_tokens,
+                    token_source=completion.token_source,
+                    finish_reason=completion.finish_reason,
+                    request={k: v for k, v in completion.request.items() if k not in ("messages", "inputs")},
+                )
+            finally:
+                if slots is not None and mode == "concurrency":
+                    slots.release()
+            records.append(record)
+            writer.write(record)
+            self.progress.advance(key, record["error"] is not None)
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(len(prompts)):
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
+                if mode == "concurrency":
+                    assert slots is not None
+                    await slots.acquire()  # closed loop: the next request goes when a slot frees
+                    tg.create_task(one(i, time.perf_counter(), None))
+                    continue
+                intended = start + offsets[i]
+                delay = intended - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tg.create_task(one(i, time.perf_counter(), intended))
+        cpu = time.process_time() - cpu0
+        writer.sync()
+        server_after = await backend.scrape_metrics()
+        return LevelResult(target.name, mode, level, records, cpu, server_before, server_after)

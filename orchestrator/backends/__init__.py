@@ -17,6 +17,7 @@ from orchestrator.backends.base import (
 from orchestrator.backends.openai import (
     LlamaCppChat,
     OpenAIChat,
+    SGLangChat,
     TGIChat,
     TokenCounter,
     VLLMChat,
@@ -24,6 +25,7 @@ from orchestrator.backends.openai import (
 )
 from orchestrator.backends.tgi import ChatTemplate, TGINative
 from orchestrator.manifest import LoadConfig, TargetConfig
+from orchestrator.tokenizer import load_tokenizer
 
 __all__ = [
     "Backend",
@@ -40,13 +42,8 @@ __all__ = [
 
 
 def hf_token_counter(spec: str, resolve: Path | None = None) -> TokenCounter:
-    """Counter from the model's own Hugging Face tokenizer: a local dir/file or a Hub id."""
-    from tokenizers import Tokenizer
-
-    path = Path(spec) if resolve is None else resolve
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    tok = Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer.from_pretrained(spec)
+    """Counter from the model's own Hugging Face tokenizer: a local file/folder or a Hub id."""
+    tok = load_tokenizer(spec, resolve)
 
     async def count(text: str) -> tuple[int, str] | None:
         return (len(tok.encode(text, add_special_tokens=False).ids), "tokenizer")
@@ -74,7 +71,9 @@ async def open_backends(
         if template is not None:
             backends.append(TGINative(url, session, template, model=target.served_model))
         else:
-            cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat, "tgi-chat": TGIChat}.get(target.backend, OpenAIChat)
+            cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat, "tgi-chat": TGIChat, "sglang": SGLangChat}.get(
+                target.backend, OpenAIChat
+            )
             backends.append(cls(url, session, model=target.served_model, counter=counter))
     try:
         for backend in backends:

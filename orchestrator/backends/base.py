@@ -49,6 +49,8 @@ class ChatRequest:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     stream: bool = True
+    # Load tests: generate exactly max_tokens (where the backend can), so lengths are as requested.
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Backend(Protocol):
     """What the runner needs from a serving backend."""
 
     name: str
+    supports_ignore_eos: bool
     model: str | None
     base_url: str
 
@@ -82,6 +85,10 @@ class Backend(Protocol):
 
     async def server_version(self) -> str | None:
         """The server's version, when it says."""
+        ...
+
+    async def scrape_metrics(self) -> dict[str, float] | None:
+        """The server's own Prometheus metrics, when it exposes them."""
         ...
 
     async def generate(self, request: ChatRequest) -> Completion:

@@ -40,10 +40,28 @@ def make_session(concurrency: int, timeout: float, api_key: str | None = None) -
     )
 
 
+SERVER_METRIC_PREFIXES = ("vllm:", "tgi_", "sglang:", "llamacpp:")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Samples of the serving engines' own metric families from Prometheus text format."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or not line.startswith(SERVER_METRIC_PREFIXES):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
 class HTTPBackend:
     """What every adapter shares: the target's one session, its base URL, JSON GETs."""
 
     name = "http"
+    supports_ignore_eos = False  # vLLM and SGLang honour ignore_eos/min_tokens; llama.cpp and TGI do not
 
     def __init__(self, base_url: str, session: aiohttp.ClientSession, model: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -71,6 +89,17 @@ class HTTPBackend:
     async def server_version(self) -> str | None:
         """The server's own version string, when it tells (for the report)."""
         return None
+
+    async def scrape_metrics(self) -> dict[str, float] | None:
+        """The server's Prometheus ``/metrics`` (vLLM ``vllm:*``, TGI ``tgi_*``), or None if it has none."""
+        try:
+            async with self.session.get(f"{self.base_url}/metrics") as resp:
+                if resp.status != 200:
+                    return None
+                text = await resp.text(errors="replace")
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        return parse_prometheus(text)
 
 
 class OpenAIChat(HTTPBackend):
@@ -125,6 +154,9 @@ class OpenAIChat(HTTPBackend):
             body["stop"] = list(request.stop)
         if request.stream:
             body["stream_options"] = {"include_usage": True}
+        if request.ignore_eos and self.supports_ignore_eos:
+            body["ignore_eos"] = True
+            body["min_tokens"] = request.max_tokens
         return body
 
     async def generate(self, request: ChatRequest) -> Completion:
@@ -238,6 +270,7 @@ class VLLMChat(OpenAIChat):
     """vLLM's OpenAI server: usage arrives as a separate chunk with empty choices."""
 
     name = "vllm"
+    supports_ignore_eos = True
 
     async def server_version(self) -> str | None:
         """vLLM answers GET /version."""
@@ -249,6 +282,13 @@ class VLLMChat(OpenAIChat):
     def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
         """vLLM: temperature 0 is greedy; pin the other samplers to neutral values anyway."""
         return {**super().greedy_params(request), "top_k": -1, "repetition_penalty": 1.0}
+
+
+class SGLangChat(OpenAIChat):
+    """SGLang's OpenAI server (honours ignore_eos / min_tokens like vLLM)."""
+
+    name = "sglang"
+    supports_ignore_eos = True
 
 
 class TGIChat(OpenAIChat):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.tokenizer import QWEN2_SPLIT
+
 VERSION = "tiny-qwen2-v1"
 HIDDEN = 256
 INTERMEDIATE = 512
@@ -32,9 +34,6 @@ CONTEXT = 32768
 ROPE_THETA = 1_000_000.0
 RMS_EPS = 1e-6
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"

@@ -1,0 +1,189 @@
+"""Load tests: profiles, synthetic prompts, and the latency metrics derived from raw stamps.
+
+Metric names follow vLLM's ``bench serve`` (other tools' names in brackets):
+
+- TTFT, time to first token: send -> first non-empty content token (guidellm: time_to_first_token);
+- TPOT, time per output token, per request: (E2EL - TTFT) / (output tokens - 1) (AIPerf: inter-token
+  latency per request; guidellm: time_per_output_token);
+- ITL, inter-token latency: gaps between content chunks, pooled over requests;
+- E2EL, end-to-end latency: send -> last byte (guidellm: request_latency);
+- request throughput, output token throughput, total token throughput (per second of the
+  measured window, warm-up excluded);
+- queue time: how long a request waited in the client before it was sent (a saturated client shows
+  here, never hidden inside the latencies: no coordinated omission);
+- dispatch lag (rate-based loads): actual send time - intended send time of the schedule;
+- goodput: fraction and rate of requests that meet every SLO (``--slo ttft=200ms,tpot=50ms``).
+
+Each is reported as mean and percentiles (p50, p90, p99 by default), all recomputable from the
+records on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import timing
+
+MODES = ("concurrency", "constant", "poisson")
+
+
+class LoadConfigError(ValueError):
+    """A load-test option that cannot be used."""
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """One load test: a mode and its levels, bounded by request count and/or duration."""
+
+    mode: str = "concurrency"
+    levels: tuple[float, ...] = (1, 4, 16)  # concurrencies, or rates in requests/s
+    auto: bool = False  # find the saturation throughput, then sweep rates up to it
+    requests: int = 100  # per level (after warm-up)
+    duration: float | None = None  # seconds per level; whichever bound comes first
+    warmup: int = 4  # requests per level excluded from the statistics
+    input_tokens: int = 128
+    output_tokens: int = 64
+    ignore_eos: bool = True
+    max_concurrency: int | None = None  # cap of in-flight requests for rate modes (client queue)
+    percentiles: tuple[float, ...] = (50, 90, 99)
+    slo: dict[str, float] = field(default_factory=dict)  # metric -> threshold in ms
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadProfile:
+        """From run.json's plain form (lists back to tuples)."""
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form for run.json."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise LoadConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.auto and (not self.levels or min(self.levels) <= 0):
+            raise LoadConfigError("levels must be positive numbers (concurrencies or requests/s)")
+        if self.mode == "concurrency" and any(int(x) != x for x in self.levels):
+            raise LoadConfigError("concurrency levels must be whole numbers")
+        if self.requests < 1 or self.warmup < 0 or self.input_tokens < 1 or self.output_tokens < 1:
+            raise LoadConfigError("requests, input and output tokens must be positive; warmup 0 or more")
+        unknown = set(self.slo) - {"ttft", "tpot", "itl", "e2el"}
+        if unknown:
+            raise LoadConfigError(f"unknown SLO metric(s): {', '.join(sorted(unknown))} (ttft, tpot, itl, e2el)")
+
+
+def parse_slo(text: str) -> dict[str, float]:
+    """``ttft=200ms,tpot=50ms`` (or seconds: ``e2el=2s``) -> thresholds in milliseconds."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"(\w+)\s*=\s*([\d.]+)\s*(ms|s)?", part)
+        if not m:
+            raise LoadConfigError(f"cannot read SLO {part!r} (expected e.g. ttft=200ms)")
+        value = float(m.group(2)) * (1000.0 if m.group(3) == "s" else 1.0)
+        out[m.group(1).lower()] = value
+    return out
+
+
+def schedule(mode: str, rate: float, n: int, seed: int) -> list[float]:
+    """Intended send offsets (seconds from the level's start) for rate-based modes."""
+    if mode == "constant":
+        return [i / rate for i in range(n)]
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def synthetic_prompts(tokenizer: Any, n: int, input_tokens: int, seed: int) -> list[str]:
+    """Prompts of ``input_tokens`` tokens of the model's own tokenizer, each with a unique prefix.
+
+    Random vocabulary ids are decoded, re-encoded and cut to length, so the text really is that
+    many tokens for this tokenizer (the chat template adds its own few on top). The unique prefix
+    keeps prefix caches from turning a load test into a cache test.
+    """
+    vocab = tokenizer.get_vocab_size(with_added_tokens=False)
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(n):
+        prefix = f"{i}: "
+        budget = max(1, input_tokens - len(tokenizer.encode(prefix, add_special_tokens=False).ids))
+        ids = [rng.randrange(vocab) for _ in range(budget * 2)]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        cut = tokenizer.encode(text, add_special_tokens=False).ids[:budget]
+        prompts.append(prefix + tokenizer.decode(cut, skip_special_tokens=True))
+    return prompts
+
+
+def summary(values: Sequence[float], percentiles: Sequence[float]) -> dict[str, float | None]:
+    """Mean and percentiles (milliseconds in, milliseconds out)."""
+    out: dict[str, float | None] = {"mean": sum(values) / len(values) if values else None}
+    for q in percentiles:
+        out[f"p{q:g}"] = timing.percentile(values, q)
+    return out
+
+
+def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> dict[str, Any]:
+    """Every metric of one level from its records (warm-up and failed requests excluded)."""
+    measured = [r for r in records if not r["warmup"]]
+    ok = [r for r in measured if not r.get("error")]
+    ms = 1000.0
+    ttft = [t * ms for r in ok if (t := timing.ttft(r["timing"])) is not None]
+    tpot = [t * ms for r in ok if (t := timing.tpot(r["timing"], r.get("completion_tokens"))) is not None]
+    itl = [g * ms for r in ok for g in timing.itl(r["timing"])]
+    e2el = [timing.e2e(r["timing"]) * ms for r in ok]
+    queue = [r["queued"] * ms for r in measured]
+    lag = [r["dispatch_lag"] * ms for r in measured if r.get("dispatch_lag") is not None]
+    window = 0.0
+    if ok:
+        start = min(r["timing"]["wall_send"] for r in ok)
+        end = max(r["timing"]["wall_send"] + r["timing"]["e2e"] for r in ok)
+        window = end - start
+    out_tokens = sum(r.get("completion_tokens") or 0 for r in ok)
+    in_tokens = sum(r.get("prompt_tokens") or 0 for r in ok)
+    p = profile.percentiles
+    metrics: dict[str, Any] = {
+        "completed": len(ok),
+        "failed": len(measured) - len(ok),
+        "duration_s": window,
+        "request_throughput": len(ok) / window if window else None,
+        "output_throughput": out_tokens / window if window else None,
+        "total_token_throughput": (out_tokens + in_tokens) / window if window else None,
+        "mean_output_tokens": out_tokens / len(ok) if ok else None,
+        "ttft_ms": summary(ttft, p),
+        "tpot_ms": summary(tpot, p),
+        "itl_ms": summary(itl, p),
+        "e2el_ms": summary(e2el, p),
+        "queue_ms": summary(queue, p),
+        "dispatch_lag_ms": summary(lag, p) if lag else None,
+    }
+    if profile.slo:
+        good = [r for r in ok if _meets(r, profile.slo)]
+        metrics["goodput"] = {
+            "slo_ms": profile.slo,
+            "fraction": len(good) / len(measured) if measured else None,
+            "rate": len(good) / window if window else None,
+        }
+    return metrics
+
+
+def _meets(record: dict[str, Any], slo: dict[str, float]) -> bool:
+    t = record["timing"]
+    values = {
+        "ttft": timing.ttft(t),
+        "tpot": timing.tpot(t, record.get("completion_tokens")),
+        "e2el": timing.e2e(t),
+        "itl": max(timing.itl(t), default=0.0),
+    }
+    for name, limit_ms in slo.items():
+        v = values.get(name)
+        if v is None or v * 1000.0 > limit_ms:
+            return False
+    return True

@@ -1,0 +1,134 @@
+"""Load profiles against a scripted server with known delays: metrics, no coordinated omission, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from orchestrator.loadtest import LoadConfigError, LoadProfile, parse_slo, schedule
+from orchestrator.manifest import parse_manifest
+from orchestrator.report import write_load_report
+from orchestrator.runner import LoadRunner
+from orchestrator.store import RunStore
+from tests.support.fake_openai import FakeOpenAI, chunk
+
+
+def paced(ttft: float, itl: float) -> Any:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        n = body["max_tokens"]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(ttft)
+        for i in range(n):
+            if i:
+                await asyncio.sleep(itl)
+            await resp.write(f"data: {json.dumps(chunk(' tok', 'length' if i == n - 1 else None))}\n\n".encode())
+        usage = {"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": n}}
+        await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        return resp
+
+    return handler
+
+
+async def run_load(tmp_path: Path, data_dir: Path, handler: Any, **profile: Any) -> tuple[Path, Any, FakeOpenAI]:
+    fake = FakeOpenAI(handler)
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        m = parse_manifest(
+            {
+                "run": {"name": "load", "output_dir": str(tmp_path)},
+                "tasks": {"mmlu": {}},
+                "targets": [
+                    {
+                        "name": "fake",
+                        "model": "M",
+                        "quantization": "BF16",
+                        "backend": "vllm",
+                        "url": str(server.make_url("")).rstrip("/"),
+                        "tokenizer": str(data_dir.parent / "data" / "qwen2-tokenizer"),
+                    }
+                ],
+            }
+        )
+        lp = LoadProfile(**profile)
+        store = RunStore(tmp_path / "run")
+        store.write_meta({"run_id": "run", "manifest": m.to_dict(), "load_profile": lp.to_dict()})
+        runner = LoadRunner(m, lp, store, tokenizer_path=lambda t: None)
+        results = await runner.run()
+        store.close()
+    finally:
+        await server.close()
+    return tmp_path / "run", results, fake
+
+
+async def test_concurrency_levels_metrics(tmp_path: Path, data_dir: Path) -> None:
+    run_dir, results, fake = await run_load(
+        tmp_path, data_dir, paced(0.05, 0.005), levels=(1, 4), requests=48, warmup=2, output_tokens=16
+    )
+    assert [r.level for r in results] == [1, 4]
+    assert fake.peak_in_flight == 4
+    body = fake.requests[-1]
+    assert body["ignore_eos"] is True and body["min_tokens"] == 16 and body["max_tokens"] == 16
+    report = write_load_report(run_dir)
+    levels = report["targets"]["fake"]
+    for m in levels:
+        assert m["completed"] == 48 and m["failed"] == 0 and m["mean_output_tokens"] == 16
+        assert 50 <= m["ttft_ms"]["p50"] < 80  # injected 50 ms
+        assert 4.5 <= m["itl_ms"]["p50"] < 9  # injected 5 ms
+        assert m["tpot_ms"]["p50"] == pytest.approx(m["itl_ms"]["p50"], rel=0.3)
+        assert m["queue_ms"]["p99"] < 5
+    # Little's law: throughput x mean latency ~ concurrency for a closed loop (ramp-down tail: 48/51).
+    c4 = levels[1]
+    assert c4["request_throughput"] * c4["e2el_ms"]["mean"] / 1000 == pytest.approx(4, rel=0.1)
+    for name in ("load_report.json", "load_report.csv", "load_report.html", "load_fake.png"):
+        assert (run_dir / name).stat().st_size > 0
+    assert "data:image/png;base64," in (run_dir / "load_report.html").read_text()
+
+
+async def test_saturated_client_reports_queue_time_not_latency(tmp_path: Path, data_dir: Path) -> None:
+    # 40 req/s scheduled, but only one request may be in flight and each takes ~60 ms: the client is
+    # saturated. Latency must stay the server's; the wait shows as queue time (no coordinated omission).
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, paced(0.05, 0.001), mode="constant", levels=(40,), requests=20, warmup=0,
+        output_tokens=8, max_concurrency=1,
+    )  # fmt: skip
+    [m] = write_load_report(run_dir)["targets"]["fake"]
+    assert m["e2el_ms"]["p99"] < 120
+    assert m["queue_ms"]["p99"] > 500 and m["queue_ms"]["p50"] > 100
+    assert m["dispatch_lag_ms"]["p99"] < 20  # the schedule itself kept time
+    assert m["request_throughput"] < 20  # what the server gave, not what was asked
+
+
+async def test_poisson_schedule_and_goodput(tmp_path: Path, data_dir: Path) -> None:
+    offsets = schedule("poisson", 20.0, 400, seed=1)
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    assert sum(gaps) / len(gaps) == pytest.approx(1 / 20, rel=0.15)
+    assert schedule("constant", 4.0, 3, 0) == [0.0, 0.25, 0.5]
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, paced(0.03, 0.002), mode="poisson", levels=(20,), requests=20, warmup=0,
+        output_tokens=8, slo={"ttft": 1000.0, "tpot": 0.5},
+    )  # fmt: skip
+    [m] = write_load_report(run_dir)["targets"]["fake"]
+    assert m["goodput"]["fraction"] == 0.0  # tpot 0.5 ms is unreachable with 2 ms gaps
+    assert m["dispatch_lag_ms"]["p50"] < 5
+
+
+def test_profile_and_slo_parsing() -> None:
+    assert parse_slo("ttft=200ms, tpot=50ms,e2el=2s") == {"ttft": 200.0, "tpot": 50.0, "e2el": 2000.0}
+    with pytest.raises(LoadConfigError):
+        parse_slo("ttft<200")
+    with pytest.raises(LoadConfigError):
+        LoadProfile(mode="burst")
+    with pytest.raises(LoadConfigError):
+        LoadProfile(levels=(1.5,))
+    with pytest.raises(LoadConfigError):
+        LoadProfile(slo={"latency": 1.0})
+    assert LoadProfile.from_dict(LoadProfile(levels=(2, 8)).to_dict()) == LoadProfile(levels=(2, 8))
