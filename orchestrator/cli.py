@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -37,7 +38,7 @@ from orchestrator.compose import (
     render_compose,
 )
 from orchestrator.k8s import K8sOptions, dump_k8s, render_k8s
-from orchestrator.loadtest import LoadConfigError, LoadProfile, parse_slo
+from orchestrator.loadtest import LoadConfigError, LoadProfile, level_metrics, parse_slo
 from orchestrator.manifest import (
     Manifest,
     ManifestError,
@@ -56,6 +57,7 @@ from orchestrator.report import (
     write_report,
 )
 from orchestrator.rescore import RescoreError, rescore_run, score_responses
+from orchestrator.roofline import RooflineError, bandwidth, roofline, weight_bytes
 from orchestrator.runner import LoadRunner, Runner, TargetOutcome
 from orchestrator.store import NotARunError, RunStore
 from orchestrator.tasks import SETUP_VERSIONS, DataError, build_task
@@ -82,6 +84,8 @@ class RichProgress:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("[cyan]{task.fields[inflight]} in flight"),
+            TextColumn("{task.fields[rate]} req/s"),
             TextColumn("[red]{task.fields[errors]} err"),
             TimeElapsedColumn(),
             console=console,
@@ -89,17 +93,34 @@ class RichProgress:
         )
         self._ids: dict[str, TaskID] = {}
         self._errors: dict[str, int] = {}
-        self._status = self.bars.add_task("", total=None, errors="", visible=enabled)
+        self._inflight: dict[str, int] = {}
+        self._ends: dict[str, collections.deque[float]] = {}
+        self._status = self.bars.add_task("", total=None, errors="", inflight="", rate="", visible=enabled)
 
     def add(self, key: str, description: str, total: int, done: int) -> None:
         """New bar."""
         self._errors[key] = 0
-        self._ids[key] = self.bars.add_task(description, total=total, completed=done, errors=0)
+        self._inflight[key] = 0
+        self._ends[key] = collections.deque()
+        self._ids[key] = self.bars.add_task(description, total=total, completed=done, errors=0, inflight=0, rate="-")
+
+    def started(self, key: str) -> None:
+        """A request left the client."""
+        self._inflight[key] += 1
+        self.bars.update(self._ids[key], inflight=self._inflight[key])
 
     def advance(self, key: str, error: bool) -> None:
-        """One sample ended."""
+        """One sample ended; the rate shown is over the last 10 seconds."""
+        now = time.monotonic()
+        ends = self._ends[key]
+        ends.append(now)
+        while ends and now - ends[0] > 10.0:
+            ends.popleft()
+        span = now - ends[0] if len(ends) > 1 else 0.0
+        rate = f"{(len(ends) - 1) / span:.1f}" if span > 0 else "-"
         self._errors[key] += error
-        self.bars.update(self._ids[key], advance=1, errors=self._errors[key])
+        self._inflight[key] = max(0, self._inflight[key] - 1)
+        self.bars.update(self._ids[key], advance=1, errors=self._errors[key], inflight=self._inflight[key], rate=rate)
 
     def status(self, text: str) -> None:
         """Status line (server start-up and the like)."""
@@ -258,13 +279,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     meta["versions"] = _versions()
     meta["git_sha"] = _git_sha()
     meta["samples"] = {name: len(s) for name, s in runner.samples.items()}
-    session = {"started_at": _now(), "ended_at": None, "status": "running", "argv": sys.argv[1:]}
+    session: dict[str, Any] = {"started_at": _now(), "ended_at": None, "status": "running", "argv": sys.argv[1:]}
     meta.setdefault("sessions", []).append(session)
     meta.setdefault("servers", {})
     store.write_meta(meta)
     console.print(f"run dir: [bold]{store.root}[/]")
     status = "interrupted"
     outcomes: list[TargetOutcome] = []
+    cpu0 = time.process_time()
     try:
         with progress.bars:
             outcomes = asyncio.run(_bench_async(runner))
@@ -281,6 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 meta["servers"][o.name] = o.server
         session["ended_at"] = _now()
         session["status"] = status
+        session["client_cpu_s"] = round(time.process_time() - cpu0, 3)  # is the client ever the bottleneck?
         store.write_meta(meta)
     report = write_report(store.root)
     _out().print(render_table(report))
@@ -299,7 +322,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     """Load-test the manifest's targets with synthetic prompts; latency tables and curves."""
     manifest = load_manifest(args.manifest)
-    base = dataclasses.asdict(manifest.load_test)
+    base = base_profile(manifest)
     overrides: dict[str, Any] = {
         "mode": args.mode,
         "requests": args.requests,
@@ -352,14 +375,42 @@ def cmd_load(args: argparse.Namespace) -> int:
     meta["server_metrics"] = {
         f"{r.target}/{r.mode}-{r.level:g}": {"before": r.server_before, "after": r.server_after} for r in results
     }
+    if args.gpu or args.bandwidth_gbs:
+        meta["roofline"] = _rooflines(manifest, results, args)
     store.write_meta(meta)
     report = write_load_report(store.root)
     _out().print(render_latency_table(report))
+    for target, r in report["roofline"].items():
+        console.print(
+            f"{target}: batch-1 decode {r['achieved_tok_s'] or 0:.1f} tok/s of a {r['bound_tok_s'] or 0:.1f} tok/s "
+            f"bandwidth bound ({100 * (r['fraction'] or 0):.1f}%, estimate: weights only)"
+        )
     for target, notes in runner.notes.items():
         for note in notes:
             console.print(f"[yellow]{target}:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"report: {store.root / 'load_report.html'}")
     return EXIT_FAILED if any("failed:" in n for notes in runner.notes.values() for n in notes) else 0
+
+
+def _rooflines(manifest: Manifest, results: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Per target: batch-1 decode tokens/s achieved (lowest level's TPOT p50) vs the bandwidth bound."""
+    bw = bandwidth(args.gpu, args.bandwidth_gbs)
+    out: dict[str, Any] = {}
+    for target in manifest.targets:
+        levels = sorted((r for r in results if r.target == target.name), key=lambda r: r.level)
+        source = target.launch.model_path if target.launch and target.launch.model_path else target.model_id
+        if not levels or source is None:
+            continue
+        source = str(manifest.resolve_path(source)) if manifest.resolve_path(source).exists() else source
+        metrics = level_metrics(levels[0].records, LoadProfile.from_dict(base_profile(manifest)))
+        out[target.name] = roofline(weight_bytes(source), bw, args.gpus_per_target, metrics["tpot_ms"]["p50"])
+        out[target.name]["level"] = f"{levels[0].mode} {levels[0].level:g}"
+    return out
+
+
+def base_profile(manifest: Manifest) -> dict[str, Any]:
+    """The manifest's load_test section in LoadProfile's plain form."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(manifest.load_test).items()}
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -513,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--slo", help="goodput SLOs, e.g. ttft=200ms,tpot=50ms")
     ld.add_argument("--percentiles", help="e.g. 50,90,99")
     ld.add_argument("--no-ignore-eos", action="store_true", help="let the model stop early")
+    ld.add_argument("--gpu", help="roofline estimate: GPU of the servers (h100, a100, h200, l40s, l4, ...)")
+    ld.add_argument("--bandwidth-gbs", type=float, help="roofline estimate: memory bandwidth per GPU, GB/s")
+    ld.add_argument("--gpus-per-target", type=int, default=1, help="roofline: GPUs each server reads weights with")
     ld.add_argument("--run-id")
     ld.add_argument("--no-progress", action="store_true")
     ld.set_defaults(func=cmd_load)
@@ -565,7 +619,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ManifestError, DataError, RescoreError, NotARunError, ComposeError, MatrixError, LoadConfigError) as exc:
+    except (
+        ManifestError,
+        DataError,
+        RescoreError,
+        NotARunError,
+        ComposeError,
+        MatrixError,
+        LoadConfigError,
+        RooflineError,
+    ) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

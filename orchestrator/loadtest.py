@@ -164,6 +164,7 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
         "queue_ms": summary(queue, p),
         "dispatch_lag_ms": summary(lag, p) if lag else None,
     }
+    metrics["token_count_agreement"] = token_agreement(ok)
     if profile.slo:
         good = [r for r in ok if _meets(r, profile.slo)]
         metrics["goodput"] = {
@@ -187,3 +188,25 @@ def _meets(record: dict[str, Any], slo: dict[str, float]) -> bool:
         if v is None or v * 1000.0 > limit_ms:
             return False
     return True
+
+
+def token_agreement(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the output-token counts of different sources compare (server usage vs the model's tokenizer)."""
+    pairs: dict[str, list[int]] = {}
+    for r in records:
+        counts = r.get("token_counts") or {}
+        primary = r.get("token_source")
+        if primary not in counts:
+            continue
+        for source, n in counts.items():
+            if source != primary:
+                pairs.setdefault(f"{primary} vs {source}", []).append(n - counts[primary])
+    return {
+        key: {
+            "n": len(d),
+            "exact": sum(x == 0 for x in d) / len(d),
+            "mean_abs_diff": sum(abs(x) for x in d) / len(d),
+            "max_abs_diff": max(abs(x) for x in d),
+        }
+        for key, d in pairs.items()
+    }

@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator import timing
+from orchestrator.loadtest import token_agreement
 from orchestrator.store import RunStore
 from orchestrator.tasks import SETUP_VERSIONS, build_task
 
@@ -41,6 +42,7 @@ def speed_figures(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tpot_p50_ms": _ms(timing.percentile(tpots, 50)),
         "e2e_p50_ms": _ms(timing.percentile(e2es, 50)),
         "token_sources": sources,
+        "token_count_agreement": token_agreement(ok),
     }
 
 
@@ -313,6 +315,7 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
         "profile": meta["load_profile"],
         "notes": meta.get("load_notes", {}),
         "client": meta.get("client", {}),
+        "roofline": meta.get("roofline", {}),
         "targets": targets,
     }
 
@@ -399,6 +402,13 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
     ]
     for target, notes in report["notes"].items():
         parts += [f"<p><b>{html.escape(target)}</b>: {html.escape(n)}</p>" for n in notes]
+    for target, r in report["roofline"].items():
+        parts.append(
+            f"<p><b>{html.escape(target)}</b> batch-1 decode roofline (estimate): "
+            f"{_num(r['achieved_tok_s'], '{:.1f}')} tok/s achieved of {_num(r['bound_tok_s'], '{:.1f}')} "
+            f"bound ({_pct(r['fraction'])}%), {r['weight_bytes'] / 1e9:.2f} GB weights at "
+            f"{r['bandwidth_gbs']:g} GB/s x {r['gpus']}</p>"
+        )
     for target, levels in report["targets"].items():
         parts.append(f"<h2>{html.escape(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th>")
         parts += [f"<th>{m} p50/p90/p99</th>" for m in LATENCY_METRICS]

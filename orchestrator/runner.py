@@ -37,6 +37,9 @@ class Progress(Protocol):
     def advance(self, key: str, error: bool) -> None:
         """One sample ended."""
 
+    def started(self, key: str) -> None:
+        """A request was sent (live in-flight count)."""
+
     def status(self, text: str) -> None:
         """A one-line status message."""
 
@@ -48,6 +51,9 @@ class NullProgress:
         """Ignore."""
 
     def advance(self, key: str, error: bool) -> None:
+        """Ignore."""
+
+    def started(self, key: str) -> None:
         """Ignore."""
 
     def status(self, text: str) -> None:
@@ -176,7 +182,10 @@ class Runner:
             outcome.server["backend"] = target.backend
             outcome.server["version"] = await backends[0].server_version()
             outcome.server["replicas"] = urls
+            # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
+            outcome.server["metrics_before"] = await backends[0].scrape_metrics()
             await self._run_samples(target, backends, work, outcome)
+            outcome.server["metrics_after"] = await backends[0].scrape_metrics()
         except* ErrorBudgetExceeded as group:
             outcome.failure = str(group.exceptions[0])
         except* (BackendError, LaunchError) as group:
@@ -238,6 +247,7 @@ class Runner:
             outstanding[replica] += 1
             try:
                 request = ChatRequest(sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream)
+                self.progress.started(f"{target.name}/{task.name}")
                 record = await self._attempt(backends[replica], task, sample, request)
                 record["target"] = target.name
                 if len(backends) > 1:
@@ -308,6 +318,7 @@ class Runner:
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             token_source=completion.token_source,
+            token_counts=completion.token_counts,
             timing=completion.stamps.to_record(),
             extracted=score.extracted,
             rule=score.rule,
@@ -448,6 +459,7 @@ class LoadRunner:
                 "level": level,
                 "dispatch_lag": None if intended is None else round(wake - intended, 6),
             }
+            self.progress.started(key)
             try:
                 if slots is not None and mode != "concurrency":
                     async with slots:
@@ -464,6 +476,7 @@ class LoadRunner:
                     prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens,
                     token_source=completion.token_source,
+                    token_counts=completion.token_counts,
                     finish_reason=completion.finish_reason,
                     request={k: v for k, v in completion.request.items() if k not in ("messages", "inputs")},
                 )

@@ -274,3 +274,39 @@ def test_backend_swap_side_by_side(
     llama = next(read_records(runs["llamacpp"] / "samples" / "tiny" / "mmlu.qwen.jsonl"))
     vllm = next(read_records(runs["vllm"] / "samples" / "tiny" / "mmlu.qwen.jsonl"))
     assert llama["request"]["repeat_penalty"] == 1.0 and "repeat_penalty" not in vllm["request"]
+
+
+def test_load_sweep_against_vllm(tiny_model: Path, vllm_url: str, data_dir: Path, tmp_path: Path) -> None:
+    env = _env(tiny_model, vllm_url, data_dir, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "load", str(REPO / "manifests" / "load.yaml"),
+         "--run-id", "sweep", "--no-progress", "--bandwidth-gbs", "20"],
+        env=env, capture_output=True, text=True, cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "sweep"
+    for name in ("load_report.html", "load_report.json", "load_report.csv", "load_tiny-vllm.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert "TTFT" in done.stdout and "goodput" in done.stdout
+    report = json.loads((run_dir / "load_report.json").read_text())
+    levels = report["targets"]["tiny-vllm"]
+    assert [m["level"] for m in levels] == [1, 4]
+    for m in levels:
+        assert m["completed"] == 60 and m["failed"] == 0
+        # Little's law: a closed loop of c requests: throughput x mean E2E ~ c (ramp-down tail: 60/63).
+        assert m["request_throughput"] * m["e2el_ms"]["mean"] / 1000 == pytest.approx(m["level"], rel=0.1)
+        # vLLM honours ignore_eos: every request produced exactly the requested length.
+        assert m["mean_output_tokens"] == 32
+        # Server usage and the model's tokenizer agree on every output.
+        agreement = m["token_count_agreement"]["usage vs tokenizer"]
+        assert agreement["n"] == 60 and agreement["exact"] >= 0.9 and agreement["max_abs_diff"] <= 2
+    records = list(read_records(run_dir / "samples" / "tiny-vllm" / "load-concurrency-4.load.jsonl"))
+    assert all(r["completion_tokens"] == 32 and r["request"]["ignore_eos"] is True for r in records)
+    meta = json.loads((run_dir / "run.json").read_text())
+    metrics = meta["server_metrics"]["tiny-vllm/concurrency-4"]
+    assert metrics["after"] and any(k.startswith("vllm:") for k in metrics["after"])  # /metrics scraped
+    assert meta["client"]["cpu_us_per_request"] > 0
+    roof = report["roofline"]["tiny-vllm"]
+    weights = (tiny_model / "hf" / "model.safetensors").stat().st_size
+    assert roof["weight_bytes"] == weights and roof["bound_tok_s"] == pytest.approx(20e9 / weights)
+    assert roof["achieved_tok_s"] == pytest.approx(1000 / levels[0]["tpot_ms"]["p50"])

@@ -132,3 +132,18 @@ def test_profile_and_slo_parsing() -> None:
     with pytest.raises(LoadConfigError):
         LoadProfile(slo={"latency": 1.0})
     assert LoadProfile.from_dict(LoadProfile(levels=(2, 8)).to_dict()) == LoadProfile(levels=(2, 8))
+
+
+def test_roofline_estimate(tmp_path: Path) -> None:
+    from orchestrator.roofline import RooflineError, bandwidth, roofline, weight_bytes
+
+    (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 3000)
+    (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "config.json").write_text("{}")
+    assert weight_bytes(str(tmp_path)) == 4000
+    assert bandwidth("H100", None) == 3350.0 and bandwidth(None, 123.0) == 123.0
+    with pytest.raises(RooflineError):
+        bandwidth("tpu", None)
+    r = roofline(weights=int(1e9), bandwidth_gbs=1000.0, tp=2, tpot_ms=1.0)
+    assert r["bound_tok_s"] == pytest.approx(2000.0) and r["achieved_tok_s"] == pytest.approx(1000.0)
+    assert r["fraction"] == pytest.approx(0.5)

@@ -165,3 +165,16 @@ async def test_connection_refused_is_transient() -> None:
             await backend.generate(REQ)
     finally:
         await backend.close()
+
+
+async def test_usage_cross_checked_with_tokenizer(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+        return await sse(request, [chunk("one two three", "stop"), usage])
+
+    async def counter(text: str) -> tuple[int, str]:
+        return (len(text.split()), "tokenizer")
+
+    c = await (await serve(handler, counter=counter)).generate(REQ)
+    assert (c.completion_tokens, c.token_source) == (4, "usage")  # the server's figure stays primary
+    assert c.token_counts == {"usage": 4, "tokenizer": 3}  # and the disagreement is on record

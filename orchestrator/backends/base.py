@@ -65,6 +65,9 @@ class Completion:
     stamps: Stamps
     request: dict[str, Any]  # the body as sent
     raw: dict[str, Any] = field(default_factory=dict)  # the server's own words (final chunks / body)
+    # Output token counts by every source that gave one (usage, tgi-details, tokenizer, ...):
+    # `completion_tokens` is the first of them; the others are kept to report disagreement.
+    token_counts: dict[str, int] = field(default_factory=dict)
 
 
 class Backend(Protocol):

@@ -180,7 +180,9 @@ class OpenAIChat(HTTPBackend):
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise FatalError(f"{type(exc).__name__}: {exc}") from exc
-        if completion.completion_tokens is None:
+        if completion.completion_tokens is not None:
+            completion.token_counts[completion.token_source] = completion.completion_tokens
+        if completion.completion_tokens is None or self.cross_check:
             await self._count(completion)
         return completion
 
@@ -255,12 +257,21 @@ class OpenAIChat(HTTPBackend):
                 source = "usage"
         return Completion(text, finish_reason, prompt_tokens, completion_tokens, source, stamps, body, raw)
 
+    @property
+    def cross_check(self) -> bool:
+        """Count with the model's HF tokenizer even when the server reports usage (cheap, local)."""
+        return self.counter is not None and self.counter is not self._server_counter
+
+    _server_counter: TokenCounter | None = None
+
     async def _count(self, completion: Completion) -> None:
-        """No usage from the server: count with the model's tokenizer, else fall back to chunks."""
+        """Count with the model's tokenizer; without usage that count is the figure, else a cross-check."""
         counted = await self.counter(completion.text) if self.counter is not None else None
         if counted is not None:
-            completion.completion_tokens, completion.token_source = counted
-        elif completion.stamps.chunks:
+            completion.token_counts[counted[1]] = counted[0]
+            if completion.completion_tokens is None:
+                completion.completion_tokens, completion.token_source = counted
+        elif completion.completion_tokens is None and completion.stamps.chunks:
             # An estimate: servers that stream one token per event make this exact.
             completion.completion_tokens = len(completion.stamps.chunks)
             completion.token_source = "chunks"
@@ -330,6 +341,8 @@ class LlamaCppChat(OpenAIChat):
         counter: TokenCounter | None = None,
     ) -> None:
         super().__init__(base_url, session, model, counter or self._server_count)
+        if counter is None:
+            self._server_counter = self.counter  # a request to the server each: only when usage is missing
 
     def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
         """temperature 0 alone is not greedy here: the default repeat_penalty 1.1 changes logits."""

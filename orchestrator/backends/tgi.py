@@ -203,6 +203,7 @@ class TGINative(HTTPBackend):
             stamps=stamps,
             request=body,
             raw={"final_event": final},
+            token_counts={"tgi-details": details["generated_tokens"]} if "generated_tokens" in details else {},
         )
 
     async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:

@@ -1,0 +1,71 @@
+"""Batch-1 decode roofline: how close a checkpoint's decoding gets to memory bandwidth.
+
+Decoding one token at batch 1 reads every weight once, so tokens/s cannot exceed
+``memory bandwidth / weight bytes`` (times the GPUs a tensor-parallel server reads with). The
+achieved figure is 1000 / TPOT p50 of the load test's lowest level (concurrency 1 ideally). This is
+an estimate: it ignores KV-cache and activation traffic (small at short context, batch 1) and
+assumes the datasheet bandwidth, which real kernels reach 70-90 % of.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Datasheet peak memory bandwidth, GB/s.
+GPU_BANDWIDTH_GBS = {
+    "h200": 4800.0,
+    "h100": 3350.0,  # SXM5, HBM3
+    "h100-pcie": 2000.0,
+    "a100": 2039.0,  # 80 GB SXM4
+    "a100-40gb": 1555.0,
+    "l40s": 864.0,
+    "a10": 600.0,
+    "l4": 300.0,
+    "rtx4090": 1008.0,
+}
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
+
+
+class RooflineError(ValueError):
+    """Unknown GPU or weights that cannot be sized."""
+
+
+def bandwidth(gpu: str | None, bandwidth_gbs: float | None) -> float:
+    """GB/s from --bandwidth-gbs or the --gpu table."""
+    if bandwidth_gbs is not None:
+        return bandwidth_gbs
+    if gpu is None or gpu.lower() not in GPU_BANDWIDTH_GBS:
+        raise RooflineError(f"unknown GPU {gpu!r} (known: {', '.join(GPU_BANDWIDTH_GBS)}; or --bandwidth-gbs)")
+    return GPU_BANDWIDTH_GBS[gpu.lower()]
+
+
+def weight_bytes(source: str) -> int:
+    """Bytes of a checkpoint's weight files: a local file or folder, or a Hub id (file sizes from the Hub)."""
+    path = Path(source)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(source, files_metadata=True)
+    files = [s for s in info.siblings or [] if s.rfilename.endswith(WEIGHT_SUFFIXES)]
+    # Repos ship both safetensors and .bin sometimes: servers load safetensors when present.
+    if any(s.rfilename.endswith(".safetensors") for s in files):
+        files = [s for s in files if s.rfilename.endswith(".safetensors")]
+    return sum(s.size or 0 for s in files)
+
+
+def roofline(weights: int, bandwidth_gbs: float, tp: int, tpot_ms: float | None) -> dict[str, Any]:
+    """Bound and achieved batch-1 decode tokens/s."""
+    bound = bandwidth_gbs * 1e9 * tp / weights if weights else None
+    achieved = 1000.0 / tpot_ms if tpot_ms else None
+    return {
+        "weight_bytes": weights,
+        "bandwidth_gbs": bandwidth_gbs,
+        "gpus": tp,
+        "bound_tok_s": bound,
+        "achieved_tok_s": achieved,
+        "fraction": achieved / bound if bound and achieved else None,
+    }
