@@ -492,7 +492,8 @@ class LoadRunner:
             else:
                 record.update(
                     error=None,
-                    queued=round(completion.stamps.t_send - wake, 6),
+                    # Waiting for a slot, a late loop and building the request: all client-side.
+                    queued=round((completion.stamps.t_wire or completion.stamps.t_send) - wake, 6),
                     timing=completion.stamps.to_record(),
                     prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens,

@@ -23,6 +23,7 @@ class Stamps:
     t_first: float | None = None  # first non-empty content token
     chunks: list[float] = field(default_factory=list)  # perf_counter of each content chunk
     t_end: float = 0.0
+    t_wire: float | None = None  # the request body handed to the socket (aiohttp trace)
 
     def mark_send(self) -> None:
         """Stamp the moment the request leaves the client."""
@@ -41,10 +42,17 @@ class Stamps:
         self.t_end = time.perf_counter()
 
     def to_record(self) -> dict[str, Any]:
-        """Offsets relative to send, in seconds rounded to microseconds."""
-        base = self.t_send
+        """Offsets relative to the moment the request reached the socket, in seconds (microseconds).
+
+        Latencies start when the request body was handed to the socket (aiohttp's trace hook), not
+        when the client decided to send: the time in between is the client's own delay (building
+        the request, a busy event loop) and is kept apart as ``send_delay``, so a loaded client
+        does not inflate the server's TTFT/E2E.
+        """
+        base = self.t_wire if self.t_wire is not None else self.t_send
         return {
-            "wall_send": round(self.wall_send, 6),
+            "wall_send": round(self.wall_send + (base - self.t_send), 6),
+            "send_delay": round(base - self.t_send, 6),
             "ttft": None if self.t_first is None else round(self.t_first - base, 6),
             "chunks": [round(c - base, 6) for c in self.chunks],
             "e2e": round(self.t_end - base, 6),

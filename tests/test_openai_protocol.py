@@ -56,6 +56,9 @@ async def test_comments_role_and_usage_chunks_are_not_tokens(serve: Serve) -> No
     assert c.finish_reason == "stop"
     rec = c.stamps.to_record()
     assert 0 < rec["ttft"] == rec["chunks"][0] <= rec["chunks"][1] <= rec["e2e"]
+    # Latencies start when the body reached the socket; the client's own delay before that is apart.
+    assert c.stamps.t_wire is not None and c.stamps.t_wire >= c.stamps.t_send
+    assert rec["send_delay"] == round(c.stamps.t_wire - c.stamps.t_send, 6)
     assert c.raw["usage_chunk"]["choices"] == []
 
 

@@ -6,6 +6,7 @@ One aiohttp session per target; streaming SSE with stamps per content chunk.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,10 +30,19 @@ TokenCounter = Callable[[str], Awaitable[tuple[int, str] | None]]
 READ_BUFSIZE = 4 * 1024 * 1024
 
 
+async def _on_body_sent(session: Any, ctx: Any, params: Any) -> None:
+    stamps = ctx.trace_request_ctx
+    if isinstance(stamps, Stamps) and stamps.t_wire is None:
+        stamps.t_wire = time.perf_counter()
+
+
 def make_session(concurrency: int, timeout: float, api_key: str | None = None) -> aiohttp.ClientSession:
     """The one shared session of a target: connection pool sized to the concurrency."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(_on_body_sent)
     return aiohttp.ClientSession(
+        trace_configs=[trace],
         connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0)),
         read_bufsize=READ_BUFSIZE,
@@ -166,7 +176,7 @@ class OpenAIChat(HTTPBackend):
         url = f"{self.base_url}/v1/chat/completions"
         try:
             stamps.mark_send()
-            async with self.session.post(url, json=body) as resp:
+            async with self.session.post(url, json=body, trace_request_ctx=stamps) as resp:
                 if resp.status != 200:
                     text = await resp.text(errors="replace")
                     raise error_for_status(resp.status, text)
