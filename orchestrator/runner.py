@@ -281,17 +281,29 @@ class Runner:
             "prompt_digest": sample.prompt_digest(),
             "gold": sample.target,
         }
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self.manifest.load.retries + 1),
-            wait=wait_random_exponential(multiplier=0.5, max=self.retry_wait_max),
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    completion = await backend.generate(request)
+            try:
+                attempts = 1
+                completion = await backend.generate(request)
+            except BackendError as first:
+                if not first.transient or self.manifest.load.retries == 0:
+                    raise
+                # Only a failed request pays for the retry machinery (the hot path stays lean). The
+                # first failure is replayed as tenacity's attempt 1, so backoff starts from it.
+                retrying = AsyncRetrying(
+                    retry=retry_if_exception(_is_transient),
+                    stop=stop_after_attempt(self.manifest.load.retries + 1),
+                    wait=wait_random_exponential(multiplier=0.5, max=self.retry_wait_max),
+                    reraise=True,
+                )
+                replay: BackendError | None = first
+                async for attempt in retrying:
+                    with attempt:
+                        if replay is not None:
+                            failure, replay = replay, None
+                            raise failure from None  # the original failure, as it was
+                        attempts += 1
+                        completion = await backend.generate(request)
         except BackendError as exc:
             record.update(
                 request=backend.build_body(request),
