@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import run_async
 from orchestrator.manifest import parse_manifest
 from orchestrator.runner import Runner
 from orchestrator.store import RunStore, read_records
@@ -82,7 +82,7 @@ def run_client(url: str, concurrency: int, requests: int, tokens: int) -> tuple[
         store = RunStore(Path(tmp) / "run")
         runner = Runner(manifest, [SyntheticTask(requests, tokens)], store)
         cpu0, t0 = time.process_time(), time.perf_counter()
-        outcomes = asyncio.run(runner.run())
+        outcomes = run_async(runner.run())  # the CLI's loop (uvloop when installed)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         store.close()
         records = list(read_records(store.samples_path("b", "synthetic", "qwen")))
