@@ -356,6 +356,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         base["slo"] = parse_slo(args.slo)
     if args.no_ignore_eos:
         base["ignore_eos"] = False
+    if args.prompts:
+        base["prompts"] = args.prompts
     profile = LoadProfile.from_dict(base)
     run_id = args.run_id or f"{manifest.run.name}-load-{dt.datetime.now():%Y%m%d-%H%M%S}"
     store = RunStore(manifest.resolve_path(manifest.run.output_dir) / run_id)
@@ -577,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--slo", help="goodput SLOs, e.g. ttft=200ms,tpot=50ms")
     ld.add_argument("--percentiles", help="e.g. 50,90,99")
     ld.add_argument("--no-ignore-eos", action="store_true", help="let the model stop early")
+    ld.add_argument(
+        "--prompts",
+        choices=["synthetic", "mmlu", "ceval", "ifeval"],
+        help="synthetic prompts of --input-tokens tokens (default), or a benchmark's own (needs run.data_dir or Hub)",
+    )
     ld.add_argument("--gpu", help="roofline estimate: GPU of the servers (h100, a100, h200, l40s, l4, ...)")
     ld.add_argument("--bandwidth-gbs", type=float, help="roofline estimate: memory bandwidth per GPU, GB/s")
     ld.add_argument("--gpus-per-target", type=int, default=1, help="roofline: GPUs each server reads weights with")

@@ -53,6 +53,7 @@ class LoadProfile:
     percentiles: tuple[float, ...] = (50, 90, 99)
     slo: dict[str, float] = field(default_factory=dict)  # metric -> threshold in ms
     seed: int = 0
+    prompts: str = "synthetic"  # or a benchmark's own prompts: mmlu, ceval, ifeval
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadProfile:
@@ -73,6 +74,8 @@ class LoadProfile:
             raise LoadConfigError("concurrency levels must be whole numbers")
         if self.requests < 1 or self.warmup < 0 or self.input_tokens < 1 or self.output_tokens < 1:
             raise LoadConfigError("requests, input and output tokens must be positive; warmup 0 or more")
+        if self.prompts not in ("synthetic", "mmlu", "ceval", "ifeval"):
+            raise LoadConfigError(f"prompts must be synthetic, mmlu, ceval or ifeval, got {self.prompts!r}")
         unknown = set(self.slo) - {"ttft", "tpot", "itl", "e2el"}
         if unknown:
             raise LoadConfigError(f"unknown SLO metric(s): {', '.join(sorted(unknown))} (ttft, tpot, itl, e2el)")
@@ -213,3 +216,12 @@ def token_agreement(
         }
         for key, d in pairs.items()
     }
+
+
+def task_prompts(name: str, data_dir: Any, n: int, seed: int) -> list[tuple[tuple[str, str], ...]]:
+    """A benchmark's own prompts (chat turns as the accuracy run sends them), a seeded sample of n."""
+    from orchestrator.tasks import build_task
+
+    samples = build_task(name, data_dir).samples()
+    rng = random.Random(seed)
+    return [samples[rng.randrange(len(samples))].messages for _ in range(n)]

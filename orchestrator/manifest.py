@@ -83,6 +83,7 @@ class LoadTestConfig:
     percentiles: tuple[float, ...] = (50, 90, 99)
     slo: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    prompts: Literal["synthetic", "mmlu", "ceval", "ifeval"] = "synthetic"
 
 
 @dataclass(frozen=True)

@@ -398,7 +398,7 @@ class LoadRunner:
         return load_tokenizer(source, self.tokenizer_path(target))
 
     async def _run_target(self, target: TargetConfig) -> list[LevelResult]:
-        from orchestrator.loadtest import schedule, synthetic_prompts
+        from orchestrator.loadtest import schedule
 
         profile = self.profile
         server: LlamaCppServer | None = None
@@ -424,7 +424,7 @@ class LoadRunner:
             if profile.auto:
                 # Saturation first: a closed loop at high concurrency, then rates up to its throughput.
                 probe_c = int(max(profile.levels)) if profile.levels else 64
-                prompts = synthetic_prompts(tokenizer, per_level, profile.input_tokens, profile.seed)
+                prompts = self._prompts(tokenizer, per_level, profile.seed)
                 counts = _prompt_counts(tokenizer, template, prompts)
                 probe = await self._level(target, backend, "concurrency", probe_c, prompts, [], counts)
                 results.append(probe)
@@ -434,7 +434,7 @@ class LoadRunner:
                 mode = "poisson" if profile.mode == "poisson" else "constant"
                 levels = [round(saturation * f, 3) for f in (0.25, 0.5, 0.75, 1.0)]
             for i, level in enumerate(levels):
-                prompts = synthetic_prompts(tokenizer, per_level, profile.input_tokens, profile.seed + 1 + i)
+                prompts = self._prompts(tokenizer, per_level, profile.seed + 1 + i)
                 offsets = [] if mode == "concurrency" else schedule(mode, level, per_level, profile.seed + i)
                 counts = _prompt_counts(tokenizer, template, prompts)
                 results.append(await self._level(target, backend, mode, level, prompts, offsets, counts))
@@ -446,6 +446,15 @@ class LoadRunner:
             if server is not None:
                 await server.stop()
         return results
+
+    def _prompts(self, tokenizer: Any, n: int, seed: int) -> list[tuple[tuple[str, str], ...]]:
+        """Chat turns to send: synthetic prompts of exact token length, or a benchmark's own."""
+        from orchestrator.loadtest import synthetic_prompts, task_prompts
+
+        if self.profile.prompts == "synthetic":
+            return [(("user", p),) for p in synthetic_prompts(tokenizer, n, self.profile.input_tokens, seed)]
+        data_dir = self.manifest.resolve_path(self.manifest.run.data_dir) if self.manifest.run.data_dir else None
+        return task_prompts(self.profile.prompts, data_dir, n, seed)
 
     def _template(self, target: TargetConfig) -> Any:
         """The model's chat template, to know each prompt's token count as the server will see it."""
@@ -464,7 +473,7 @@ class LoadRunner:
         backend: Backend,
         mode: str,
         level: float,
-        prompts: list[str],
+        prompts: list[tuple[tuple[str, str], ...]],
         offsets: list[float],
         prompt_counts: list[int | None],
     ) -> LevelResult:
@@ -483,7 +492,7 @@ class LoadRunner:
 
         async def one(i: int, wake: float, intended: float | None) -> None:
             request = ChatRequest(
-                (("user", prompts[i]),), profile.output_tokens, gen.seed, gen.temperature, ignore_eos=profile.ignore_eos
+                prompts[i], profile.output_tokens, gen.seed, gen.temperature, ignore_eos=profile.ignore_eos
             )
             record: dict[str, Any] = {
                 "index": i,
@@ -546,8 +555,8 @@ class LoadRunner:
         return LevelResult(target.name, mode, level, records, cpu, server_before, server_after)
 
 
-def _prompt_counts(tokenizer: Any, template: Any, prompts: list[str]) -> list[int | None]:
+def _prompt_counts(tokenizer: Any, template: Any, prompts: list[tuple[tuple[str, str], ...]]) -> list[int | None]:
     """Tokens of each chat-templated prompt with the model's tokenizer (computed before sending)."""
     if template is None:
         return [None] * len(prompts)
-    return [len(tokenizer.encode(template.render((("user", p),)), add_special_tokens=False).ids) for p in prompts]
+    return [len(tokenizer.encode(template.render(p), add_special_tokens=False).ids) for p in prompts]

@@ -44,7 +44,7 @@ async def run_load(tmp_path: Path, data_dir: Path, handler: Any, **profile: Any)
     try:
         m = parse_manifest(
             {
-                "run": {"name": "load", "output_dir": str(tmp_path)},
+                "run": {"name": "load", "output_dir": str(tmp_path), "data_dir": str(data_dir)},
                 "tasks": {"mmlu": {}},
                 "targets": [
                     {
@@ -147,3 +147,25 @@ def test_roofline_estimate(tmp_path: Path) -> None:
     r = roofline(weights=int(1e9), bandwidth_gbs=1000.0, tp=2, tpot_ms=1.0)
     assert r["bound_tok_s"] == pytest.approx(2000.0) and r["achieved_tok_s"] == pytest.approx(1000.0)
     assert r["fraction"] == pytest.approx(0.5)
+
+
+async def test_auto_sweep_duration_bound_and_task_prompts(tmp_path: Path, data_dir: Path) -> None:
+    # auto: a closed-loop probe at the highest level finds the saturation rate, then rates up to it.
+    run_dir, results, fake = await run_load(
+        tmp_path, data_dir, paced(0.02, 0.001), mode="constant", levels=(8,), auto=True, requests=24, warmup=0,
+        output_tokens=4,
+    )  # fmt: skip
+    assert [r.mode for r in results] == ["concurrency", "constant", "constant", "constant", "constant"]
+    saturation = write_load_report(run_dir)["targets"]["fake"][0]["request_throughput"]
+    assert [r.level for r in results[1:]] == [round(saturation * f, 3) for f in (0.25, 0.5, 0.75, 1.0)]
+    # duration bounds a level: far fewer than the requested count are sent.
+    run_dir, results, _ = await run_load(
+        tmp_path / "d", data_dir, paced(0.02, 0.001), mode="constant", levels=(5,), requests=500, warmup=0,
+        output_tokens=4, duration=1.0,
+    )  # fmt: skip
+    assert 3 <= len(results[0].records) <= 8
+    # a benchmark's own prompts instead of synthetic ones.
+    _, _, fake = await run_load(
+        tmp_path / "t", data_dir, paced(0.0, 0.0), levels=(2,), requests=6, warmup=0, output_tokens=2, prompts="ceval"
+    )
+    assert all(r["messages"][-1]["content"].endswith("答案：") for r in fake.requests)
