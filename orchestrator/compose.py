@@ -147,16 +147,22 @@ def _service(backend: str, ckpt: Checkpoint, tp: int, gpu_ids: list[str], host_p
     return service
 
 
-def render_compose(options: ComposeOptions) -> dict[str, Any]:
-    """The Compose document for the selected checkpoints on one backend."""
-    if options.backend not in BACKENDS:
-        raise ComposeError(f"unknown backend {options.backend!r} (expected one of {', '.join(BACKENDS)})")
+def selected(backend: str, sizes: tuple[str, ...], quants: tuple[str, ...]) -> list[Checkpoint]:
+    """The checkpoints a deployment covers (all by default); ComposeError for a bad choice."""
+    if backend not in BACKENDS:
+        raise ComposeError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
     try:
-        checkpoints = select(list(options.sizes) or None, list(options.quants) or None)
+        checkpoints = select(list(sizes) or None, list(quants) or None)
     except MatrixError as exc:
         raise ComposeError(str(exc)) from None
     if not checkpoints:
         raise ComposeError("no checkpoint matches the selected sizes and quantizations")
+    return checkpoints
+
+
+def render_compose(options: ComposeOptions) -> dict[str, Any]:
+    """The Compose document for the selected checkpoints on one backend."""
+    checkpoints = selected(options.backend, options.sizes, options.quants)
     services: dict[str, Any] = {}
     cursor = 0
     current_size = None

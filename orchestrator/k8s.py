@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.compose import CACHE_ENV, CACHE_MOUNT, CONTAINER_PORT, IMAGES, LABEL, ComposeError, server_command
-from orchestrator.matrix import Checkpoint, MatrixError, select
+from orchestrator.compose import CACHE_ENV, CACHE_MOUNT, CONTAINER_PORT, IMAGES, LABEL, selected, server_command
+from orchestrator.matrix import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -138,14 +138,7 @@ def bench_manifest(checkpoints: list[Checkpoint], options: K8sOptions) -> dict[s
 
 def render_k8s(options: K8sOptions) -> list[dict[str, Any]]:
     """Every object, in apply order."""
-    if options.backend not in CONTAINER_PORT:
-        raise ComposeError(f"unknown backend {options.backend!r}")
-    try:
-        checkpoints = select(list(options.sizes) or None, list(options.quants) or None)
-    except MatrixError as exc:
-        raise ComposeError(str(exc)) from None
-    if not checkpoints:
-        raise ComposeError("no checkpoint matches the selected sizes and quantizations")
+    checkpoints = selected(options.backend, options.sizes, options.quants)
     pvc: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

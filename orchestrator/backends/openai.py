@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -48,6 +48,47 @@ def make_session(concurrency: int, timeout: float, api_key: str | None = None) -
         read_bufsize=READ_BUFSIZE,
         headers=headers,
     )
+
+
+async def iter_sse_json(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of a Server-Sent Events body, up to ``data: [DONE]`` or the connection's end.
+
+    Whole network reads are split into lines here (one await per read, not two per event), so each
+    event is handed over the moment its read arrived. Blank separators, ``:`` comments and
+    ``event:`` lines are skipped; a last event without its newline still counts.
+    """
+    pending = b""
+    async for data in resp.content.iter_any():
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for raw_line in lines:
+            event = _sse_line(raw_line)
+            if event is _DONE:
+                return
+            if event is not None:
+                yield event
+    event = _sse_line(pending)
+    if event is not None and event is not _DONE:
+        yield event
+
+
+_DONE: dict[str, Any] = {}
+
+
+def _sse_line(raw_line: bytes) -> dict[str, Any] | None:
+    line = raw_line.strip()
+    if not line.startswith(b"data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == b"[DONE]":
+        return _DONE
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise FatalError(f"malformed SSE data: {payload[:200]!r}") from exc
+    if not isinstance(event, dict):
+        raise FatalError(f"unexpected SSE payload: {payload[:200]!r}")
+    return event
 
 
 SERVER_METRIC_PREFIXES = ("vllm:", "tgi_", "sglang:", "llamacpp:")
@@ -203,25 +244,7 @@ class OpenAIChat(HTTPBackend):
         usage: dict[str, Any] | None = None
         last_choice_chunk: dict[str, Any] | None = None
         usage_chunk: dict[str, Any] | None = None
-        pending = b""
-        done = False
-
-        def handle(raw_line: bytes) -> bool:
-            """One SSE line; True at [DONE]."""
-            nonlocal usage, usage_chunk, finish_reason, last_choice_chunk
-            line = raw_line.strip()
-            # Blank lines separate events; ':' lines are SSE comments (keep-alives).
-            if not line.startswith(b"data:"):
-                return False
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return True
-            try:
-                chunk = json.loads(payload)
-            except ValueError as exc:
-                raise FatalError(f"malformed SSE data: {payload[:200]!r}") from exc
-            if not isinstance(chunk, dict):
-                raise FatalError(f"unexpected SSE payload: {payload[:200]!r}")
+        async for chunk in iter_sse_json(resp):
             if "error" in chunk:
                 raise FatalError(f"server error in stream: {json.dumps(chunk['error'])[:300]}")
             if chunk.get("usage"):
@@ -236,21 +259,6 @@ class OpenAIChat(HTTPBackend):
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
                     last_choice_chunk = chunk
-            return False
-
-        # Whole network reads, split into lines here: one await per read instead of two per event,
-        # and every event of a read is stamped with the moment that read arrived.
-        async for data in resp.content.iter_any():
-            lines = (pending + data).split(b"\n")
-            pending = lines.pop()
-            for raw_line in lines:
-                if handle(raw_line):
-                    done = True
-                    break
-            if done:
-                break
-        if not done and pending:
-            handle(pending)  # a last event without its newline, before the connection closed
         # A stream without [DONE] ends when the server closes the connection.
         stamps.mark_end()
         raw: dict[str, Any] = {"final_chunk": last_choice_chunk}
@@ -336,14 +344,10 @@ class TGIChat(OpenAIChat):
 
     name = "tgi-chat"
 
-    def __init__(
-        self,
-        base_url: str,
-        session: aiohttp.ClientSession,
-        model: str | None = None,
-        counter: TokenCounter | None = None,
-    ) -> None:
-        super().__init__(base_url, session, model or "tgi", counter)
+    async def start(self) -> None:
+        """TGI's chat route takes the model name "tgi" whatever it serves."""
+        self.model = self.model or "tgi"
+        await super().start()
 
     async def describe(self) -> dict[str, Any]:
         """TGI's /info (model, limits, version)."""

@@ -27,7 +27,7 @@ from orchestrator.backends.base import (
     TransientError,
     error_for_status,
 )
-from orchestrator.backends.openai import HTTPBackend
+from orchestrator.backends.openai import HTTPBackend, iter_sse_json
 from orchestrator.timing import Stamps
 
 
@@ -169,17 +169,7 @@ class TGINative(HTTPBackend):
     async def _read_stream(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
         parts: list[str] = []
         final: dict[str, Any] | None = None
-        async for raw_line in resp.content:
-            line = raw_line.strip()
-            if not line.startswith(b"data:"):
-                continue  # blank separators, ':' comments, event: lines
-            data = line[5:].strip()
-            try:
-                event = json.loads(data)
-            except ValueError as exc:
-                raise FatalError(f"malformed SSE data: {data[:200]!r}") from exc
-            if not isinstance(event, dict):
-                raise FatalError(f"unexpected SSE payload: {data[:200]!r}")
+        async for event in iter_sse_json(resp):
             if "error" in event:
                 raise error_from_tgi(None, event)
             token = event.get("token") or {}
