@@ -134,8 +134,13 @@ def summary(values: Sequence[float], percentiles: Sequence[float]) -> dict[str, 
 
 
 def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> dict[str, Any]:
-    """Every metric of one level from its records (warm-up and failed requests excluded)."""
-    measured = [r for r in records if not r["warmup"]]
+    """Every metric of one level from its records (warm-up, cool-down and failed requests excluded).
+
+    Throughputs count every completion (warm-up and cool-down ones too) that ends inside the
+    measured window, from the first measured send to the last measured end: around the measured
+    requests the load was kept at its level, so this is the steady-state rate.
+    """
+    measured = [r for r in records if not r["warmup"] and not r.get("cooldown")]
     ok = [r for r in measured if not r.get("error")]
     ms = 1000.0
     ttft = [t * ms for r in ok if (t := timing.ttft(r["timing"])) is not None]
@@ -145,21 +150,27 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
     queue = [r["queued"] * ms for r in measured]
     lag = [r["dispatch_lag"] * ms for r in measured if r.get("dispatch_lag") is not None]
     window = 0.0
+    in_window: list[dict[str, Any]] = []
     if ok:
         start = min(r["timing"]["wall_send"] for r in ok)
         end = max(r["timing"]["wall_send"] + r["timing"]["e2e"] for r in ok)
         window = end - start
-    out_tokens = sum(r.get("completion_tokens") or 0 for r in ok)
-    in_tokens = sum(r.get("prompt_tokens") or 0 for r in ok)
+        in_window = [
+            r
+            for r in records
+            if not r.get("error") and r.get("timing") and start < r["timing"]["wall_send"] + r["timing"]["e2e"] <= end
+        ]
+    out_tokens = sum(r.get("completion_tokens") or 0 for r in in_window)
+    in_tokens = sum(r.get("prompt_tokens") or 0 for r in in_window)
     p = profile.percentiles
     metrics: dict[str, Any] = {
         "completed": len(ok),
         "failed": len(measured) - len(ok),
         "duration_s": window,
-        "request_throughput": len(ok) / window if window else None,
+        "request_throughput": len(in_window) / window if window else None,
         "output_throughput": out_tokens / window if window else None,
         "total_token_throughput": (out_tokens + in_tokens) / window if window else None,
-        "mean_output_tokens": out_tokens / len(ok) if ok else None,
+        "mean_output_tokens": sum(r.get("completion_tokens") or 0 for r in ok) / len(ok) if ok else None,
         "ttft_ms": summary(ttft, p),
         "tpot_ms": summary(tpot, p),
         "itl_ms": summary(itl, p),

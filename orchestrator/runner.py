@@ -434,8 +434,11 @@ class LoadRunner:
                 mode = "poisson" if profile.mode == "poisson" else "constant"
                 levels = [round(saturation * f, 3) for f in (0.25, 0.5, 0.75, 1.0)]
             for i, level in enumerate(levels):
-                prompts = self._prompts(tokenizer, per_level, profile.seed + 1 + i)
-                offsets = [] if mode == "concurrency" else schedule(mode, level, per_level, profile.seed + i)
+                # A closed loop gets as many cool-down requests as slots: they keep every slot busy
+                # until the last measured request ends, so the measured window is all steady state.
+                n = per_level + (int(level) if mode == "concurrency" else 0)
+                prompts = self._prompts(tokenizer, n, profile.seed + 1 + i)
+                offsets = [] if mode == "concurrency" else schedule(mode, level, n, profile.seed + i)
                 counts = _prompt_counts(tokenizer, template, prompts)
                 results.append(await self._level(target, backend, mode, level, prompts, offsets, counts))
         except* (BackendError, LaunchError) as group:
@@ -497,6 +500,7 @@ class LoadRunner:
             record: dict[str, Any] = {
                 "index": i,
                 "warmup": i < profile.warmup,
+                "cooldown": i >= profile.warmup + profile.requests,
                 "mode": mode,
                 "level": level,
                 "dispatch_lag": None if intended is None else round(wake - intended, 6),
