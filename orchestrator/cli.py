@@ -534,6 +534,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matrix_args(parser: argparse.ArgumentParser, default_backend: str) -> None:
+    """Backend and checkpoint selection, shared by `compose` and `k8s`."""
+    parser.add_argument("--backend", choices=["tgi", "vllm", "sglang"], default=default_backend)
+    parser.add_argument("--sizes", help="comma-separated: 0.5b,1.5b,7b,72b (default: all)")
+    parser.add_argument("--quants", help="comma-separated: bf16,gptq-int8,gptq-int4,awq (default: all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="orchestrate", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -605,9 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     c = sub.add_parser("compose", help="render Compose files for the Qwen2 checkpoint matrix, or --check one")
-    c.add_argument("--backend", choices=["tgi", "vllm", "sglang"], default="tgi")
-    c.add_argument("--sizes", help="comma-separated: 0.5b,1.5b,7b,72b (default: all)")
-    c.add_argument("--quants", help="comma-separated: bf16,gptq-int8,gptq-int4,awq (default: all)")
+    _matrix_args(c, default_backend="tgi")
     c.add_argument("--gpus", default="0,1,2,3,4,5,6,7", help="GPU ids to assign, in order")
     c.add_argument("--first-port", type=int, default=8001, help="host port of the first service")
     c.add_argument("--hf-cache", help="host folder of the Hugging Face cache (default: $HF_HOME)")
@@ -618,9 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compose)
 
     k = sub.add_parser("k8s", help="render Kubernetes manifests for the checkpoint matrix (more than one host)")
-    k.add_argument("--backend", choices=["tgi", "vllm", "sglang"], default="vllm")
-    k.add_argument("--sizes", help="comma-separated: 0.5b,1.5b,7b,72b (default: all)")
-    k.add_argument("--quants", help="comma-separated: bf16,gptq-int8,gptq-int4,awq (default: all)")
+    _matrix_args(k, default_backend="vllm")
     k.add_argument("--namespace", default="llm-bench")
     k.add_argument("--replicas", type=int, default=1, help="server replicas per checkpoint")
     k.add_argument("--storage-class", help="storage class of the shared (ReadWriteMany) Hugging Face cache")

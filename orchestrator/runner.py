@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +100,67 @@ async def launch_server(
     return server
 
 
+async def wait_healthy(target: TargetConfig, url: str, limit_s: float, progress: Progress) -> None:
+    """Poll /health (or /v1/models for servers without it) until it answers 200, or time out."""
+    started = time.monotonic()
+    last = "no answer yet"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while True:
+            for path in ("/health", "/v1/models"):
+                try:
+                    async with session.get(f"{url}{path}") as resp:
+                        if resp.status == 200:
+                            return
+                        last = f"{path} answered HTTP {resp.status}"
+                        if resp.status != 404:
+                            break
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                    break
+            elapsed = time.monotonic() - started
+            if elapsed > limit_s:
+                raise LaunchError(f"service {target.name} at {url} not healthy after {limit_s:.0f} s ({last})")
+            progress.status(f"waiting for {target.name} at {url} to be healthy ({elapsed:.0f} s)")
+            await asyncio.sleep(1.0)
+
+
+@dataclass
+class Serving:
+    """A target ready to take requests: its adapters (one per replica) and, if managed, its server."""
+
+    backends: list[Backend]
+    urls: list[str]
+    server: LlamaCppServer | None
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    target: TargetConfig,
+    manifest: Manifest,
+    store: RunStore,
+    progress: Progress,
+    tokenizer_path: Callable[[TargetConfig], Path | None],
+) -> AsyncIterator[Serving]:
+    """Start (managed) or wait for (health_timeout) a target's servers, open its adapters; always clean up."""
+    server: LlamaCppServer | None = None
+    backends: list[Backend] = []
+    try:
+        urls = list(target.urls) or ([target.url] if target.url else [])
+        if target.launch is not None:
+            server = await launch_server(target, manifest, store, progress)
+            urls = [server.url]
+        elif manifest.load.health_timeout > 0:
+            await asyncio.gather(*(wait_healthy(target, u, manifest.load.health_timeout, progress) for u in urls))
+        backends = await open_backends(target, urls, manifest.load, tokenizer_path(target))
+        yield Serving(backends, urls, server)
+    finally:
+        if backends:
+            await backends[0].close()  # the replicas share this one session
+        if server is not None:
+            progress.status(f"stopping llama.cpp server of {target.name}")
+            await server.stop()
+
+
 class Runner:
     """Runs a manifest's tasks against its targets and writes one record per sample."""
 
@@ -166,64 +227,25 @@ class Runner:
             work += [(task, s) for s in pending]
         if not work:
             return outcome
-        server: LlamaCppServer | None = None
-        backends: list[Backend] = []
         try:
-            urls = list(target.urls) or ([target.url] if target.url else [])
-            if target.launch is not None:
-                server = await self._launch(target)
-                urls = [server.url]
-                outcome.server["managed"] = {"command": server.command(), "log": str(server.log_path)}
-            elif self.manifest.load.health_timeout > 0:
-                await asyncio.gather(*(self._wait_healthy(target, url) for url in urls))
-            backends = await open_backends(target, urls, self.manifest.load, self.tokenizer_path(target))
-            outcome.server.update(await backends[0].describe())
-            outcome.server["served_model"] = backends[0].model
-            outcome.server["backend"] = target.backend
-            outcome.server["version"] = await backends[0].server_version()
-            outcome.server["replicas"] = urls
-            # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
-            outcome.server["metrics_before"] = await backends[0].scrape_metrics()
-            await self._run_samples(target, backends, work, outcome)
-            outcome.server["metrics_after"] = await backends[0].scrape_metrics()
+            async with serving(target, self.manifest, self.store, self.progress, self.tokenizer_path) as live:
+                backends = live.backends
+                if live.server is not None:
+                    outcome.server["managed"] = {"command": live.server.command(), "log": str(live.server.log_path)}
+                outcome.server.update(await backends[0].describe())
+                outcome.server["served_model"] = backends[0].model
+                outcome.server["backend"] = target.backend
+                outcome.server["version"] = await backends[0].server_version()
+                outcome.server["replicas"] = live.urls
+                # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
+                outcome.server["metrics_before"] = await backends[0].scrape_metrics()
+                await self._run_samples(target, backends, work, outcome)
+                outcome.server["metrics_after"] = await backends[0].scrape_metrics()
         except* ErrorBudgetExceeded as group:
             outcome.failure = str(group.exceptions[0])
         except* (BackendError, LaunchError) as group:
             outcome.failure = f"{target.name}: {group.exceptions[0]}"
-        finally:
-            if backends:
-                await backends[0].close()  # the replicas share this one session
-            if server is not None:
-                self.progress.status(f"stopping llama.cpp server of {target.name}")
-                await server.stop()
         return outcome
-
-    async def _launch(self, target: TargetConfig) -> LlamaCppServer:
-        return await launch_server(target, self.manifest, self.store, self.progress)
-
-    async def _wait_healthy(self, target: TargetConfig, url: str) -> None:
-        """Poll /health (or /v1/models for servers without it) until it answers 200, or time out."""
-        timeout = self.manifest.load.health_timeout
-        started = time.monotonic()
-        last = "no answer yet"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            while True:
-                for path in ("/health", "/v1/models"):
-                    try:
-                        async with session.get(f"{url}{path}") as resp:
-                            if resp.status == 200:
-                                return
-                            last = f"{path} answered HTTP {resp.status}"
-                            if resp.status != 404:
-                                break
-                    except (aiohttp.ClientError, TimeoutError) as exc:
-                        last = f"{type(exc).__name__}: {exc}"
-                        break
-                elapsed = time.monotonic() - started
-                if elapsed > timeout:
-                    raise LaunchError(f"service {target.name} at {url} not healthy after {timeout:.0f} s ({last})")
-                self.progress.status(f"waiting for {target.name} at {url} to be healthy ({elapsed:.0f} s)")
-                await asyncio.sleep(1.0)
 
     async def _run_samples(
         self,
@@ -401,53 +423,42 @@ class LoadRunner:
         from orchestrator.loadtest import schedule
 
         profile = self.profile
-        server: LlamaCppServer | None = None
-        backends: list[Backend] = []
         results: list[LevelResult] = []
         try:
-            urls = list(target.urls) or ([target.url] if target.url else [])
-            if target.launch is not None:
-                server = await launch_server(target, self.manifest, self.store, self.progress)
-                urls = [server.url]
-            backends = await open_backends(target, urls[:1], self.manifest.load, self.tokenizer_path(target))
-            backend = backends[0]
-            if profile.ignore_eos and not backend.supports_ignore_eos:
-                self.notes.setdefault(target.name, []).append(
-                    f"backend {target.backend} cannot ignore end-of-sequence: outputs may be shorter than "
-                    f"{profile.output_tokens} tokens (the measured lengths are reported)"
-                )
-            tokenizer = await asyncio.to_thread(self._tokenizer, target)
-            template = await asyncio.to_thread(self._template, target)
-            per_level = profile.warmup + profile.requests
-            levels = list(profile.levels)
-            mode = profile.mode
-            if profile.auto:
-                # Saturation first: a closed loop at high concurrency, then rates up to its throughput.
-                probe_c = int(max(profile.levels)) if profile.levels else 64
-                prompts = self._prompts(tokenizer, per_level, profile.seed)
-                counts = _prompt_counts(tokenizer, template, prompts)
-                probe = await self._level(target, backend, "concurrency", probe_c, prompts, [], counts)
-                results.append(probe)
-                from orchestrator.loadtest import level_metrics
+            async with serving(target, self.manifest, self.store, self.progress, self.tokenizer_path) as live:
+                backend = live.backends[0]  # load tests measure one server: the first replica
+                if profile.ignore_eos and not backend.supports_ignore_eos:
+                    self.notes.setdefault(target.name, []).append(
+                        f"backend {target.backend} cannot ignore end-of-sequence: outputs may be shorter than "
+                        f"{profile.output_tokens} tokens (the measured lengths are reported)"
+                    )
+                tokenizer = await asyncio.to_thread(self._tokenizer, target)
+                template = await asyncio.to_thread(self._template, target)
+                per_level = profile.warmup + profile.requests
+                levels = list(profile.levels)
+                mode = profile.mode
+                if profile.auto:
+                    # Saturation first: a closed loop at high concurrency, then rates up to its throughput.
+                    probe_c = int(max(profile.levels)) if profile.levels else 64
+                    prompts = self._prompts(tokenizer, per_level, profile.seed)
+                    counts = _prompt_counts(tokenizer, template, prompts)
+                    probe = await self._level(target, backend, "concurrency", probe_c, prompts, [], counts)
+                    results.append(probe)
+                    from orchestrator.loadtest import level_metrics
 
-                saturation = level_metrics(probe.records, profile)["request_throughput"] or 1.0
-                mode = "poisson" if profile.mode == "poisson" else "constant"
-                levels = [round(saturation * f, 3) for f in (0.25, 0.5, 0.75, 1.0)]
-            for i, level in enumerate(levels):
-                # A closed loop gets as many cool-down requests as slots: they keep every slot busy
-                # until the last measured request ends, so the measured window is all steady state.
-                n = per_level + (int(level) if mode == "concurrency" else 0)
-                prompts = self._prompts(tokenizer, n, profile.seed + 1 + i)
-                offsets = [] if mode == "concurrency" else schedule(mode, level, n, profile.seed + i)
-                counts = _prompt_counts(tokenizer, template, prompts)
-                results.append(await self._level(target, backend, mode, level, prompts, offsets, counts))
+                    saturation = level_metrics(probe.records, profile)["request_throughput"] or 1.0
+                    mode = "poisson" if profile.mode == "poisson" else "constant"
+                    levels = [round(saturation * f, 3) for f in (0.25, 0.5, 0.75, 1.0)]
+                for i, level in enumerate(levels):
+                    # A closed loop gets as many cool-down requests as slots: they keep every slot busy
+                    # until the last measured request ends, so the measured window is all steady state.
+                    n = per_level + (int(level) if mode == "concurrency" else 0)
+                    prompts = self._prompts(tokenizer, n, profile.seed + 1 + i)
+                    offsets = [] if mode == "concurrency" else schedule(mode, level, n, profile.seed + i)
+                    counts = _prompt_counts(tokenizer, template, prompts)
+                    results.append(await self._level(target, backend, mode, level, prompts, offsets, counts))
         except* (BackendError, LaunchError) as group:
             self.notes.setdefault(target.name, []).append(f"failed: {group.exceptions[0]}")
-        finally:
-            if backends:
-                await backends[0].close()
-            if server is not None:
-                await server.stop()
         return results
 
     def _prompts(self, tokenizer: Any, n: int, seed: int) -> list[tuple[tuple[str, str], ...]]:
