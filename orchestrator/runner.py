@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_model
 from orchestrator.manifest import Manifest, TargetConfig
-from orchestrator.store import RunStore
+from orchestrator.store import SYNC_INTERVAL, RunStore
 from orchestrator.tasks import Sample, Task
 from orchestrator.tokenizer import load_tokenizer
 
@@ -161,6 +161,29 @@ async def serving(
             await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def synced(store: RunStore) -> AsyncIterator[None]:
+    """fsync the store's new records every half SYNC_INTERVAL, in a thread, and once at the end.
+
+    In a thread because fsync can take milliseconds on a busy disk, and every stream in flight
+    would be stamped that much late if the event loop waited for it.
+    """
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL / 2)
+            await asyncio.to_thread(store.sync)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        store.sync()  # waits for a sync still running in the thread (the writers' lock)
+
+
 class Runner:
     """Runs a manifest's tasks against its targets and writes one record per sample."""
 
@@ -191,25 +214,15 @@ class Runner:
 
     async def run(self) -> list[TargetOutcome]:
         """Run every target (in parallel or in turn, as the manifest says)."""
-        ticker = asyncio.create_task(self._sync_ticker())
         try:
-            if self.manifest.load.targets_in_parallel:
-                async with asyncio.TaskGroup() as tg:
-                    jobs = [tg.create_task(self._run_target(t)) for t in self.manifest.targets]
-                return [j.result() for j in jobs]
-            return [await self._run_target(t) for t in self.manifest.targets]
+            async with synced(self.store):
+                if self.manifest.load.targets_in_parallel:
+                    async with asyncio.TaskGroup() as tg:
+                        jobs = [tg.create_task(self._run_target(t)) for t in self.manifest.targets]
+                    return [j.result() for j in jobs]
+                return [await self._run_target(t) for t in self.manifest.targets]
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
             self._scoring.shutdown(wait=False, cancel_futures=True)
-            self.store.sync()
-
-    async def _sync_ticker(self) -> None:
-        # fsync at least every second even when no new record arrives to trigger it.
-        while True:
-            await asyncio.sleep(0.5)
-            self.store.sync()
 
     async def _run_target(self, target: TargetConfig) -> TargetOutcome:
         outcome = TargetOutcome(target.name)
@@ -407,8 +420,9 @@ class LoadRunner:
     async def run(self) -> list[LevelResult]:
         """Every level of every target, targets one after the other (they would compete otherwise)."""
         results: list[LevelResult] = []
-        for target in self.manifest.targets:
-            results += await self._run_target(target)
+        async with synced(self.store):
+            for target in self.manifest.targets:
+                results += await self._run_target(target)
         return results
 
     def _tokenizer(self, target: TargetConfig) -> Any:

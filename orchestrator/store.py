@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 SYNC_INTERVAL = 1.0  # seconds: bound on what a power loss can take
 
@@ -35,40 +37,41 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 
 class SampleWriter:
-    """Appends records to one JSONL file, flushed per record, fsynced at most a second late."""
+    """Appends records to one JSONL file, each flushed to the OS at once.
+
+    fsync is not done here: the event loop that writes records must not wait on the disk. The
+    runner calls :meth:`sync` from a thread every half SYNC_INTERVAL; :meth:`close` always syncs.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         _drop_partial_tail(path)
-        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._last_sync = time.monotonic()
+        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed in close()
         self._dirty = False
+        self._lock = threading.Lock()  # sync (a thread) against close (the loop)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record; one line, flushed to the OS at once."""
-        self._file.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        # orjson: ~10x cheaper than json.dumps on a record with a stream's stamps, on the loop thread.
+        self._file.write(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n")
         self._file.flush()
         self._dirty = True
-        self.sync_if_due()
-
-    def sync_if_due(self) -> None:
-        """fsync if the last one is more than SYNC_INTERVAL ago."""
-        if self._dirty and time.monotonic() - self._last_sync >= SYNC_INTERVAL:
-            self.sync()
 
     def sync(self) -> None:
-        """fsync now."""
-        if self._dirty and not self._file.closed:
-            os.fsync(self._file.fileno())
-            self._dirty = False
-        self._last_sync = time.monotonic()
+        """fsync what was written since the last sync (safe to call from another thread)."""
+        with self._lock:
+            if self._dirty and not self._file.closed:
+                self._dirty = False  # before fsync: a record written meanwhile stays dirty
+                os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Final fsync and close."""
-        if not self._file.closed:
-            self.sync()
-            self._file.close()
+        with self._lock:
+            if not self._file.closed:
+                if self._dirty:
+                    os.fsync(self._file.fileno())
+                self._file.close()
 
 
 def _drop_partial_tail(path: Path) -> None:
@@ -89,12 +92,16 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """Every complete record of a JSONL file, in order; a torn last line is skipped."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line in f:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 break  # torn write at a crash
-            with contextlib.suppress(ValueError):
-                yield json.loads(line)
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError:
+                # json.dumps wrote NaN/Infinity in older stores; orjson refuses them.
+                with contextlib.suppress(ValueError):
+                    yield json.loads(line)
 
 
 def latest_by_id(path: Path) -> dict[str, dict[str, Any]]:
@@ -160,9 +167,9 @@ class RunStore:
         return self._writers[key]
 
     def sync(self) -> None:
-        """fsync writers that are due (called by the runner's ticker)."""
-        for w in self._writers.values():
-            w.sync_if_due()
+        """fsync every writer with unsynced records (the runner calls this from a thread)."""
+        for w in list(self._writers.values()):
+            w.sync()
 
     def close(self) -> None:
         """Close every writer with a final fsync."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from orchestrator import timing
-from orchestrator.store import SampleWriter, latest_by_id, read_records
+from orchestrator.runner import synced
+from orchestrator.store import SYNC_INTERVAL, RunStore, SampleWriter, latest_by_id, read_records
 from orchestrator.tasks import DataError, build_task, stratified_subset
 
 
@@ -78,19 +81,30 @@ def test_writer_cuts_torn_tail_and_latest_record_wins(tmp_path: Path) -> None:
     assert latest_by_id(path)["a"]["v"] == 2 and "c" not in latest_by_id(path)
 
 
-def test_writer_fsyncs_within_a_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
+def test_records_are_fsynced_from_a_thread_within_the_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[threading.Thread] = []
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    monkeypatch.setattr(os, "fsync", lambda fd: (threads.append(threading.current_thread()), real(fd)))
+    store = RunStore(tmp_path / "run")
+
+    async def main() -> None:
+        async with synced(store):
+            store.writer("t", "k", "s").write({"id": "a"})
+            assert threads == []  # the loop does not wait on the disk for a record
+            await asyncio.sleep(SYNC_INTERVAL)
+            assert len(threads) == 1 and threads[0] is not threading.main_thread()
+            store.writer("t", "k", "s").write({"id": "b"})
+        assert len(threads) == 2  # and once more at the end, whatever the ticker's phase
+
+    asyncio.run(main())
+    store.close()  # nothing new since: no fsync
+    assert len(threads) == 2
+    assert [r["id"] for r in read_records(store.samples_path("t", "k", "s"))] == ["a", "b"]
     w = SampleWriter(tmp_path / "s.jsonl")
-    w.write({"id": "a"})
-    assert synced == []  # not on every record
-    w._last_sync -= 1.5
-    w.sync_if_due()
-    assert len(synced) == 1
-    w.write({"id": "b"})
+    w.write({"id": "c", "x": float("nan"), 1: "int key"})
     w.close()
-    assert len(synced) == 2  # and at close
+    assert len(threads) == 3  # close syncs
+    assert list(read_records(tmp_path / "s.jsonl")) == [{"id": "c", "x": None, "1": "int key"}]
 
 
 def test_timing_metrics() -> None:
