@@ -27,8 +27,8 @@ from orchestrator.backends.base import (
     TransientError,
     error_for_status,
 )
-from orchestrator.backends.openai import HTTPBackend, iter_sse_json
-from orchestrator.timing import Stamps
+from orchestrator.backends.openai import HTTPBackend, read_json_body, read_sse
+from orchestrator.timing import Stamps, loop_pacer
 
 
 class ChatTemplate:
@@ -149,7 +149,8 @@ class TGINative(HTTPBackend):
         path = "/generate_stream" if request.stream else "/generate"
         try:
             stamps.mark_send()
-            async with self.session.post(f"{self.base_url}{path}", json=body) as resp:
+            await loop_pacer().turn()  # building and sending is a heavy step (the wait is queue time)
+            async with self.session.post(f"{self.base_url}{path}", json=body, trace_request_ctx=stamps) as resp:
                 if resp.status != 200:
                     text = await resp.text(errors="replace")
                     try:
@@ -169,17 +170,19 @@ class TGINative(HTTPBackend):
     async def _read_stream(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
         parts: list[str] = []
         final: dict[str, Any] | None = None
-        async for event in iter_sse_json(resp):
+        body_events = await read_sse(resp)
+        await loop_pacer().turn()  # decoding the stream and the caller's record: a heavy step
+        for stamp, event in body_events.decoded():
             if "error" in event:
                 raise error_from_tgi(None, event)
             token = event.get("token") or {}
             # One token per event; special tokens (the end-of-turn marker) are not content.
             if token.get("text") and not token.get("special"):
-                stamps.mark_chunk()
+                stamps.add_chunk(stamp)
                 parts.append(token["text"])
             if event.get("details") is not None:
                 final = event
-        stamps.mark_end()
+        stamps.t_end = body_events.t_end
         details = (final or {}).get("details") or {}
         # The server's own decode of the whole reply wins over concatenated token texts.
         generated = (final or {}).get("generated_text")
@@ -197,8 +200,7 @@ class TGINative(HTTPBackend):
         )
 
     async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
-        payload = await resp.json(content_type=None)
-        stamps.mark_end()
+        payload = await read_json_body(resp, stamps)
         if isinstance(payload, list):  # TGI answers a list when given a list; we send one prompt
             payload = payload[0] if payload else {}
         if not isinstance(payload, dict) or "generated_text" not in payload:
