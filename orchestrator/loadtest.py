@@ -11,6 +11,9 @@ Metric names follow vLLM's ``bench serve`` (other tools' names in brackets):
   measured window, warm-up excluded);
 - queue time: how long a request waited in the client before it was sent (a saturated client shows
   here, never hidden inside the latencies: no coordinated omission);
+- post time: how long the client took after a reply's last byte arrived until the request freed
+  its slot (decoding the stream, counting tokens): with queue time, the client's whole share of a
+  closed loop's cycle (throughput x (queue + E2EL + post) = concurrency);
 - dispatch lag (rate-based loads): actual send time - intended send time of the schedule;
 - goodput: fraction and rate of requests that meet every SLO (``--slo ttft=200ms,tpot=50ms``).
 
@@ -148,6 +151,7 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
     itl = [g * ms for r in ok for g in timing.itl(r["timing"])]
     e2el = [timing.e2e(r["timing"]) * ms for r in ok]
     queue = [r["queued"] * ms for r in measured]
+    post = [r["post"] * ms for r in ok if r.get("post") is not None]
     lag = [r["dispatch_lag"] * ms for r in measured if r.get("dispatch_lag") is not None]
     window = 0.0
     in_window: list[dict[str, Any]] = []
@@ -176,6 +180,7 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
         "itl_ms": summary(itl, p),
         "e2el_ms": summary(e2el, p),
         "queue_ms": summary(queue, p),
+        "post_ms": summary(post, p),
         "dispatch_lag_ms": summary(lag, p) if lag else None,
     }
     metrics["token_count_agreement"] = token_agreement(ok)

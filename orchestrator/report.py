@@ -287,7 +287,7 @@ def render_comparison(cmp: dict[str, Any]) -> Table:
 # ---------------------------------------------------------------------------------------------
 # Load tests: latency tables, throughput-vs-latency curves, HTML/PNG/JSON/CSV
 # ---------------------------------------------------------------------------------------------
-LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms")
+LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms", "post_ms")
 
 
 def build_load_report(run_dir: Path) -> dict[str, Any]:

@@ -544,6 +544,8 @@ class LoadRunner:
                     error=None,
                     # Waiting for a slot, a late loop and building the request: all client-side.
                     queued=round((completion.stamps.t_wire or completion.stamps.t_send) - wake, 6),
+                    # From the reply's last byte to the slot being freed (just below): decoding, counting.
+                    post=round(time.perf_counter() - completion.stamps.t_end, 6),
                     timing=completion.stamps.to_record(),
                     prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens,
