@@ -150,6 +150,21 @@ def test_report_recomputed_from_records(first_run: Path) -> None:
     assert (first_run / "report.md").read_text().count("| tiny-qwen2 |") == len(TARGETS)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_kill_9_then_resume_is_exact(
     first_run: Path, tiny_model: Path, vllm_url: str, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -164,14 +179,18 @@ def test_kill_9_then_resume_is_exact(
         time.sleep(0.05)
     assert proc.poll() is None, "run ended before it could be killed"
     meta = json.loads((run_dir / "run.json").read_text())
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    scorers = [pid for pid in children if "spawn_main" in _cmdline(int(pid))]
+    assert scorers, "no scoring process (IFEval is in the run)"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     partial = sum(1 for _ in read_records(victim))
     assert 40 <= partial < TASKS["mmlu"]
-    # The managed llama.cpp server died with its parent (no orphan left behind).
+    # The managed llama.cpp server and the scoring process died with their parent (no orphans).
     time.sleep(2)
     leftovers = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout.split()
     assert not leftovers, f"orphan llama.cpp servers: {leftovers}"
+    assert not [pid for pid in scorers if _alive(int(pid))], f"orphan scoring process: {scorers}"
     assert meta["sessions"][-1]["status"] == "running"
 
     resumed = _bench(env, "--resume", str(run_dir))

@@ -15,6 +15,7 @@ from orchestrator.report import build_report
 from orchestrator.runner import Runner
 from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
+from orchestrator.tasks.ifeval.task import IFEvalTask
 from tests.support.fake_openai import FakeOpenAI, Handler, answer_b, sse
 
 
@@ -165,9 +166,12 @@ async def test_rescore_run_without_server(fake_url: Any, tmp_path: Path, data_di
     assert main(["score", str(tmp_path / "nowhere")]) == 2
 
 
-async def test_ifeval_scored_off_the_event_loop(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
+async def test_ifeval_scored_in_its_own_process(
+    fake_url: Any, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "Das ist eine kurze Antwort auf Deutsch. Es gibt keine Kommas hier."
+
     async def polite(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        text = "Das ist eine kurze Antwort auf Deutsch. Es gibt keine Kommas hier."
         return await sse(request, [{"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}])
 
     url, _ = await fake_url(polite)
@@ -181,11 +185,20 @@ async def test_ifeval_scored_off_the_event_loop(fake_url: Any, tmp_path: Path, d
     )
     store = RunStore(tmp_path / "run")
     store.write_meta({"run_id": "run", "manifest": m.to_dict()})
-    outcomes = await Runner(m, [build_task("ifeval", data_dir, limit=40)], store).run()
+    task = build_task("ifeval", data_dir, limit=40)
+    expected = {s.id: task.score(s, text).details for s in task.samples()}
+
+    def not_here(*args: Any) -> Any:
+        raise AssertionError("IFEval scored in the process that times the requests")
+
+    # Checkers would take the GIL from the event loop; they run in the runner's scoring process.
+    monkeypatch.setattr(IFEvalTask, "score_response", not_here)
+    outcomes = await Runner(m, [task], store).run()
     store.close()
     assert outcomes[0].errors == 0
     records = store.records("fake", "ifeval", "qwen")
     assert len(records) == 40
+    assert {r["id"]: r["score_details"] for r in records} == expected  # the same verdicts as here
     for r in records:
         d = r["score_details"]
         assert len(d["strict"]) == len(d["loose"]) == len(d["instruction_id_list"])

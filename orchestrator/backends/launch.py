@@ -33,12 +33,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the orchestrator dies, however it dies."""
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """In a child: get SIGTERM when the orchestrator dies, however it dies (Linux's parent-death
+    signal; elsewhere nothing). ``parent_pid`` closes the race of a parent already gone."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def resolve_model(launch: LaunchConfig, base: Callable[[str], Path]) -> Path:
@@ -102,7 +105,7 @@ class LlamaCppServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 # Own process group: a terminal Ctrl-C reaches us, and we stop the child in order.
                 start_new_session=True,
             )

@@ -37,7 +37,11 @@ class Score:
 
 
 class Task(Protocol):
-    """A benchmark: its samples, how a reply is scored, how records aggregate."""
+    """A benchmark: its samples, how a reply is scored, how records aggregate.
+
+    A task whose scoring is heavy (IFEval) also offers ``score_job(sample, reply)``: the same
+    scoring as a picklable ``(function, args)``, which the runner calls in its scoring process.
+    """
 
     name: str
     setup: str

@@ -28,7 +28,7 @@ import sys
 import threading
 import types
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,11 +199,21 @@ def load_ifeval(data_dir: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
+_WORKER_TASK: IFEvalTask | None = None
+
+
+def score_in_worker(row: dict[str, Any], reply: str) -> Score:
+    """Score one reply in a scoring process, which builds the checkers once and keeps them."""
+    global _WORKER_TASK
+    if _WORKER_TASK is None:
+        _WORKER_TASK = IFEvalTask()
+    return _WORKER_TASK.score_response(row, reply)
+
+
 class IFEvalTask:
     """IFEval as a task of the runner: the prompt is the single user turn."""
 
     name = "ifeval"
-    score_in_thread = True  # checkers take milliseconds: keep them off the event loop that times requests
 
     def __init__(
         self,
@@ -250,6 +260,15 @@ class IFEvalTask:
         """Strict prompt-level verdict as ``correct``; all verdicts in details."""
         row = self.rows()[sample.id]
         return self.score_response(row, reply)
+
+    def score_job(self, sample: Sample, reply: str) -> tuple[Callable[..., Score], tuple[Any, ...]]:
+        """Scoring as a picklable call, for the runner's scoring process.
+
+        The checkers take milliseconds of pure Python per reply. In a thread of the process that
+        times requests they would hold the GIL for up to its 5 ms switch interval at a time, and
+        every stream stamp due meanwhile would be late.
+        """
+        return score_in_worker, (self.rows()[sample.id], reply)
 
     def score_response(self, row: dict[str, Any], reply: str) -> Score:
         """Score a response to an input row (also used for --responses files)."""
