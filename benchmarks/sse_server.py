@@ -41,6 +41,10 @@ def chunk(text: str | None, finish: str | None, rid: str = "chatcmpl-bench") -> 
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
+# The end of every reply: a usage-only chunk (%d: completion tokens), then [DONE].
+USAGE_TAIL = b'data: {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": %d}}\n\ndata: [DONE]\n\n'
+
+
 def http_chunk(data: bytes) -> bytes:
     """One piece of a chunked transfer-encoded body."""
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -55,8 +59,7 @@ def zero_latency_reply(tokens: int) -> bytes:
     """The whole zero-latency reply, prebuilt: the server spends nothing per token."""
     parts = [chunk(None, None)]
     parts += [chunk(" tok", "length" if i == tokens - 1 else None) for i in range(tokens)]
-    usage = {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": tokens}}
-    parts.append(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+    parts.append(USAGE_TAIL % tokens)
     return fixed_response(b"".join(parts), "text/event-stream")
 
 
@@ -101,8 +104,6 @@ class PacedStream:
         if self.timer is not None:
             self.timer.cancel()
 
-
-USAGE_TAIL = b'data: {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": %d}}\n\ndata: [DONE]\n\n'
 
 # Linux: software receive timestamps, reported as SCM_TIMESTAMPING (three timespecs, the first set).
 SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)

@@ -211,7 +211,6 @@ class Runner:
         # beside 3.5 ms of scoring every 23.5 ms, p99 TTFT/ITL/E2E error 3.8/4.7/5.3 ms with a
         # thread, 1.0/2.5/2.1 ms with a process (benchmarks/timing_accuracy.py, 2 cores).
         self._scoring: ProcessPoolExecutor | None = None
-        self._heavy = [t for t in tasks if hasattr(t, "score_job") and self._samples[t.name]]
 
     @property
     def samples(self) -> dict[str, list[Sample]]:
@@ -220,7 +219,8 @@ class Runner:
 
     async def run(self) -> list[TargetOutcome]:
         """Run every target (in parallel or in turn, as the manifest says)."""
-        if self._heavy:
+        heavy = next((t for t in self.tasks if hasattr(t, "score_job") and self._samples[t.name]), None)
+        if heavy is not None:
             self._scoring = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),  # no fork of a process with threads
@@ -228,8 +228,7 @@ class Runner:
                 initargs=(os.getpid(),),
             )
             # Warm the process up (imports, checkers, NLTK's model) while the first requests run.
-            task = self._heavy[0]
-            fn, args = task.score_job(self._samples[task.name][0], "")
+            fn, args = heavy.score_job(self._samples[heavy.name][0], "")
             self._scoring.submit(fn, *args)
         try:
             async with synced(self.store):

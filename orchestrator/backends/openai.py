@@ -6,10 +6,11 @@ One aiohttp session per target; streaming SSE with stamps per content chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,17 +128,31 @@ class SSEBody:
         return [(stamp, value) for (stamp, _), value in zip(self.events, values, strict=True)]
 
 
+def _arrival_handler(resp: aiohttp.ClientResponse) -> ArrivalStampingHandler | None:
+    """The response's connection protocol when it stamps arrivals (see StampingConnector)."""
+    proto = resp.connection.protocol if resp.connection is not None else None
+    return proto if isinstance(proto, ArrivalStampingHandler) else None
+
+
 async def read_json_body(resp: aiohttp.ClientResponse, stamps: Stamps) -> Any:
     """A whole JSON reply; its end is stamped when its last bytes arrived (see read_sse)."""
-    proto = resp.connection.protocol if resp.connection is not None else None
+    proto = _arrival_handler(resp)
     payload = await resp.json(content_type=None)
     stamps.mark_end()
-    if isinstance(proto, ArrivalStampingHandler) and proto.last_rx:
+    if proto is not None and proto.last_rx:
         stamps.t_end = min(stamps.t_end, proto.last_rx)
     return payload
 
 
 async def read_sse(resp: aiohttp.ClientResponse) -> SSEBody:
+    """Read an SSE body (see _read_events), then wait for the loop pacer's turn: what the caller
+    does next (decoding the events, building the record) is a heavy step."""
+    body = await _read_events(resp)
+    await loop_pacer().turn()
+    return body
+
+
+async def _read_events(resp: aiohttp.ClientResponse) -> SSEBody:
     """Read an SSE body up to ``data: [DONE]`` or the connection's end, stamping every event.
 
     An event's stamp is when the read that completed it reached user space (the connection's
@@ -147,8 +162,7 @@ async def read_sse(resp: aiohttp.ClientResponse) -> SSEBody:
     skipped; a last event without its newline still counts.
     """
     content = resp.content
-    connection_proto = resp.connection.protocol if resp.connection is not None else None
-    proto = connection_proto if isinstance(connection_proto, ArrivalStampingHandler) else None
+    proto = _arrival_handler(resp)
     arrivals: list[tuple[float, int]] | None = None
     if proto is not None:
         proto.watched, proto.arrivals = content, []
@@ -164,7 +178,9 @@ async def read_sse(resp: aiohttp.ClientResponse) -> SSEBody:
             data = await content.readany()
             now = time.perf_counter()
             if not data:
-                break
+                if not pending:
+                    break
+                data = b"\n"  # the connection ended a last event without its newline
             lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
             pending = lines.pop()
             end = base
@@ -184,13 +200,10 @@ async def read_sse(resp: aiohttp.ClientResponse) -> SSEBody:
                 if payload:
                     events.append((stamp, payload))
             base = end
+        return SSEBody(events, now)
     finally:
         if proto is not None:
             proto.watched, proto.arrivals = None, []
-    payload = pending.strip()
-    if payload.startswith(b"data:") and (payload := payload[5:].strip()) and payload != b"[DONE]":
-        events.append((now, payload))
-    return SSEBody(events, now)
 
 
 SERVER_METRIC_PREFIXES = ("vllm:", "tgi_", "sglang:", "llamacpp:")
@@ -222,6 +235,24 @@ class HTTPBackend:
             self.base_url = self.base_url[: -len("/v1")]
         self.session = session
         self.model = model
+
+    @contextlib.asynccontextmanager
+    async def _post(self, path: str, body: dict[str, Any], stamps: Stamps) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST a generation request, timed: the send is stamped, waits for the loop pacer's turn
+        (building and sending is a heavy step; the wait is queue time), and the body's reaching the
+        socket is stamped by the session's trace. Transport failures inside the block become
+        TransientError (connection, payload, timeout) or FatalError (any other client error)."""
+        stamps.mark_send()
+        await loop_pacer().turn()
+        try:
+            async with self.session.post(f"{self.base_url}{path}", json=body, trace_request_ctx=stamps) as resp:
+                yield resp
+        except BackendError:
+            raise
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise FatalError(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         """Close the shared session."""
@@ -316,24 +347,14 @@ class OpenAIChat(HTTPBackend):
         """Send one chat request and time it."""
         body = self.build_body(request)
         stamps = Stamps()
-        url = f"{self.base_url}/v1/chat/completions"
-        try:
-            stamps.mark_send()
-            await loop_pacer().turn()  # building and sending is a heavy step (the wait is queue time)
-            async with self.session.post(url, json=body, trace_request_ctx=stamps) as resp:
-                if resp.status != 200:
-                    text = await resp.text(errors="replace")
-                    raise error_for_status(resp.status, text)
-                if request.stream:
-                    completion = await self._read_stream(resp, stamps, body)
-                else:
-                    completion = await self._read_body(resp, stamps, body)
-        except BackendError:
-            raise
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise FatalError(f"{type(exc).__name__}: {exc}") from exc
+        async with self._post("/v1/chat/completions", body, stamps) as resp:
+            if resp.status != 200:
+                text = await resp.text(errors="replace")
+                raise error_for_status(resp.status, text)
+            if request.stream:
+                completion = await self._read_stream(resp, stamps, body)
+            else:
+                completion = await self._read_body(resp, stamps, body)
         if completion.completion_tokens is not None:
             completion.token_counts[completion.token_source] = completion.completion_tokens
         if completion.completion_tokens is None or self.cross_check:
@@ -348,7 +369,6 @@ class OpenAIChat(HTTPBackend):
         last_choice_chunk: dict[str, Any] | None = None
         usage_chunk: dict[str, Any] | None = None
         body_events = await read_sse(resp)
-        await loop_pacer().turn()  # decoding the stream and the caller's record: a heavy step
         for stamp, chunk in body_events.decoded():
             if "error" in chunk:
                 raise FatalError(f"server error in stream: {json.dumps(chunk['error'])[:300]}")

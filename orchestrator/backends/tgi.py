@@ -28,7 +28,7 @@ from orchestrator.backends.base import (
     error_for_status,
 )
 from orchestrator.backends.openai import HTTPBackend, read_json_body, read_sse
-from orchestrator.timing import Stamps, loop_pacer
+from orchestrator.timing import Stamps
 
 
 class ChatTemplate:
@@ -147,31 +147,21 @@ class TGINative(HTTPBackend):
         body = self.build_body(request)
         stamps = Stamps()
         path = "/generate_stream" if request.stream else "/generate"
-        try:
-            stamps.mark_send()
-            await loop_pacer().turn()  # building and sending is a heavy step (the wait is queue time)
-            async with self.session.post(f"{self.base_url}{path}", json=body, trace_request_ctx=stamps) as resp:
-                if resp.status != 200:
-                    text = await resp.text(errors="replace")
-                    try:
-                        raise error_from_tgi(resp.status, json.loads(text))
-                    except ValueError:
-                        raise error_for_status(resp.status, text) from None
-                if request.stream:
-                    return await self._read_stream(resp, stamps, body)
-                return await self._read_body(resp, stamps, body)
-        except BackendError:
-            raise
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise FatalError(f"{type(exc).__name__}: {exc}") from exc
+        async with self._post(path, body, stamps) as resp:
+            if resp.status != 200:
+                text = await resp.text(errors="replace")
+                try:
+                    raise error_from_tgi(resp.status, json.loads(text))
+                except ValueError:
+                    raise error_for_status(resp.status, text) from None
+            if request.stream:
+                return await self._read_stream(resp, stamps, body)
+            return await self._read_body(resp, stamps, body)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
         parts: list[str] = []
         final: dict[str, Any] | None = None
         body_events = await read_sse(resp)
-        await loop_pacer().turn()  # decoding the stream and the caller's record: a heavy step
         for stamp, event in body_events.decoded():
             if "error" in event:
                 raise error_from_tgi(None, event)

@@ -262,12 +262,7 @@ class IFEvalTask:
         return self.score_response(row, reply)
 
     def score_job(self, sample: Sample, reply: str) -> tuple[Callable[..., Score], tuple[Any, ...]]:
-        """Scoring as a picklable call, for the runner's scoring process.
-
-        The checkers take milliseconds of pure Python per reply. In a thread of the process that
-        times requests they would hold the GIL for up to its 5 ms switch interval at a time, and
-        every stream stamp due meanwhile would be late.
-        """
+        """Scoring as a picklable call: the runner runs it in its scoring process (see Runner)."""
         return score_in_worker, (self.rows()[sample.id], reply)
 
     def score_response(self, row: dict[str, Any], reply: str) -> Score:
