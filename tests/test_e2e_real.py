@@ -337,4 +337,7 @@ def test_load_sweep_against_vllm(tiny_model: Path, vllm_url: str, data_dir: Path
     roof = report["roofline"]["tiny-vllm"]
     weights = (tiny_model / "hf" / "model.safetensors").stat().st_size
     assert roof["weight_bytes"] == weights and roof["bound_tok_s"] == pytest.approx(20e9 / weights)
-    assert roof["achieved_tok_s"] == pytest.approx(1000 / levels[0]["tpot_ms"]["p50"])
+    # vLLM on these 2 starved cores sometimes sends a whole stream in one burst (a raw-socket client
+    # sees it too), so TPOT p50 can be 0: there is then no achieved figure, rather than a division by 0.
+    tpot = levels[0]["tpot_ms"]["p50"]
+    assert roof["achieved_tok_s"] == (pytest.approx(1000 / tpot) if tpot else None)
