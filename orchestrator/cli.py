@@ -1,7 +1,8 @@
 """``orchestrate``: bench, report, validate.
 
-Exit codes: 0 done; 2 bad input (manifest, data, run dir); 3 a target failed or passed the error
-threshold; 130 interrupted (Ctrl-C / SIGTERM; everything already answered is on disk).
+Exit codes: 0 done; 2 bad input or environment (manifest, data, models, no Hub); 3 a target failed
+or passed the error threshold; 4 the run directory cannot be written (full disk, read-only); 130
+interrupted (Ctrl-C / SIGTERM; everything already answered is on disk).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from orchestrator import __version__
+from orchestrator.backends.launch import LaunchError, resolve_model
 from orchestrator.compose import (
     ComposeError,
     ComposeOptions,
@@ -38,6 +41,7 @@ from orchestrator.compose import (
     load_compose,
     render_compose,
 )
+from orchestrator.errors import StoreError, UserError
 from orchestrator.k8s import K8sOptions, dump_k8s, render_k8s
 from orchestrator.loadtest import LoadConfigError, LoadProfile, level_metrics, parse_slo
 from orchestrator.manifest import (
@@ -60,6 +64,7 @@ from orchestrator.report import (
 from orchestrator.rescore import RescoreError, rescore_run, score_responses
 from orchestrator.roofline import RooflineError, bandwidth, roofline, weight_bytes
 from orchestrator.runner import LoadRunner, Runner, TargetOutcome
+from orchestrator.secrets import is_redacted, redact
 from orchestrator.store import NotARunError, RunStore
 from orchestrator.tasks import SETUP_VERSIONS, DataError, build_task
 
@@ -69,7 +74,12 @@ EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130
 DATA_DIR_ENV = "ORCHESTRATOR_DATA_DIR"
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True, highlight=False)  # one line per message, even in a pipe
+
+
+def _error(text: str) -> None:
+    """One line on stderr: ``error: ...``, credentials masked, never read as markup."""
+    console.print(f"[red]error:[/] {escape(redact(text))}")
 
 
 def _out() -> Console:
@@ -164,16 +174,6 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _redacted(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Secrets never reach run.json: credentials in URLs are masked (tokens only travel by env var name)."""
-    for target in manifest["targets"]:
-        url = target.get("url")
-        if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
-            scheme, rest = url.split("//", 1)
-            target["url"] = f"{scheme}//***@{rest.split('@', 1)[1]}"
-    return manifest
-
-
 def _data_dir(manifest: Manifest, cli_value: str | None) -> Path | None:
     if cli_value:
         return Path(cli_value).resolve()
@@ -203,6 +203,7 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
             manifest = load_manifest(args.manifest)
         else:
             manifest = parse_manifest(meta["manifest"], meta.get("manifest_path") or str(run_dir / "run.json"))
+            manifest = _restore_credentials(manifest, meta, run_dir)
     else:
         if args.compose:
             manifest = _manifest_from_compose(args)
@@ -221,6 +222,30 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         backend=args.backend,
     )
     return manifest, RunStore(run_dir), meta
+
+
+def _restore_credentials(manifest: Manifest, meta: dict[str, Any], run_dir: Path) -> Manifest:
+    """run.json keeps no credentials: a resumed target whose URL had some takes its URLs from the
+    manifest file the run was started from (re-read, so ${VAR}s are expanded again), when that
+    file still describes the same target; otherwise one line says how to resume."""
+    if not any(is_redacted(u) for t in manifest.targets for u in (t.url, *t.urls) if u):
+        return manifest
+    path = meta.get("manifest_path")
+    original = {t.name: t for t in load_manifest(path).targets} if path and Path(path).is_file() else {}
+    targets = []
+    for i, t in enumerate(manifest.targets):
+        if any(is_redacted(u) for u in (t.url, *t.urls) if u):
+            o = original.get(t.name)
+            if o is None or redact(o.url) != t.url or redact(list(o.urls)) != list(t.urls):
+                raise ManifestError(
+                    str(run_dir),
+                    f"targets[{i}].url",
+                    f"run.json keeps no credentials and the manifest the run was started from ({path}) is gone or "
+                    f"changed: resume with `orchestrate bench --resume {run_dir} MANIFEST`",
+                )
+            t = dataclasses.replace(t, url=o.url, urls=o.urls)
+        targets.append(t)
+    return dataclasses.replace(manifest, targets=tuple(targets))
 
 
 def _manifest_from_compose(args: argparse.Namespace) -> Manifest:
@@ -276,6 +301,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run a manifest's tasks against its targets."""
     manifest, store, meta = _load_for_bench(args)
     data_dir = _data_dir(manifest, args.data_dir)
+    if args.resume and args.data_dir is None and meta.get("data_dir"):
+        data_dir = Path(meta["data_dir"])  # resume with everything the run was started with
     tasks = [
         build_task(
             name,
@@ -288,11 +315,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         for name, cfg in manifest.tasks.items()
     ]
+    # Models are located (or downloaded) before the run exists: a missing file or an unreachable
+    # Hub is one line and exit 2, not a run directory full of failed targets.
+    model_paths = {
+        t.name: resolve_model(t.launch, manifest.resolve_path) for t in manifest.targets if t.launch is not None
+    }
     progress = RichProgress(enabled=not args.no_progress)
-    runner = Runner(manifest, list(tasks), store, progress, _tokenizer_path(manifest))
+    runner = Runner(manifest, list(tasks), store, progress, _tokenizer_path(manifest), model_paths=model_paths)
     meta.setdefault("run_id", store.root.name)
     meta.setdefault("created_at", _now())
-    meta["manifest"] = _redacted(manifest.to_dict())
+    meta["manifest"] = redact(manifest.to_dict())
     meta["manifest_path"] = (
         str(Path(manifest.source).resolve())
         if manifest.source.endswith((".yaml", ".yml"))
@@ -306,11 +338,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     session: dict[str, Any] = {"started_at": _now(), "ended_at": None, "status": "running", "argv": sys.argv[1:]}
     meta.setdefault("sessions", []).append(session)
     meta.setdefault("servers", {})
+    # Nothing is sent to a run directory that cannot take records (read-only, full, missing).
+    store.check_writable()
     store.write_meta(meta)
     console.print(f"run dir: [bold]{store.root}[/]")
     status = "interrupted"
     outcomes: list[TargetOutcome] = []
     cpu0 = time.process_time()
+    disk: StoreError | None = None
     try:
         with progress.bars:
             outcomes = run_async(_bench_async(runner))
@@ -320,27 +355,57 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"[yellow]interrupted: answered samples are on disk; resume with `orchestrate bench --resume {store.root}`"
         )
         return EXIT_INTERRUPTED
+    except StoreError as exc:
+        status, disk = "disk error", exc
     finally:
-        store.close()
+        try:
+            store.close()
+        except StoreError as exc:
+            disk = disk or exc
+        failures = meta.setdefault("failures", {})
         for o in outcomes:
             if o.server:
                 meta["servers"][o.name] = o.server
+            # Why a target stopped early, for its row in the report; a later session that
+            # completes it clears the reason.
+            if o.failure:
+                failures[o.name] = o.failure
+            else:
+                failures.pop(o.name, None)
         session["ended_at"] = _now()
         session["status"] = status
         session["client_cpu_s"] = round(time.process_time() - cpu0, 3)  # is the client ever the bottleneck?
-        store.write_meta(meta)
+        try:
+            store.write_meta(meta)
+        except StoreError:
+            if disk is None:
+                raise
+            disk.meta_unwritten = True  # type: ignore[attr-defined]
+    if disk is not None:
+        return _disk_failure(disk, runner, store)
     report = write_report(store.root)
     _out().print(render_table(report))
     console.print(f"report: {store.root / 'report.md'}")
     failed = [o for o in outcomes if o.failure]
     for o in failed:
-        console.print(f"[red]error:[/] {o.failure}")
+        _error(o.failure or "")
     for row in report["rows"]:
         total = sum(t["n"] + t["errors"] for t in row["tasks"].values())
         if total and row["errors"] / total > manifest.load.error_threshold and not failed:
-            console.print(f"[red]error:[/] {row['target']}: {row['errors']} of {total} samples failed")
+            _error(f"{row['target']}: {row['errors']} of {total} samples failed")
             return EXIT_FAILED
     return EXIT_FAILED if failed else 0
+
+
+def _disk_failure(exc: StoreError, runner: Runner, store: RunStore) -> int:
+    """One line for a run the disk stopped: what is safe on disk, what will be sent again."""
+    meta_note = "; run.json could not be updated either" if getattr(exc, "meta_unwritten", False) else ""
+    _error(
+        f"{exc}; {runner.written} answers of this session are on disk, {runner.unwritten} in flight "
+        f"were not written and will be sent again by `orchestrate bench --resume {store.root}` once there is room"
+        f"{meta_note}"
+    )
+    return exc.exit_code
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -376,7 +441,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         "run_id": run_id,
         "created_at": _now(),
         "kind": "load",
-        "manifest": _redacted(manifest.to_dict()),
+        "manifest": redact(manifest.to_dict()),
         "load_profile": profile.to_dict(),
         "versions": _versions(),
         "git_sha": _git_sha(),
@@ -487,7 +552,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
     if args.check:
         problems = check_compose(load_compose(Path(args.check)), args.check, schema)
         for line in problems:
-            console.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+            _error(line)
         if not problems:
             _out().print(f"{args.check}: OK")
         return EXIT_BAD_INPUT if problems else 0
@@ -654,6 +719,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except UserError as exc:
+        _error(str(exc))
+        return exc.exit_code
     except (
         ManifestError,
         DataError,
@@ -663,8 +731,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         MatrixError,
         LoadConfigError,
         RooflineError,
+        LaunchError,
     ) as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

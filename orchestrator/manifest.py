@@ -60,7 +60,12 @@ class LoadConfig:
 
     concurrency: int = 16
     request_timeout: float = 300.0
-    retries: int = 3
+    # Transient failures (connection, timeout, 429/502/503/504, cut-off replies) are retried up to
+    # `retries` times with exponential backoff (0.5 s doubling, at most 8 s, equal jitter), or as
+    # long as the server's Retry-After asks (at most request_timeout), while the waits of one
+    # sample stay within `retry_budget` seconds: enough to outlast a server restart.
+    retries: int = 8
+    retry_budget: float = 60.0
     targets_in_parallel: bool = False
     error_threshold: float = 0.05
     health_timeout: float = 0.0  # > 0: wait this long for each server's /health before sending
@@ -293,6 +298,8 @@ def _check_semantics(m: Manifest, source: str) -> None:
         raise ManifestError(source, "load.concurrency", "expected a positive integer")
     if m.load.retries < 0:
         raise ManifestError(source, "load.retries", "expected 0 or more")
+    if m.load.retry_budget < 0:
+        raise ManifestError(source, "load.retry_budget", "expected 0 or more seconds")
     if m.load.request_timeout <= 0:
         raise ManifestError(source, "load.request_timeout", "expected a positive number of seconds")
     if not 0.0 <= m.load.error_threshold <= 1.0:
@@ -325,6 +332,13 @@ def _check_semantics(m: Manifest, source: str) -> None:
                 _check_url(url, f"{p}.urls[{j}]", source)
             if t.url is not None:
                 _check_url(t.url, f"{p}.url", source)
+            if t.api_key_env and any(urlparse(u).username for u in (t.url, *t.urls) if u):
+                raise ManifestError(
+                    source,
+                    f"{p}.api_key_env",
+                    "expected either a bearer token (api_key_env) or credentials in the URL, not both "
+                    "(both would be one Authorization header)",
+                )
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -72,6 +72,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         rows.append(
             {
                 "target": t["name"],
+                # Why the target stopped early (its server died, the error budget ran out), if it did.
+                "failure": meta.get("failures", {}).get(t["name"]),
                 "model": t["model"],
                 "quantization": t["quantization"],
                 "backend": t["backend"],
@@ -125,8 +127,8 @@ def _add_deltas(rows: list[dict[str, Any]]) -> None:
             )
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
+def _pct(value: float | None, empty: str = "") -> str:
+    return empty if value is None else f"{100 * value:.1f}"
 
 
 def _num(value: float | None, fmt: str = "{:.2f}") -> str:
@@ -134,6 +136,9 @@ def _num(value: float | None, fmt: str = "{:.2f}") -> str:
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
+    if row.get("failure") and row["average"] is None:
+        # Nothing measured: say so instead of a row of blanks or zeros.
+        return ["failed", "", *["" for _ in ACCURACY_COLUMNS], "", "", "", "", str(row["errors"])]
     cells = [_pct(row["average"])]
     cells.append("" if row["delta_average"] is None else f"{100 * row['delta_average']:+.1f}")
     for key, _title in ACCURACY_COLUMNS:
@@ -183,6 +188,9 @@ def render_table(report: dict[str, Any]) -> Table:
         model_cell = row["model"] if row["model"] != last_model else ""
         table.add_row(model_cell, row["quantization"], _backend_cell(row), *_cells(row))
         last_model = row["model"]
+    failed = [f"{row['target']}: {row['failure']}" for row in report["rows"] if row.get("failure")]
+    if failed:
+        table.caption = "failed: " + " · ".join(failed)
     return table
 
 
@@ -206,8 +214,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["rows"]:
         for name, agg in row["tasks"].items():
-            lines.append(f"| {row['target']} | {name} | {agg['n']} | {_pct(agg['unparsed_rate'])}% | {agg['errors']} |")
+            unparsed = _pct(agg["unparsed_rate"], "–")
+            lines.append(
+                f"| {row['target']} | {name} | {agg['n']} | {unparsed}{'%' * (unparsed != '–')} | {agg['errors']} |"
+            )
+    failed = [row for row in report["rows"] if row.get("failure")]
+    if failed:
+        lines += ["", "## Failed targets", "", "| Target | Why |", "|---|---|"]
+        lines += [f"| {row['target']} | {_md_cell(row['failure'])} |" for row in failed]
     return "\n".join(lines) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    """One table cell: no line breaks, no column separators."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def write_report(run_dir: Path) -> dict[str, Any]:

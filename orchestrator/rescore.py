@@ -16,8 +16,8 @@ from typing import Any
 
 from orchestrator.store import RunStore, read_records
 from orchestrator.tasks import IFEvalTask, Sample, build_task
+from orchestrator.tasks.base import DataError
 from orchestrator.tasks.ifeval import aggregate_verdicts
-from orchestrator.tasks.multiple_choice import DataError
 
 
 class RescoreError(RuntimeError):

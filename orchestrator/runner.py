@@ -12,21 +12,24 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
-from orchestrator.backends.launch import LaunchError, LlamaCppServer, die_with_parent, resolve_model
+from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied, die_with_parent, resolve_model
+from orchestrator.errors import StoreError
 from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.secrets import split_credentials
 from orchestrator.store import SYNC_INTERVAL, RunStore
-from orchestrator.tasks import Sample, Task
+from orchestrator.tasks import DataError, Sample, Task
 from orchestrator.tokenizer import load_tokenizer
 
 
@@ -65,6 +68,11 @@ class NullProgress:
 class ErrorBudgetExceeded(Exception):
     """A target failed more samples than the error threshold allows."""
 
+    def __init__(self, total: int, threshold: float) -> None:
+        super().__init__(f"more than {threshold:.0%} of {total} samples failed")
+        self.total = total
+        self.threshold = threshold
+
 
 @dataclass
 class TargetOutcome:
@@ -74,6 +82,7 @@ class TargetOutcome:
     sent: int = 0
     errors: int = 0
     failure: str | None = None  # why the target stopped early, if it did
+    last_error: str | None = None
     server: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,12 +91,14 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 async def launch_server(
-    target: TargetConfig, manifest: Manifest, store: RunStore, progress: Progress
+    target: TargetConfig, manifest: Manifest, store: RunStore, progress: Progress, model_path: Path | None = None
 ) -> LlamaCppServer:
-    """Start a managed llama.cpp server for a target and wait until it serves."""
+    """Start a managed llama.cpp server for a target and wait until it serves (``model_path``:
+    already resolved before the run, else located or downloaded now)."""
     assert target.launch is not None
-    progress.status(f"{target.name}: locating model")
-    model_path = await asyncio.to_thread(resolve_model, target.launch, manifest.resolve_path)
+    if model_path is None:
+        progress.status(f"{target.name}: locating model")
+        model_path = await asyncio.to_thread(resolve_model, target.launch, manifest.resolve_path)
     server = LlamaCppServer(target.name, target.launch, model_path, store.server_log(target.name))
 
     def waiting(elapsed: float) -> None:
@@ -106,11 +117,13 @@ async def wait_healthy(target: TargetConfig, url: str, limit_s: float, progress:
     """Poll /health (or /v1/models for servers without it) until it answers 200, or time out."""
     started = time.monotonic()
     last = "no answer yet"
+    url, credentials = split_credentials(url)
+    auth = aiohttp.BasicAuth(*credentials) if credentials else None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         while True:
             for path in ("/health", "/v1/models"):
                 try:
-                    async with session.get(f"{url}{path}") as resp:
+                    async with session.get(f"{url}{path}", auth=auth) as resp:
                         if resp.status == 200:
                             return
                         last = f"{path} answered HTTP {resp.status}"
@@ -142,6 +155,7 @@ async def serving(
     store: RunStore,
     progress: Progress,
     tokenizer_path: Callable[[TargetConfig], Path | None],
+    model_path: Path | None = None,
 ) -> AsyncIterator[Serving]:
     """Start (managed) or wait for (health_timeout) a target's servers, open its adapters; always clean up."""
     server: LlamaCppServer | None = None
@@ -149,7 +163,7 @@ async def serving(
     try:
         urls = list(target.urls) or ([target.url] if target.url else [])
         if target.launch is not None:
-            server = await launch_server(target, manifest, store, progress)
+            server = await launch_server(target, manifest, store, progress, model_path)
             urls = [server.url]
         elif manifest.load.health_timeout > 0:
             await asyncio.gather(*(wait_healthy(target, u, manifest.load.health_timeout, progress) for u in urls))
@@ -161,6 +175,27 @@ async def serving(
         if server is not None:
             progress.status(f"stopping llama.cpp server of {target.name}")
             await server.stop()
+
+
+async def _unless_dead(work: Coroutine[Any, Any, None], server: LlamaCppServer) -> None:
+    """Run ``work`` while watching the managed server: if the server exits first, the work is
+    cancelled at once (in-flight samples are not written, nor retried into errors) and
+    :class:`ServerDied` says how it died."""
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(server.watch())
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if watcher.done() and not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+            raise watcher.result()
+        await job  # finished (or failed) on its own
+    finally:
+        for fut in (job, watcher):
+            fut.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(job, watcher, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -196,9 +231,14 @@ class Runner:
         store: RunStore,
         progress: Progress | None = None,
         tokenizer_path: Callable[[TargetConfig], Path | None] | None = None,
-        retry_wait_max: float = 20.0,
+        retry_wait_max: float = 8.0,
+        model_paths: dict[str, Path] | None = None,
     ) -> None:
         self.manifest = manifest
+        self.model_paths = model_paths or {}  # managed targets' GGUF files, resolved before the run
+        self.in_flight = 0  # samples sent and not yet written
+        self.written = 0  # records written by this session
+        self.unwritten = 0  # when the disk failed: answers that could not be written, in flight included
         self.tasks = tasks
         self.store = store
         self.progress = progress or NullProgress()
@@ -233,8 +273,11 @@ class Runner:
         try:
             async with synced(self.store):
                 if self.manifest.load.targets_in_parallel:
-                    async with asyncio.TaskGroup() as tg:
-                        jobs = [tg.create_task(self._run_target(t)) for t in self.manifest.targets]
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            jobs = [tg.create_task(self._run_target(t)) for t in self.manifest.targets]
+                    except* StoreError as group:
+                        raise group.exceptions[0] from None
                     return [j.result() for j in jobs]
                 return [await self._run_target(t) for t in self.manifest.targets]
         finally:
@@ -258,22 +301,41 @@ class Runner:
         if not work:
             return outcome
         try:
-            async with serving(target, self.manifest, self.store, self.progress, self.tokenizer_path) as live:
+            model_path = self.model_paths.get(target.name)
+            async with serving(
+                target, self.manifest, self.store, self.progress, self.tokenizer_path, model_path
+            ) as live:
                 backends = live.backends
                 if live.server is not None:
-                    outcome.server["managed"] = {"command": live.server.command(), "log": str(live.server.log_path)}
+                    outcome.server["managed"] = {
+                        "command": live.server.command(),
+                        "log": str(live.server.log_path),
+                        "build": list(live.server.build),
+                    }
                 outcome.server.update(await backends[0].describe())
                 outcome.server["served_model"] = backends[0].model
                 outcome.server["backend"] = target.backend
                 outcome.server["version"] = await backends[0].server_version()
-                outcome.server["replicas"] = live.urls
+                outcome.server["replicas"] = [b.base_url for b in backends]
                 # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
                 outcome.server["metrics_before"] = await backends[0].scrape_metrics()
-                await self._run_samples(target, backends, work, outcome)
+                if live.server is None:
+                    await self._run_samples(target, backends, work, outcome, None)
+                else:
+                    await _unless_dead(self._run_samples(target, backends, work, outcome, live.server), live.server)
                 outcome.server["metrics_after"] = await backends[0].scrape_metrics()
+        except* StoreError as group:
+            raise group.exceptions[0] from None  # the disk, not this target: the run stops
         except* ErrorBudgetExceeded as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, ErrorBudgetExceeded)
+            outcome.failure = (
+                f"{target.name}: {outcome.errors} of {exc.total} samples failed (threshold {exc.threshold:.0%}); "
+                f"last error: {outcome.last_error}"
+            )
+        except* ServerDied as group:
             outcome.failure = str(group.exceptions[0])
-        except* (BackendError, LaunchError) as group:
+        except* (BackendError, LaunchError, DataError) as group:
             outcome.failure = f"{target.name}: {group.exceptions[0]}"
         return outcome
 
@@ -283,6 +345,7 @@ class Runner:
         backends: list[Backend],
         work: list[tuple[Task, Sample]],
         outcome: TargetOutcome,
+        server: LlamaCppServer | None,
     ) -> None:
         load = self.manifest.load
         gen = self.manifest.generation
@@ -297,26 +360,38 @@ class Runner:
             # Least outstanding requests first: a slow replica gets less work, not the same share.
             replica = min(range(len(backends)), key=outstanding.__getitem__)
             outstanding[replica] += 1
+            self.in_flight += 1
             try:
                 request = ChatRequest(sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream)
                 self.progress.started(f"{target.name}/{task.name}")
                 record = await self._attempt(backends[replica], task, sample, request)
+                if record["error"] is not None and server is not None and await server.dead_within(1.0):
+                    # The managed server crashed under this request: not the sample's failure. It
+                    # stays unanswered (sent again on resume) and the watcher stops the target.
+                    raise server.death()
                 record["target"] = target.name
                 if len(backends) > 1:
                     record["replica"] = backends[replica].base_url
                 record["setup"] = setup
-                self.store.writer(target.name, task.name, setup).write(record)
+                try:
+                    self.store.writer(target.name, task.name, setup).write(record)
+                except StoreError:
+                    self.unwritten = self.in_flight  # this answer, and every one still in flight
+                    raise
+                self.written += 1
                 outcome.sent += 1
                 failed = record["error"] is not None
                 outcome.errors += failed
                 self.progress.advance(f"{target.name}/{task.name}", failed)
+                if failed:
+                    outcome.last_error = record["error"]
                 if failed and outcome.errors > budget:
-                    raise ErrorBudgetExceeded(
-                        f"{target.name}: {outcome.errors} of {len(work)} samples failed "
-                        f"(threshold {load.error_threshold:.0%}); last error: {record['error']}"
-                    )
+                    # The message is written when the target has stopped (see _run_target), so that it
+                    # counts every error record on disk, those of requests ending meanwhile too.
+                    raise ErrorBudgetExceeded(len(work), load.error_threshold)
             finally:
                 outstanding[replica] -= 1
+                self.in_flight -= 1
                 sem.release()
 
         async with asyncio.TaskGroup() as tg:
@@ -324,8 +399,20 @@ class Runner:
                 await sem.acquire()
                 tg.create_task(one(task, sample))
 
+    def _retry_wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with equal jitter, or what the server's Retry-After asks if longer
+        (never past the request timeout)."""
+        backoff = min(self.retry_wait_max, 0.5 * 2.0 ** (state.attempt_number - 1))
+        wait = backoff / 2 + random.uniform(0, backoff / 2)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None:
+            wait = max(wait, min(float(asked), self.manifest.load.request_timeout))
+        return wait
+
     async def _attempt(self, backend: Backend, task: Task, sample: Sample, request: ChatRequest) -> dict[str, Any]:
         attempts = 0
+        load = self.manifest.load
         record: dict[str, Any] = {
             "id": sample.id,
             "task": task.name,
@@ -338,14 +425,14 @@ class Runner:
                 attempts = 1
                 completion = await backend.generate(request)
             except BackendError as first:
-                if not first.transient or self.manifest.load.retries == 0:
+                if not first.transient or load.retries == 0:
                     raise
                 # Only a failed request pays for the retry machinery (the hot path stays lean). The
                 # first failure is replayed as tenacity's attempt 1, so backoff starts from it.
                 retrying = AsyncRetrying(
                     retry=retry_if_exception(_is_transient),
-                    stop=stop_after_attempt(self.manifest.load.retries + 1),
-                    wait=wait_random_exponential(multiplier=0.5, max=self.retry_wait_max),
+                    stop=stop_after_attempt(load.retries + 1) | stop_before_delay(load.retry_budget),
+                    wait=self._retry_wait,
                     reraise=True,
                 )
                 replay: BackendError | None = first
@@ -361,6 +448,7 @@ class Runner:
                 request=backend.build_body(request),
                 error=str(exc),
                 error_kind="transient" if exc.transient else "fatal",
+                error_type=exc.kind,
                 status=exc.status,
                 attempts=attempts,
                 reply=None,

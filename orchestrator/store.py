@@ -23,55 +23,89 @@ from typing import IO, Any
 
 import orjson
 
+from orchestrator.errors import StoreError
+from orchestrator.secrets import redact
+
 SYNC_INTERVAL = 1.0  # seconds: bound on what a power loss can take
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # the old file stays whole; no half-written copy beside it
+        raise
 
 
 class SampleWriter:
-    """Appends records to one JSONL file, each flushed to the OS at once.
+    """Appends records to one JSONL file, each handed to the OS at once (unbuffered).
 
     fsync is not done here: the event loop that writes records must not wait on the disk. The
     runner calls :meth:`sync` from a thread every half SYNC_INTERVAL; :meth:`close` always syncs.
+    A write that fails (full disk, quota) is cut back to the last whole record and raises
+    :class:`StoreError`: the file never holds half a record, and what was on disk stays.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_partial_tail(path)
-        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed in close()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_partial_tail(path)
+            # Unbuffered: a failed write leaves nothing in a Python buffer for close() to retry.
+            self._file: IO[bytes] = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
         self._dirty = False
+        self.written = 0  # records written by this writer
         self._lock = threading.Lock()  # sync (a thread) against close (the loop)
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record; one line, flushed to the OS at once."""
+        """Append one record: one whole line, or nothing and a StoreError."""
         # orjson: ~10x cheaper than json.dumps on a record with a stream's stamps, on the loop thread.
-        self._file.write(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n")
-        self._file.flush()
+        line = memoryview(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+        fd = self._file.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(line):
+                done += os.write(fd, line[done:])
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # no torn line left behind
+            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._dirty = True
+        self.written += 1
 
     def sync(self) -> None:
         """fsync what was written since the last sync (safe to call from another thread)."""
         with self._lock:
             if self._dirty and not self._file.closed:
                 self._dirty = False  # before fsync: a record written meanwhile stays dirty
-                os.fsync(self._file.fileno())
+                try:
+                    os.fsync(self._file.fileno())
+                except OSError as exc:
+                    raise StoreError(f"cannot sync {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        """Final fsync and close."""
+        """Final fsync and close; closes even when the disk fails (then raises StoreError)."""
         with self._lock:
-            if not self._file.closed:
+            if self._file.closed:
+                return
+            try:
                 if self._dirty:
                     os.fsync(self._file.fileno())
-                self._file.close()
+            except OSError as exc:
+                raise StoreError(f"cannot sync {self.path}: {exc.strerror or exc}") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    self._file.close()
 
 
 def _drop_partial_tail(path: Path) -> None:
@@ -147,9 +181,28 @@ class RunStore:
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """Replace run.json atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(self.run_json, meta)
+        """Replace run.json atomically (the old one stays whole if the disk fails)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write_json(self.run_json, redact(meta))
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.run_json}: {exc.strerror or exc}") from None
+
+    def check_writable(self) -> None:
+        """Refuse a run directory that cannot take records, before anything is sent: create it,
+        write and fsync a probe file the size of a few records, remove it."""
+        probe = self.root / ".write-probe"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot write into {self.root}: {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
     def completed_ids(self, target: str, task: str, setup: str) -> set[str]:
         """Samples with an answered record (errored samples are sent again on resume)."""
@@ -172,13 +225,23 @@ class RunStore:
             w.sync()
 
     def close(self) -> None:
-        """Close every writer with a final fsync."""
+        """Close every writer with a final fsync; all are closed even if one fails (the first
+        failure is raised after)."""
+        failure: StoreError | None = None
         for w in self._writers.values():
-            w.close()
+            try:
+                w.close()
+            except StoreError as exc:
+                failure = failure or exc
         self._writers.clear()
+        if failure is not None:
+            raise failure
 
     def write_json(self, name: str, data: Any) -> Path:
         """Write a JSON file into the run dir atomically."""
         path = self.root / name
-        _atomic_write_json(path, data)
+        try:
+            _atomic_write_json(path, redact(data))
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path

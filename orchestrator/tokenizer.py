@@ -50,4 +50,6 @@ def load_tokenizer(spec: str, resolved: Path | None = None) -> Any:
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             return _from_vocab_merges(path)
         raise FileNotFoundError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt")
-    return Tokenizer.from_pretrained(spec)
+    from orchestrator.hub import fetch
+
+    return fetch(f"the tokenizer of {spec}", lambda: Tokenizer.from_pretrained(spec))

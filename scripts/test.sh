@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# Install everything the tests need (project venv with llama.cpp's server, vLLM in its own venv),
-# then run the whole test suite, real servers included. Re-runs reuse what is already installed.
+# Install everything the tests need (project venv with a portable llama.cpp build, vLLM in its own
+# venv), then run the whole test suite, real servers included. Re-runs reuse what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ORCHESTRATOR_VENV:-.venv}"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-# llama-cpp-python compiles llama.cpp (~10 min the first time; pip caches the wheel afterwards).
-CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "$VENV/bin/pip" install -q -e '.[local,test,dev]'
+bash scripts/install.sh local,test,dev
 # The IFEval fidelity test compares with the official evaluation loop as vendored by
 # lm-evaluation-harness; only those modules are imported, so none of its heavy dependencies.
 "$VENV/bin/pip" install -q --no-deps 'lm-eval==0.4.13'

@@ -157,6 +157,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _wait_for_records(proc: subprocess.Popen[str], path: Path, n: int, timeout: float) -> None:
+    """Poll until ``path`` holds ``n`` records (or the run ended, or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)
+
+
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting for a reaper)."""
     try:
@@ -172,11 +181,7 @@ def test_kill_9_then_resume_is_exact(
     proc = _bench(env, str(SMOKE), "--run-id", "killed")
     run_dir = tmp_path / "killed"
     victim = run_dir / "samples" / "tiny-llamacpp-f16" / "mmlu.qwen.jsonl"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        if victim.exists() and victim.read_text().count("\n") >= 40:
-            break
-        time.sleep(0.05)
+    _wait_for_records(proc, victim, 40, 900)
     assert proc.poll() is None, "run ended before it could be killed"
     meta = json.loads((run_dir / "run.json").read_text())
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -226,11 +231,7 @@ def test_ctrl_c_stops_managed_server(tiny_model: Path, vllm_url: str, data_dir: 
     env = _env(tiny_model, vllm_url, data_dir, tmp_path)
     proc = _bench(env, str(SMOKE), "--run-id", "ctrl-c", "--tasks", "ceval", "--limit", "60")
     victim = tmp_path / "ctrl-c" / "samples" / "tiny-llamacpp-f16" / "ceval.qwen.jsonl"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        if victim.exists() and victim.read_text().count("\n") >= 5:
-            break
-        time.sleep(0.05)
+    _wait_for_records(proc, victim, 5, 600)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
@@ -240,6 +241,31 @@ def test_ctrl_c_stops_managed_server(tiny_model: Path, vllm_url: str, data_dir: 
     assert not leftovers
     records = list(read_records(victim))
     assert 5 <= len(records) < 60 and all(r["error"] is None for r in records)
+
+
+def test_a_real_server_that_dies_is_reported_not_scored(
+    tiny_model: Path, vllm_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """SIGILL, as the AMX kernels of a native build gave: one line, the row says why, no error records."""
+    env = _env(tiny_model, vllm_url, data_dir, tmp_path)
+    proc = _bench(env, str(SMOKE), "--run-id", "died", "--tasks", "mmlu", "--limit", "60")
+    victim = tmp_path / "died" / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen.jsonl"
+    _wait_for_records(proc, victim, 5, 900)
+    pids = subprocess.run(["pgrep", "-f", "tiny-qwen2-q8_0.gguf"], capture_output=True, text=True).stdout.split()
+    assert pids, "no llama.cpp server for q8_0"
+    for pid in pids:
+        os.kill(int(pid), signal.SIGILL)
+    _, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 3, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "llama.cpp server for tiny-llamacpp-q8_0 died: signal 4 (SIGILL); log: " in stderr
+    records = list(read_records(victim))
+    assert 5 <= len(records) < 60 and all(r["error"] is None for r in records)
+    report = json.loads((tmp_path / "died" / "report.json").read_text())
+    rows = {row["target"]: row for row in report["rows"]}
+    assert "signal 4 (SIGILL)" in rows["tiny-llamacpp-q8_0"]["failure"]
+    # The next target ran as usual.
+    assert rows["tiny-llamacpp-q4_k_m"]["failure"] is None and rows["tiny-llamacpp-q4_k_m"]["tasks"]["mmlu"]["n"] == 60
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +367,19 @@ def test_load_sweep_against_vllm(tiny_model: Path, vllm_url: str, data_dir: Path
     # sees it too), so TPOT p50 can be 0: there is then no achieved figure, rather than a division by 0.
     tpot = levels[0]["tpot_ms"]["p50"]
     assert roof["achieved_tok_s"] == (pytest.approx(1000 / tpot) if tpot else None)
+
+
+# x86-64-v3: what scripts/install.sh compiles llama.cpp for (runs on any x86-64 CPU since 2013).
+PORTABLE = {"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"}
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the instruction-set baseline is x86-64's")
+def test_llama_cpp_is_built_portably() -> None:
+    """A native build (-march=native) compiled AMX kernels that died with SIGILL on quantized models."""
+    from orchestrator.backends.launch import check_build
+
+    features = set(check_build(sys.executable))
+    if os.environ.get("ORCHESTRATOR_LLAMA_NATIVE") == "1":
+        pytest.skip("native build asked for (ORCHESTRATOR_LLAMA_NATIVE=1)")
+    assert {"AVX2", "FMA", "F16C"} <= features, features
+    assert features <= PORTABLE, f"compiled for more than x86-64-v3: {sorted(features - PORTABLE)}"

@@ -143,8 +143,10 @@ async def test_error_event_in_stream_and_malformed_json(serve: Serve) -> None:
     async def broken(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         return await sse(request, ["data: {not json"])
 
-    with pytest.raises(FatalError, match="malformed"):
+    # A garbled event may be a proxy's or the network's doing: worth another try.
+    with pytest.raises(TransientError, match="malformed") as caught:
         await (await serve(broken)).generate(REQ)
+    assert caught.value.kind == "malformed"
 
 
 async def test_connection_dropped_mid_stream_is_transient(serve: Serve) -> None:

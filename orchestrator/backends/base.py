@@ -9,13 +9,24 @@ from orchestrator.timing import Stamps
 
 
 class BackendError(Exception):
-    """A request that did not produce a reply. Never scored as a wrong answer."""
+    """A request that did not produce a whole reply. Never scored as a wrong answer.
+
+    ``kind`` says what went wrong, for the record and the report: ``http`` (an error status),
+    ``connection``, ``timeout``, ``truncated`` (a stream that ended before its end marker and
+    finish reason), ``no_choices`` (a reply without any choice), ``no_data`` (a stream without a
+    data line), ``content_type`` (e.g. an HTML page where JSON or SSE was due), ``malformed``
+    (undecodable JSON), ``bad_shape`` (JSON of the wrong shape), ``server_error`` (an error event
+    in the stream), ``client`` (any other client-side failure).
+    """
 
     transient = False
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind or ("http" if status is not None else "client")
+        # Seconds the server asked us to wait before retrying (Retry-After), if it did.
+        self.retry_after: float | None = None
 
 
 class TransientError(BackendError):

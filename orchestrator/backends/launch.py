@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -24,6 +25,21 @@ from orchestrator.manifest import LaunchConfig
 
 class LaunchError(RuntimeError):
     """A managed server that could not be started."""
+
+
+class ServerDied(LaunchError):
+    """A managed server that exited while the run needed it (a crash, the OOM killer, SIGILL)."""
+
+
+def describe_exit(returncode: int) -> str:
+    """``code 1`` or ``signal 4 (SIGILL)``: asyncio reports a death by signal N as -N."""
+    if returncode >= 0:
+        return f"code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+    return f"signal {-returncode} ({name})"
 
 
 def free_port() -> int:
@@ -53,11 +69,77 @@ def resolve_model(launch: LaunchConfig, base: Callable[[str], Path]) -> Path:
         return path
     from huggingface_hub import hf_hub_download
 
-    assert launch.repo is not None and launch.filename is not None  # checked by the manifest
+    from orchestrator.hub import fetch
+
+    repo, filename = launch.repo, launch.filename
+    assert repo is not None and filename is not None  # checked by the manifest
+    return Path(fetch(f"{repo}/{filename}", lambda: hf_hub_download(repo_id=repo, filename=filename)))
+
+
+# /proc/cpuinfo flag of each instruction set llama.cpp's system info can report as compiled in.
+_CPU_FLAGS = {
+    "SSE3": "pni",
+    "SSSE3": "ssse3",
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "F16C": "f16c",
+    "FMA": "fma",
+    "BMI2": "bmi2",
+    "AVX_VNNI": "avx_vnni",
+    "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512_vbmi",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AMX_INT8": "amx_int8",
+}
+
+
+def build_features(python: str) -> list[str]:
+    """Instruction sets the llama.cpp library of ``python`` was compiled for (its system info)."""
+    import subprocess
+
+    code = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"
     try:
-        return Path(hf_hub_download(repo_id=launch.repo, filename=launch.filename))
-    except Exception as exc:  # the hub raises many types; all mean the same to the user
-        raise LaunchError(f"cannot fetch {launch.repo}/{launch.filename}: {type(exc).__name__}: {exc}") from None
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LaunchError(f"cannot run {python}: {exc}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LaunchError(f"llama-cpp-python does not load in {python}: {last}")
+    found = []
+    for part in done.stdout.replace("|", "\n").splitlines():
+        key, _, value = part.partition("=")
+        if value.strip() == "1":
+            found.append(key.strip().removeprefix("CPU : "))
+    return found
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's flags (Linux x86-64), or None where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def check_build(python: str) -> tuple[str, ...]:
+    """The build's instruction sets; a build this CPU cannot run is refused with one line,
+    before it would die with SIGILL in the middle of a run."""
+    features = build_features(python)
+    flags = cpu_flags()
+    if flags is not None and "sse2" in flags:  # an x86-64 CPU, whose flags name what it runs
+        missing = [f for f in features if f in _CPU_FLAGS and _CPU_FLAGS[f] not in flags]
+        if missing:
+            raise LaunchError(
+                f"llama.cpp in {python} was built for {', '.join(missing)}, which this CPU lacks; "
+                "rebuild it with `bash scripts/install.sh` (ORCHESTRATOR_LLAMA_CMAKE_ARGS sets other flags)"
+            )
+    return tuple(features)
 
 
 class LlamaCppServer:
@@ -70,6 +152,7 @@ class LlamaCppServer:
         self.log_path = log_path
         self.port = launch.port or free_port()
         self.process: asyncio.subprocess.Process | None = None
+        self.build: tuple[str, ...] = ()  # instruction sets llama.cpp was compiled for
 
     @property
     def url(self) -> str:
@@ -98,6 +181,7 @@ class LlamaCppServer:
 
     async def start(self, on_wait: Callable[[float], None] | None = None) -> str:
         """Start the server and wait until it answers ``/v1/models``."""
+        self.build = await asyncio.to_thread(check_build, self.launch.python or sys.executable)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - opening a log file does not block
             self.process = await asyncio.create_subprocess_exec(
@@ -119,10 +203,7 @@ class LlamaCppServer:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             while True:
                 if self.process.returncode is not None:
-                    raise LaunchError(
-                        f"llama.cpp server for {self.name} exited with code {self.process.returncode}: "
-                        f"{self.log_tail()}"
-                    )
+                    raise self.death("exited at start")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(f"{self.url}/v1/models") as resp:
                         if resp.status == 200:
@@ -137,6 +218,32 @@ class LlamaCppServer:
                 if on_wait is not None:
                     on_wait(now - started)
                 await asyncio.sleep(0.25)
+
+    def death(self, what: str = "died") -> ServerDied:
+        """The one-line error for a server that has exited: how, where its log is, its last lines."""
+        assert self.process is not None and self.process.returncode is not None
+        return ServerDied(
+            f"llama.cpp server for {self.name} {what}: {describe_exit(self.process.returncode)}; "
+            f"log: {self.log_path}: {self.log_tail()}"
+        )
+
+    async def watch(self) -> ServerDied:
+        """Wait until the server exits (it should not, until stopped) and return why."""
+        assert self.process is not None
+        await self.process.wait()
+        return self.death()
+
+    async def dead_within(self, grace: float) -> bool:
+        """Whether the server has exited or exits within ``grace`` seconds.
+
+        A request can see its connection reset a moment before the exit is reaped: this tells a
+        crashed server from a request error without guessing."""
+        assert self.process is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), grace)
+        except TimeoutError:
+            return False
+        return True
 
     def log_tail(self, lines: int = 5) -> str:
         """Last lines of the server log, for error messages."""
@@ -159,10 +266,3 @@ class LlamaCppServer:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-
-    def stop_now(self) -> None:
-        """Synchronous last resort (interpreter exit paths)."""
-        proc = self.process
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import email.utils
 import functools
 import json
 import time
@@ -26,6 +28,7 @@ from orchestrator.backends.base import (
     TransientError,
     error_for_status,
 )
+from orchestrator.secrets import split_credentials
 from orchestrator.timing import Stamps, loop_pacer
 
 # Counts the tokens of a completion text with the model's own tokenizer: (count, source) or None.
@@ -103,6 +106,7 @@ class SSEBody:
 
     events: list[tuple[float, bytes]]  # (perf_counter of the network read, raw ``data:`` payload)
     t_end: float  # the read that brought ``[DONE]``, or the connection's end
+    done: bool = False  # ``data: [DONE]`` arrived (OpenAI's end marker; TGI sends none)
 
     def decoded(self) -> list[tuple[float, dict[str, Any]]]:
         """The JSON events with their stamps; a malformed or non-object payload is a FatalError."""
@@ -121,10 +125,11 @@ class SSEBody:
                 try:
                     values.append(orjson.loads(payload))
                 except orjson.JSONDecodeError as exc:
-                    raise FatalError(f"malformed SSE data: {payload[:200]!r}") from exc
+                    # A cut or garbled event: the server (or a proxy) may do better next time.
+                    raise TransientError(f"malformed SSE data: {payload[:200]!r}", kind="malformed") from exc
         for payload, value in zip(payloads, values, strict=True):
             if not isinstance(value, dict):
-                raise FatalError(f"unexpected SSE payload: {payload[:200]!r}")
+                raise TransientError(f"unexpected SSE payload: {payload[:200]!r}", kind="bad_shape")
         return [(stamp, value) for (stamp, _), value in zip(self.events, values, strict=True)]
 
 
@@ -134,10 +139,40 @@ def _arrival_handler(resp: aiohttp.ClientResponse) -> ArrivalStampingHandler | N
     return proto if isinstance(proto, ArrivalStampingHandler) else None
 
 
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def _sample(data: bytes) -> str:
+    return data[:200].decode("utf-8", errors="replace")
+
+
 async def read_json_body(resp: aiohttp.ClientResponse, stamps: Stamps) -> Any:
-    """A whole JSON reply; its end is stamped when its last bytes arrived (see read_sse)."""
+    """A whole JSON reply; its end is stamped when its last bytes arrived (see read_sse). A body
+    that is not JSON (a proxy's HTML page, a cut-off reply) is a TransientError, never a crash."""
     proto = _arrival_handler(resp)
-    payload = await resp.json(content_type=None)
+    data = await resp.read()
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        kind = "content_type" if "json" not in resp.content_type else "malformed"
+        raise TransientError(
+            f"reply is not JSON (Content-Type {resp.content_type or 'none'}): {_sample(data)!r}", kind=kind
+        ) from None
     stamps.mark_end()
     if proto is not None and proto.last_rx:
         stamps.t_end = min(stamps.t_end, proto.last_rx)
@@ -146,8 +181,18 @@ async def read_json_body(resp: aiohttp.ClientResponse, stamps: Stamps) -> Any:
 
 async def read_sse(resp: aiohttp.ClientResponse) -> SSEBody:
     """Read an SSE body (see _read_events), then wait for the loop pacer's turn: what the caller
-    does next (decoding the events, building the record) is a heavy step."""
+    does next (decoding the events, building the record) is a heavy step.
+
+    A 200 that is not an event stream (a proxy's HTML page, a JSON error) is a TransientError
+    naming its content type, and so is a stream without a single data line."""
+    if resp.content_type != "text/event-stream":
+        data = await resp.content.read(4096)
+        raise TransientError(
+            f"stream expected, got Content-Type {resp.content_type or 'none'}: {_sample(data)!r}", kind="content_type"
+        )
     body = await _read_events(resp)
+    if not body.events and not body.done:
+        raise TransientError("the stream carried no data line", kind="no_data")
     await loop_pacer().turn()
     return body
 
@@ -196,7 +241,7 @@ async def _read_events(resp: aiohttp.ClientResponse) -> SSEBody:
                         stamp = min(now, arrivals[seen][0])
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
-                    return SSEBody(events, stamp)
+                    return SSEBody(events, stamp, done=True)
                 if payload:
                     events.append((stamp, payload))
             base = end
@@ -230,7 +275,11 @@ class HTTPBackend:
     supports_ignore_eos = False  # vLLM and SGLang honour ignore_eos/min_tokens; llama.cpp and TGI do not
 
     def __init__(self, base_url: str, session: aiohttp.ClientSession, model: str | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        # Credentials in the URL are split off here and sent as Basic auth: base_url, which ends
+        # up in records, reports and error messages, never holds them.
+        clean, credentials = split_credentials(base_url)
+        self.auth = aiohttp.BasicAuth(*credentials) if credentials else None
+        self.base_url = clean.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[: -len("/v1")]
         self.session = session
@@ -245,12 +294,16 @@ class HTTPBackend:
         stamps.mark_send()
         await loop_pacer().turn()
         try:
-            async with self.session.post(f"{self.base_url}{path}", json=body, trace_request_ctx=stamps) as resp:
+            async with self.session.post(
+                f"{self.base_url}{path}", json=body, trace_request_ctx=stamps, auth=self.auth
+            ) as resp:
                 yield resp
         except BackendError:
             raise
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}", kind="timeout") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}", kind="connection") from exc
         except aiohttp.ClientError as exc:
             raise FatalError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -260,7 +313,7 @@ class HTTPBackend:
 
     async def _get_json(self, path: str) -> dict[str, Any]:
         try:
-            async with self.session.get(f"{self.base_url}{path}") as resp:
+            async with self.session.get(f"{self.base_url}{path}", auth=self.auth) as resp:
                 if resp.status != 200:
                     raise error_for_status(resp.status, await resp.text(errors="replace"))
                 answer = await resp.json(content_type=None)
@@ -277,7 +330,7 @@ class HTTPBackend:
     async def scrape_metrics(self) -> dict[str, float] | None:
         """The server's Prometheus ``/metrics`` (vLLM ``vllm:*``, TGI ``tgi_*``), or None if it has none."""
         try:
-            async with self.session.get(f"{self.base_url}/metrics") as resp:
+            async with self.session.get(f"{self.base_url}/metrics", auth=self.auth) as resp:
                 if resp.status != 200:
                     return None
                 text = await resp.text(errors="replace")
@@ -349,8 +402,9 @@ class OpenAIChat(HTTPBackend):
         stamps = Stamps()
         async with self._post("/v1/chat/completions", body, stamps) as resp:
             if resp.status != 200:
-                text = await resp.text(errors="replace")
-                raise error_for_status(resp.status, text)
+                error = error_for_status(resp.status, await resp.text(errors="replace"))
+                error.retry_after = retry_after(resp.headers.get("Retry-After"))
+                raise error
             if request.stream:
                 completion = await self._read_stream(resp, stamps, body)
             else:
@@ -369,13 +423,16 @@ class OpenAIChat(HTTPBackend):
         last_choice_chunk: dict[str, Any] | None = None
         usage_chunk: dict[str, Any] | None = None
         body_events = await read_sse(resp)
+        any_choice = False
         for stamp, chunk in body_events.decoded():
             if "error" in chunk:
-                raise FatalError(f"server error in stream: {json.dumps(chunk['error'])[:300]}")
+                raise FatalError(f"server error in stream: {json.dumps(chunk['error'])[:300]}", kind="server_error")
             if chunk.get("usage"):
                 usage = chunk["usage"]
                 usage_chunk = chunk
-            for choice in chunk.get("choices") or ():
+            choices = chunk.get("choices") or ()
+            any_choice = any_choice or bool(choices)
+            for choice in choices:
                 content = (choice.get("delta") or {}).get("content")
                 if content:
                     # Only chunks carrying text count: a role-only or empty chunk is not a token.
@@ -384,6 +441,14 @@ class OpenAIChat(HTTPBackend):
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
                     last_choice_chunk = chunk
+        # A reply that never arrived whole is an error, never a (wrong) answer.
+        if not any_choice:
+            raise TransientError("the stream's chunks carried no choices", kind="no_choices")
+        if finish_reason is None and not body_events.done:
+            raise TransientError(
+                f"stream truncated: it ended without [DONE] or a finish reason after {len(parts)} content chunks",
+                kind="truncated",
+            )
         # A stream without [DONE] ends when the server closes the connection.
         stamps.t_end = body_events.t_end
         raw: dict[str, Any] = {"final_chunk": last_choice_chunk}
@@ -393,11 +458,13 @@ class OpenAIChat(HTTPBackend):
 
     async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
         payload = await read_json_body(resp, stamps)
+        if isinstance(payload, dict) and payload.get("choices") == []:
+            raise TransientError("the reply carried no choices", kind="no_choices")
         try:
             choice = payload["choices"][0]
             text = choice["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise FatalError(f"unexpected reply shape: {json.dumps(payload)[:300]}") from exc
+            raise FatalError(f"unexpected reply shape: {json.dumps(payload)[:300]}", kind="bad_shape") from exc
         return self._completion(text, choice.get("finish_reason"), payload.get("usage"), stamps, body, payload)
 
     @staticmethod
@@ -511,7 +578,7 @@ class LlamaCppChat(OpenAIChat):
             return (0, "server-tokenize")
         try:
             async with self.session.post(
-                f"{self.base_url}/extras/tokenize/count", json={"input": text, "model": self.model}
+                f"{self.base_url}/extras/tokenize/count", json={"input": text, "model": self.model}, auth=self.auth
             ) as resp:
                 if resp.status != 200:
                     return None

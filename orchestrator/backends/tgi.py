@@ -27,7 +27,7 @@ from orchestrator.backends.base import (
     TransientError,
     error_for_status,
 )
-from orchestrator.backends.openai import HTTPBackend, read_json_body, read_sse
+from orchestrator.backends.openai import HTTPBackend, read_json_body, read_sse, retry_after
 from orchestrator.timing import Stamps
 
 
@@ -151,9 +151,11 @@ class TGINative(HTTPBackend):
             if resp.status != 200:
                 text = await resp.text(errors="replace")
                 try:
-                    raise error_from_tgi(resp.status, json.loads(text))
+                    error = error_from_tgi(resp.status, json.loads(text))
                 except ValueError:
-                    raise error_for_status(resp.status, text) from None
+                    error = error_for_status(resp.status, text)
+                error.retry_after = retry_after(resp.headers.get("Retry-After"))
+                raise error
             if request.stream:
                 return await self._read_stream(resp, stamps, body)
             return await self._read_body(resp, stamps, body)
@@ -161,6 +163,7 @@ class TGINative(HTTPBackend):
     async def _read_stream(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
         parts: list[str] = []
         final: dict[str, Any] | None = None
+        generated_text: str | None = None
         body_events = await read_sse(resp)
         for stamp, event in body_events.decoded():
             if "error" in event:
@@ -172,11 +175,17 @@ class TGINative(HTTPBackend):
                 parts.append(token["text"])
             if event.get("details") is not None:
                 final = event
+            if event.get("generated_text") is not None:
+                generated_text = event["generated_text"]
+        if final is None and generated_text is None:
+            # TGI's last event carries generated_text and details; a stream without it was cut.
+            raise TransientError(
+                f"stream truncated: it ended without TGI's final event after {len(parts)} tokens", kind="truncated"
+            )
         stamps.t_end = body_events.t_end
         details = (final or {}).get("details") or {}
         # The server's own decode of the whole reply wins over concatenated token texts.
-        generated = (final or {}).get("generated_text")
-        text = generated if isinstance(generated, str) else "".join(parts)
+        text = generated_text if isinstance(generated_text, str) else "".join(parts)
         return Completion(
             text=text,
             finish_reason=details.get("finish_reason"),
@@ -194,7 +203,7 @@ class TGINative(HTTPBackend):
         if isinstance(payload, list):  # TGI answers a list when given a list; we send one prompt
             payload = payload[0] if payload else {}
         if not isinstance(payload, dict) or "generated_text" not in payload:
-            raise FatalError(f"unexpected reply shape: {json.dumps(payload)[:300]}")
+            raise FatalError(f"unexpected reply shape: {json.dumps(payload)[:300]}", kind="bad_shape")
         details = payload.get("details") or {}
         header_prompt = resp.headers.get("x-prompt-tokens")
         header_generated = resp.headers.get("x-generated-tokens")

@@ -9,6 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator.errors import DataError
+
+__all__ = ["DataError", "Sample", "Score", "Task", "stratified_subset"]
+
 
 @dataclass(frozen=True)
 class Sample:

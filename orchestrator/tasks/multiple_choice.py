@@ -39,13 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.tasks.base import Sample, Score, stratified_subset
+from orchestrator.hub import fetch
+from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
 
 LETTERS = ("A", "B", "C", "D")
-
-
-class DataError(RuntimeError):
-    """Benchmark data that is missing or malformed."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +165,7 @@ def _csv_subjects(folder: Path, split: str) -> list[str]:
 def _hub_mmlu(subject: str, split: str) -> list[Question]:
     import datasets
 
-    rows = datasets.load_dataset("cais/mmlu", subject, split=split)
+    rows = fetch(f"cais/mmlu ({subject}, {split})", lambda: datasets.load_dataset("cais/mmlu", subject, split=split))
     return [
         Question(subject, i, r["question"], tuple(r["choices"]), LETTERS[int(r["answer"])]) for i, r in enumerate(rows)
     ]
@@ -177,7 +174,10 @@ def _hub_mmlu(subject: str, split: str) -> list[Question]:
 def _hub_ceval(subject: str, split: str) -> list[Question]:
     import datasets
 
-    rows = datasets.load_dataset("ceval/ceval-exam", subject, split=split)
+    rows = fetch(
+        f"ceval/ceval-exam ({subject}, {split})",
+        lambda: datasets.load_dataset("ceval/ceval-exam", subject, split=split),
+    )
     return [
         Question(subject, i, r["question"], (r["A"], r["B"], r["C"], r["D"]), r["answer"]) for i, r in enumerate(rows)
     ]
@@ -186,7 +186,7 @@ def _hub_ceval(subject: str, split: str) -> list[Question]:
 def _hub_subjects(repo: str) -> list[str]:
     import datasets
 
-    names = datasets.get_dataset_config_names(repo)
+    names = fetch(f"the subject list of {repo}", lambda: datasets.get_dataset_config_names(repo))
     return sorted(n for n in names if n not in ("all", "auxiliary_train"))
 
 

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.tasks.base import Sample, Score, stratified_subset
+from orchestrator.hub import fetch
+from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
 from orchestrator.tasks.ifeval import fastpaths
 from orchestrator.tasks.ifeval.punkt import ensure_punkt
-from orchestrator.tasks.multiple_choice import THINK_BLOCK, DataError
+from orchestrator.tasks.multiple_choice import THINK_BLOCK
 
 DEFAULT_MAX_TOKENS = 1280
 
@@ -192,7 +193,7 @@ def load_ifeval(data_dir: Path | None) -> list[dict[str, Any]]:
     else:
         import datasets
 
-        rows = [dict(r) for r in datasets.load_dataset("google/IFEval", split="train")]
+        rows = [dict(r) for r in fetch("google/IFEval", lambda: datasets.load_dataset("google/IFEval", split="train"))]
     for r in rows:
         # The Hub rows carry every kwarg key of every checker, mostly None: keep the given ones.
         r["kwargs"] = [{k: v for k, v in kw.items() if v is not None} for kw in r["kwargs"]]
