@@ -1,4 +1,6 @@
-"""``orchestrate``: bench, report, validate.
+"""orchestrate: measure what quantization costs an LLM on real inference servers.
+
+Commands: bench, load, report, score, compose, k8s, validate (``orchestrate COMMAND --help``).
 
 Exit codes: 0 done; 2 bad input or environment (manifest, data, models, no Hub); 3 a target failed
 or passed the error threshold; 4 the run directory cannot be written (full disk, read-only); 130
@@ -26,9 +28,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from orchestrator import __version__
 from orchestrator.backends.launch import LaunchError, resolve_model
@@ -88,18 +99,35 @@ def _out() -> Console:
     return out if out.is_terminal else Console(width=220)
 
 
+class _BarsOnly(ProgressColumn):
+    """A column shown on the bars of samples, left blank on the status line."""
+
+    def __init__(self, column: ProgressColumn) -> None:
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Task) -> RenderableType:
+        """The wrapped column's rendering, or nothing for the status line."""
+        return "" if task.fields.get("status_line") else self.column.render(task)
+
+
 class RichProgress:
-    """Progress bars per target x task, plus one status line."""
+    """Progress bars per target x task, plus one status line (text only, no bar)."""
 
     def __init__(self, enabled: bool) -> None:
         self.bars = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("[cyan]{task.fields[inflight]} in flight"),
-            TextColumn("{task.fields[rate]} req/s"),
-            TextColumn("[red]{task.fields[errors]} err"),
-            TimeElapsedColumn(),
+            *(
+                _BarsOnly(c)
+                for c in (
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("[cyan]{task.fields[inflight]} in flight"),
+                    TextColumn("{task.fields[rate]} req/s"),
+                    TextColumn("[red]{task.fields[errors]} err"),
+                    TimeElapsedColumn(),
+                )
+            ),
             console=console,
             disable=not enabled,
         )
@@ -107,7 +135,9 @@ class RichProgress:
         self._errors: dict[str, int] = {}
         self._inflight: dict[str, int] = {}
         self._ends: dict[str, collections.deque[float]] = {}
-        self._status = self.bars.add_task("", total=None, errors="", inflight="", rate="", visible=enabled)
+        self._status = self.bars.add_task(
+            "", total=None, errors="", inflight="", rate="", visible=enabled, status_line=True
+        )
 
     def add(self, key: str, description: str, total: int, done: int) -> None:
         """New bar."""
@@ -136,7 +166,18 @@ class RichProgress:
 
     def status(self, text: str) -> None:
         """Status line (server start-up and the like)."""
-        self.bars.update(self._status, description=f"[dim]{text}")
+        self.bars.update(self._status, description=f"[dim]{escape(text)}")
+
+    def abort(self, key: str, reason: str) -> None:
+        """A bar whose target stopped early: it says so, and stops its clock."""
+        if key in self._ids:
+            task_id = self._ids[key]
+            description = self.bars.tasks[self._index(task_id)].description
+            self.bars.update(task_id, description=f"{description} [red]aborted[/]: {escape(reason[:80])}")
+            self.bars.stop_task(task_id)
+
+    def _index(self, task_id: TaskID) -> int:
+        return next(i for i, t in enumerate(self.bars.tasks) if t.id == task_id)
 
 
 def _versions() -> dict[str, str]:
@@ -358,6 +399,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except StoreError as exc:
         status, disk = "disk error", exc
     finally:
+        if runner.notes:
+            session["notes"] = runner.notes
         try:
             store.close()
         except StoreError as exc:
@@ -386,6 +429,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = write_report(store.root)
     _out().print(render_table(report))
     console.print(f"report: {store.root / 'report.md'}")
+    for note in runner.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
     failed = [o for o in outcomes if o.failure]
     for o in failed:
         _error(o.failure or "")
@@ -425,9 +470,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.levels == "auto":
         base["auto"] = True
     elif args.levels:
-        base["levels"] = [float(x) for x in _split(args.levels)]
+        base["levels"] = _numbers(args.levels, "--levels", "concurrencies or requests/s, or 'auto'")
     if args.percentiles:
-        base["percentiles"] = [float(x) for x in _split(args.percentiles)]
+        base["percentiles"] = _numbers(args.percentiles, "--percentiles", "e.g. 50,90,99")
     if args.slo:
         base["slo"] = parse_slo(args.slo)
     if args.no_ignore_eos:
@@ -460,7 +505,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     requests = sum(len(r.records) for r in results)
     meta["client"] = {
         "cpu_s": time.process_time() - cpu0,
-        "cpu_us_per_request": (time.process_time() - cpu0) / requests * 1e6 if requests else None,
+        # While levels ran only: building the prompts (tokenizing thousands of them) is set-up.
+        "levels_cpu_s": sum(r.cpu_s for r in results),
+        "cpu_us_per_request": sum(r.cpu_s for r in results) / requests * 1e6 if requests else None,
     }
     meta["load_notes"] = runner.notes
     meta["server_metrics"] = {
@@ -598,6 +645,14 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(value: str, option: str, expected: str) -> list[float]:
+    """Comma-separated numbers from the command line, or one line saying what was expected."""
+    try:
+        return [float(x) for x in _split(value)]
+    except ValueError:
+        raise LoadConfigError(f"{option}: expected comma-separated numbers ({expected}), got {value!r}") from None
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
@@ -605,6 +660,14 @@ def _split(value: str | None) -> list[str]:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a manifest and say what it would run."""
     m = load_manifest(args.manifest)
+    # What bench would refuse later, refused now: local files that are not there.
+    for i, t in enumerate(m.targets):
+        if t.launch is not None and t.launch.model_path is not None:
+            path = m.resolve_path(t.launch.model_path)
+            if not path.is_file():
+                raise ManifestError(args.manifest, f"targets[{i}].launch.model_path", f"no such file: {path}")
+    if m.run.data_dir and not m.resolve_path(m.run.data_dir).is_dir():
+        raise ManifestError(args.manifest, "run.data_dir", f"no such folder: {m.resolve_path(m.run.data_dir)}")
     tasks = ", ".join(f"{k}(limit={v.limit})" for k, v in m.tasks.items())
     _out().print(f"{args.manifest}: OK — {len(m.targets)} targets; tasks {tasks}; setup {m.run.setup}")
     return 0
@@ -619,7 +682,13 @@ def _matrix_args(parser: argparse.ArgumentParser, default_backend: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(prog="orchestrate", description=__doc__.splitlines()[0] if __doc__ else None)
+    doc = (__doc__ or "").split("\n\n")
+    p = argparse.ArgumentParser(
+        prog="orchestrate",
+        description=doc[0].strip(),
+        epilog=" ".join(doc[-1].split()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 

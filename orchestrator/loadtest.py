@@ -77,6 +77,12 @@ class LoadProfile:
             raise LoadConfigError("concurrency levels must be whole numbers")
         if self.requests < 1 or self.warmup < 0 or self.input_tokens < 1 or self.output_tokens < 1:
             raise LoadConfigError("requests, input and output tokens must be positive; warmup 0 or more")
+        if self.duration is not None and self.duration <= 0:
+            raise LoadConfigError(f"duration must be a positive number of seconds, got {self.duration:g}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise LoadConfigError(f"max_concurrency must be a positive integer, got {self.max_concurrency}")
+        if any(p <= 0 or p >= 100 for p in self.percentiles):
+            raise LoadConfigError("percentiles must lie between 0 and 100 (exclusive)")
         if self.prompts not in ("synthetic", "mmlu", "ceval", "ifeval"):
             raise LoadConfigError(f"prompts must be synthetic, mmlu, ceval or ifeval, got {self.prompts!r}")
         unknown = set(self.slo) - {"ttft", "tpot", "itl", "e2el"}
@@ -140,7 +146,8 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
     """Every metric of one level from its records (warm-up, cool-down and failed requests excluded).
 
     Throughputs count every completion (warm-up and cool-down ones too) that ends inside the
-    measured window, from the first measured send to the last measured end: around the measured
+    measured window, from the first measured send to the last measured end (rate modes: the span
+    of sends shifted by the median latency, so that the drain does not count as load): around the measured
     requests the load was kept at its level, so this is the steady-state rate.
     """
     measured = [r for r in records if not r["warmup"] and not r.get("cooldown")]
@@ -155,17 +162,31 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
     lag = [r["dispatch_lag"] * ms for r in measured if r.get("dispatch_lag") is not None]
     window = 0.0
     in_window: list[dict[str, Any]] = []
+    rate_mode = any(r.get("dispatch_lag") is not None for r in measured)
     if ok:
         start = min(r["timing"]["wall_send"] for r in ok)
         end = max(r["timing"]["wall_send"] + r["timing"]["e2e"] for r in ok)
-        window = end - start
+        last_send = max(r["timing"]["wall_send"] for r in ok)
+        lo, hi = start, end
+        if rate_mode and last_send > start:
+            # An open loop sends nothing after its last scheduled request, and the time it then
+            # waits for the last replies (the drain) is not load at this rate. The window is the
+            # sending span, shifted by the median latency: the completions the load of that span
+            # produced, counted over its length.
+            shift = timing.percentile([r["timing"]["e2e"] for r in ok], 50) or 0.0
+            lo, hi = start + shift, last_send + shift
+        window = hi - lo
         in_window = [
             r
             for r in records
-            if not r.get("error") and r.get("timing") and start < r["timing"]["wall_send"] + r["timing"]["e2e"] <= end
+            if not r.get("error") and r.get("timing") and lo < r["timing"]["wall_send"] + r["timing"]["e2e"] <= hi
         ]
     out_tokens = sum(r.get("completion_tokens") or 0 for r in in_window)
-    in_tokens = sum(r.get("prompt_tokens") or 0 for r in in_window)
+    # Prompt tokens as the server counted them, else as the model's tokenizer did (llama.cpp's
+    # streams carry no usage).
+    in_tokens = sum(
+        r.get("prompt_tokens") or (r.get("prompt_token_counts") or {}).get("tokenizer") or 0 for r in in_window
+    )
     p = profile.percentiles
     metrics: dict[str, Any] = {
         "completed": len(ok),
@@ -183,6 +204,9 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
         "post_ms": summary(post, p),
         "dispatch_lag_ms": summary(lag, p) if lag else None,
     }
+    # A level whose requests outlast it is one wave of requests, not a steady state.
+    e2e_median = timing.percentile(e2el, 50)
+    metrics["one_wave"] = bool(profile.duration and e2e_median and e2e_median / 1000.0 >= profile.duration)
     metrics["token_count_agreement"] = token_agreement(ok)
     metrics["prompt_token_agreement"] = token_agreement(ok, "prompt_token_counts", "usage")
     if profile.slo:

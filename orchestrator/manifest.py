@@ -369,20 +369,60 @@ def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     return m
 
 
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a page of YAML; anything this big is not one
+MAX_DEPTH = 32
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: a manifest needs none, and a "billion laughs" document (aliases
+    of aliases) would expand to gigabytes when its values are validated and copied."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.MarkedYAMLError(
+                None, None, "YAML aliases (*name) are not allowed in a manifest", event.start_mark
+            )
+        if self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent):
+            self._depth = getattr(self, "_depth", 0) + 1
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise yaml.MarkedYAMLError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+        return super().compose_node(parent, index)
+
+
 def load_manifest(path: str | Path) -> Manifest:
-    """Read and validate a YAML manifest file."""
+    """Read and validate a YAML manifest file: any input gives a Manifest or one ManifestError,
+    in bounded time and memory (size cap, UTF-8 only, no aliases, bounded nesting)."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(source, "", f"cannot read file ({exc.strerror})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(source, "", f"expected a YAML manifest, got a file over {MAX_MANIFEST_BYTES} bytes")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            source, "", f"expected UTF-8 text, got byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        ) from None
+    if "\x00" in text:
+        raise ManifestError(source, "", "expected YAML text, got a NUL byte (a binary file?)")
+    try:
+        data = yaml.load(text, Loader=_ManifestLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ManifestError(source, "", f"{where}{problem}") from None
+    except RecursionError:
+        raise ManifestError(source, "", f"nested deeper than {MAX_DEPTH} levels") from None
     return parse_manifest(data, source)
 
 
@@ -397,6 +437,13 @@ def with_overrides(m: Manifest, **changes: Any) -> Manifest:
         m = dataclasses.replace(m, load=dataclasses.replace(m.load, concurrency=changes["concurrency"]))
     if changes.get("tasks"):
         wanted = set(changes["tasks"])
+        unknown = sorted(wanted - set(m.tasks))
+        if unknown:
+            raise ManifestError(
+                "--tasks",
+                "",
+                f"{', '.join(unknown)} not in this run's tasks (the manifest has: {', '.join(m.tasks)})",
+            )
         m = dataclasses.replace(m, tasks={k: v for k, v in m.tasks.items() if k in wanted})
     if changes.get("backend") is not None:
         # Swap the serving backend of every target: same checkpoints, same URLs, another adapter.

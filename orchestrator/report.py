@@ -361,7 +361,8 @@ def render_latency_table(report: dict[str, Any]) -> Table:
         for m in levels:
             cells = [
                 target,
-                f"{m['mode'][:4]} {m['level']:g}",
+                # "1 wave": the requests outlast the level, so its rates are not a steady state.
+                f"{m['mode'][:4]} {m['level']:g}" + (" (1 wave)" if m.get("one_wave") else ""),
                 _num(m["request_throughput"]),
                 _num(m["output_throughput"], "{:.1f}"),
                 f"{m['completed']}/{m['failed']}",

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
-import os
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,9 +22,10 @@ import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
-from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied, die_with_parent, resolve_model
+from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied, resolve_model
 from orchestrator.errors import StoreError
 from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.scoring import ScoringProcess
 from orchestrator.secrets import split_credentials
 from orchestrator.store import SYNC_INTERVAL, RunStore
 from orchestrator.tasks import DataError, Sample, Task
@@ -48,6 +47,9 @@ class Progress(Protocol):
     def status(self, text: str) -> None:
         """A one-line status message."""
 
+    def abort(self, key: str, reason: str) -> None:
+        """A bar whose target stopped early (its server died, its error budget ran out)."""
+
 
 class NullProgress:
     """Progress that shows nothing (tests, scripts)."""
@@ -62,6 +64,9 @@ class NullProgress:
         """Ignore."""
 
     def status(self, text: str) -> None:
+        """Ignore."""
+
+    def abort(self, key: str, reason: str) -> None:
         """Ignore."""
 
 
@@ -198,6 +203,38 @@ async def _unless_dead(work: Coroutine[Any, Any, None], server: LlamaCppServer) 
             await asyncio.gather(job, watcher, return_exceptions=True)
 
 
+# Descriptors beyond one socket per request: Python, the store's files, logs, the scoring
+# process's pipes, servers' health checks. Measured about 40 here; doubled for safety.
+FD_RESERVE = 80
+
+
+def fd_capped_concurrency(concurrency: int, sessions: int, notes: list[str]) -> int:
+    """The concurrency the open-file limit allows (``sessions`` pools of ``concurrency`` sockets
+    each), after raising the soft limit as far as the hard one allows."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return concurrency
+    need = concurrency * sessions + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            notes.append(f"open-file limit raised from {soft} to {new} for {concurrency} requests in flight")
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return concurrency
+    capped = max(1, (soft - FD_RESERVE) // sessions)
+    notes.append(
+        f"open-file limit {soft} (hard {hard}) leaves room for {capped} requests in flight, not {concurrency}: "
+        f"concurrency capped to {capped} (raise it with `ulimit -n {need}`)"
+    )
+    return capped
+
+
 @contextlib.asynccontextmanager
 async def synced(store: RunStore) -> AsyncIterator[None]:
     """fsync the store's new records every half SYNC_INTERVAL, in a thread, and once at the end.
@@ -236,6 +273,7 @@ class Runner:
     ) -> None:
         self.manifest = manifest
         self.model_paths = model_paths or {}  # managed targets' GGUF files, resolved before the run
+        self.notes: list[str] = []  # what the run had to adapt to (printed and kept in run.json)
         self.in_flight = 0  # samples sent and not yet written
         self.written = 0  # records written by this session
         self.unwritten = 0  # when the disk failed: answers that could not be written, in flight included
@@ -250,26 +288,41 @@ class Runner:
         # up to 5 ms at a time, and stream stamps due meanwhile would be late: measured at c=64
         # beside 3.5 ms of scoring every 23.5 ms, p99 TTFT/ITL/E2E error 3.8/4.7/5.3 ms with a
         # thread, 1.0/2.5/2.1 ms with a process (benchmarks/timing_accuracy.py, 2 cores).
-        self._scoring: ProcessPoolExecutor | None = None
+        self._scoring: ScoringProcess | None = None
 
     @property
     def samples(self) -> dict[str, list[Sample]]:
         """Samples per task, as they will be sent."""
         return self._samples
 
+    def _prepare_files(self) -> None:
+        """Open every samples file this run will write before the first request, and make sure
+        the open-file limit leaves room for one socket per request in flight: raise the soft
+        limit when the hard one allows, else cap the concurrency and say so. (Opened only when a
+        first request finished, a samples file could meet EMFILE after a thousand sockets.)"""
+        setup = self.manifest.run.setup
+        for target in self.manifest.targets:
+            for task in self.tasks:
+                if self._samples[task.name]:
+                    self.store.writer(target.name, task.name, setup)
+        load = self.manifest.load
+        parallel = len(self.manifest.targets) if load.targets_in_parallel else 1
+        replicas = max(len(t.urls) or 1 for t in self.manifest.targets)
+        capped = fd_capped_concurrency(load.concurrency, parallel * replicas, self.notes)
+        if capped != load.concurrency:
+            self.manifest = dataclasses.replace(self.manifest, load=dataclasses.replace(load, concurrency=capped))
+
     async def run(self) -> list[TargetOutcome]:
         """Run every target (in parallel or in turn, as the manifest says)."""
+        self._prepare_files()
         heavy = next((t for t in self.tasks if hasattr(t, "score_job") and self._samples[t.name]), None)
         if heavy is not None:
-            self._scoring = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),  # no fork of a process with threads
-                initializer=die_with_parent,  # no orphan after a kill -9
-                initargs=(os.getpid(),),
-            )
+            self._scoring = ScoringProcess()
+            await self._scoring.start()
             # Warm the process up (imports, checkers, NLTK's model) while the first requests run.
             fn, args = heavy.score_job(self._samples[heavy.name][0], "")
-            self._scoring.submit(fn, *args)
+            warm = self._scoring.submit(fn, *args)
+            warm.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure shows on real jobs
         try:
             async with synced(self.store):
                 if self.manifest.load.targets_in_parallel:
@@ -282,7 +335,7 @@ class Runner:
                 return [await self._run_target(t) for t in self.manifest.targets]
         finally:
             if self._scoring is not None:
-                self._scoring.shutdown(wait=False, cancel_futures=True)
+                await self._scoring.close()
 
     async def _run_target(self, target: TargetConfig) -> TargetOutcome:
         outcome = TargetOutcome(target.name)
@@ -310,12 +363,15 @@ class Runner:
                     outcome.server["managed"] = {
                         "command": live.server.command(),
                         "log": str(live.server.log_path),
-                        "build": list(live.server.build),
+                        "build": list(live.server.build.features),
                     }
                 outcome.server.update(await backends[0].describe())
                 outcome.server["served_model"] = backends[0].model
                 outcome.server["backend"] = target.backend
                 outcome.server["version"] = await backends[0].server_version()
+                if outcome.server["version"] is None and live.server is not None and live.server.build.version:
+                    # llama-cpp-python's server does not say its version; the launcher knows it.
+                    outcome.server["version"] = f"llama-cpp-python {live.server.build.version}"
                 outcome.server["replicas"] = [b.base_url for b in backends]
                 # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
                 outcome.server["metrics_before"] = await backends[0].scrape_metrics()
@@ -337,6 +393,9 @@ class Runner:
             outcome.failure = str(group.exceptions[0])
         except* (BackendError, LaunchError, DataError) as group:
             outcome.failure = f"{target.name}: {group.exceptions[0]}"
+        if outcome.failure:
+            for task in self.tasks:
+                self.progress.abort(f"{target.name}/{task.name}", outcome.failure)
         return outcome
 
     async def _run_samples(
@@ -459,7 +518,7 @@ class Runner:
             return record
         if self._scoring is not None and hasattr(task, "score_job"):
             fn, args = task.score_job(sample, completion.text)
-            score = await asyncio.get_running_loop().run_in_executor(self._scoring, fn, *args)
+            score = await self._scoring.run(fn, *args)
         else:
             score = task.score(sample, completion.text)
         record.update(
@@ -522,8 +581,27 @@ class LoadRunner:
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.notes: dict[str, list[str]] = {}
 
+    def _size_sessions(self) -> None:
+        """The connection pool holds the largest level (a closed loop's concurrency, a rate mode's
+        cap, or no bound), never the accuracy run's ``load.concurrency``, which would otherwise
+        queue requests in the client and pass that wait off as a lower throughput."""
+        profile = self.profile
+        if profile.mode == "concurrency" or profile.auto:
+            need = int(max(profile.levels)) if profile.levels else 64
+        else:
+            need = profile.max_concurrency or 0  # 0: aiohttp's "no limit"
+        notes: list[str] = []
+        if need:
+            fd_capped_concurrency(need, 1, notes)
+        if notes:
+            for target in self.manifest.targets:
+                self.notes.setdefault(target.name, []).extend(notes)
+        load = dataclasses.replace(self.manifest.load, concurrency=need)
+        self.manifest = dataclasses.replace(self.manifest, load=load)
+
     async def run(self) -> list[LevelResult]:
         """Every level of every target, targets one after the other (they would compete otherwise)."""
+        self._size_sessions()
         results: list[LevelResult] = []
         async with synced(self.store):
             for target in self.manifest.targets:
@@ -624,6 +702,11 @@ class LoadRunner:
         deadline = None if profile.duration is None else start + profile.duration
 
         async def one(i: int, wake: float, intended: float | None) -> None:
+            if slots is not None and mode != "concurrency":
+                await slots.acquire()  # the client-side queue of a rate mode (max_concurrency)
+                if deadline is not None and time.perf_counter() > deadline:
+                    slots.release()  # its slot came after the level ended: never sent
+                    return
             request = ChatRequest(
                 prompts[i], profile.output_tokens, gen.seed, gen.temperature, ignore_eos=profile.ignore_eos
             )
@@ -637,11 +720,7 @@ class LoadRunner:
             }
             self.progress.started(key)
             try:
-                if slots is not None and mode != "concurrency":
-                    async with slots:
-                        completion = await backend.generate(request)
-                else:
-                    completion = await backend.generate(request)
+                completion = await backend.generate(request)
             except BackendError as exc:
                 record.update(error=str(exc), queued=round(time.perf_counter() - wake, 6), timing=None)
             else:
@@ -665,7 +744,7 @@ class LoadRunner:
                     request={k: v for k, v in completion.request.items() if k not in ("messages", "inputs")},
                 )
             finally:
-                if slots is not None and mode == "concurrency":
+                if slots is not None:
                     slots.release()
             records.append(record)
             writer.write(record)
@@ -678,9 +757,14 @@ class LoadRunner:
                 if mode == "concurrency":
                     assert slots is not None
                     await slots.acquire()  # closed loop: the next request goes when a slot frees
+                    if deadline is not None and time.perf_counter() > deadline:
+                        slots.release()  # the slot freed after the level ended: nothing more is sent
+                        break
                     tg.create_task(one(i, time.perf_counter(), None))
                     continue
                 intended = start + offsets[i]
+                if deadline is not None and intended > deadline:
+                    break  # scheduled after the level's end
                 delay = intended - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)

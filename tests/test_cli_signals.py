@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -143,3 +145,54 @@ async def test_targets_in_parallel_and_report_command(tmp_path: Path, data_dir: 
     assert "BF16" in text and "Int4" in text and "(n=80)" in text
     rows = json.loads((tmp_path / "runs" / "r" / "report.json").read_text())["rows"]
     assert rows[1]["reference"] == "t0" and rows[1]["delta_average"] == pytest.approx(0.0)
+
+
+def _scoring_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(p) for p in children if b"orchestrator.scoring" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def _all_gone(pids: list[int], timeout: float) -> bool:
+    """Poll until every pid has exited (gone, or a zombie left for init to reap)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+async def test_terminal_signals_leave_no_traceback_or_leak_from_the_scoring_process(
+    tmp_path: Path, data_dir: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C at a terminal reaches the whole foreground process group; kill -9 only the
+    orchestrator. Either way IFEval's scoring process prints nothing and does not outlive it."""
+    server, _ = await start_fake(slow_b)
+    try:
+        manifest = write_manifest(tmp_path, [str(server.make_url(""))], data_dir)
+        data = yaml.safe_load(manifest.read_text())
+        data["tasks"] = {"ifeval": {"limit": 60}}
+        manifest.write_text(yaml.safe_dump(data))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator.cli", "bench", str(manifest), "--run-id", "r", "--no-progress",
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        samples = tmp_path / "runs" / "r" / "samples" / "t0" / "ifeval.qwen.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 4):  # noqa: ASYNC110 - polls a file another process writes
+            await asyncio.sleep(0.05)
+        scorers = await asyncio.to_thread(_scoring_children, proc.pid)
+        assert scorers, "no scoring process"
+        os.killpg(proc.pid, sig)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == (130 if sig == signal.SIGINT else -9), stderr.decode()[-2000:]
+        assert await asyncio.to_thread(_all_gone, scorers, 10.0), "the scoring process outlived the orchestrator"
+        assert b"Traceback" not in stderr and b"leaked" not in stderr, stderr.decode()[-2000:]
+    finally:
+        await server.close()

@@ -132,3 +132,28 @@ def test_output_dir_that_cannot_exist_is_refused(tmp_path: Path, server: str, da
     done = bench(str(manifest(tmp_path, server, data_dir, blocker / "runs", limit=5)), "--run-id", "r")
     assert done.returncode == 4
     assert "cannot write into" in one_error_line(done)
+
+
+@pytest.mark.parametrize(("limits", "capped"), [("120:120", True), ("120:8192", False)], ids=["hard", "soft"])
+def test_open_file_limit_is_raised_or_the_concurrency_capped(
+    tmp_path: Path, server: str, data_dir: Path, limits: str, capped: bool
+) -> None:
+    """A low RLIMIT_NOFILE (prlimit on the child) against 300 requests in flight: no EMFILE, no
+    answer lost; the soft limit is raised when the hard one allows, else the concurrency capped."""
+    path = manifest(tmp_path, server, data_dir, tmp_path / "runs", limit=400)
+    data = yaml.safe_load(path.read_text())
+    data["load"]["concurrency"] = 300
+    path.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        ["prlimit", f"--nofile={limits}", sys.executable, "-m", "orchestrator.cli", "bench", str(path),
+         "--run-id", "r", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = list(read_records(tmp_path / "runs" / "r" / "samples" / "t" / "mmlu.qwen.jsonl"))
+    assert len(records) == 400 and all(r["error"] is None for r in records)
+    notes = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())["sessions"][-1]["notes"]
+    if capped:
+        assert "concurrency capped to 40" in done.stderr and any("capped to 40" in n for n in notes)
+    else:
+        assert "open-file limit raised from 120 to 380" in " ".join(notes)

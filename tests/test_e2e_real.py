@@ -122,6 +122,9 @@ def test_backend_quirks_recorded(first_run: Path) -> None:
     meta = json.loads((first_run / "run.json").read_text())
     assert meta["servers"]["tiny-vllm-f32"]["v1_models"]["data"][0]["id"] == "tiny-qwen2"
     assert "llama_cpp.server" in meta["servers"]["tiny-llamacpp-f16"]["managed"]["command"]
+    # The report names every row's server version: llama-cpp-python's, from the launcher.
+    assert meta["servers"]["tiny-llamacpp-f16"]["version"] == "llama-cpp-python 0.3.36"
+    assert "AVX2" in meta["servers"]["tiny-llamacpp-f16"]["managed"]["build"]
 
 
 def test_report_recomputed_from_records(first_run: Path) -> None:
@@ -185,7 +188,7 @@ def test_kill_9_then_resume_is_exact(
     assert proc.poll() is None, "run ended before it could be killed"
     meta = json.loads((run_dir / "run.json").read_text())
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    scorers = [pid for pid in children if "spawn_main" in _cmdline(int(pid))]
+    scorers = [pid for pid in children if "orchestrator.scoring" in _cmdline(int(pid))]
     assert scorers, "no scoring process (IFEval is in the run)"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -376,9 +379,11 @@ PORTABLE = {"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"}
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the instruction-set baseline is x86-64's")
 def test_llama_cpp_is_built_portably() -> None:
     """A native build (-march=native) compiled AMX kernels that died with SIGILL on quantized models."""
-    from orchestrator.backends.launch import check_build
+    from orchestrator.backends.launch import _CPU_FLAGS, check_build
 
-    features = set(check_build(sys.executable))
+    build = check_build(sys.executable)
+    assert build.version == "0.3.36"
+    features = {f for f in build.features if f in _CPU_FLAGS}  # instruction sets only
     if os.environ.get("ORCHESTRATOR_LLAMA_NATIVE") == "1":
         pytest.skip("native build asked for (ORCHESTRATOR_LLAMA_NATIVE=1)")
     assert {"AVX2", "FMA", "F16C"} <= features, features

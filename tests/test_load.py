@@ -37,7 +37,9 @@ def paced(ttft: float, itl: float) -> Any:
     return handler
 
 
-async def run_load(tmp_path: Path, data_dir: Path, handler: Any, **profile: Any) -> tuple[Path, Any, FakeOpenAI]:
+async def run_load(
+    tmp_path: Path, data_dir: Path, handler: Any, accuracy_concurrency: int = 16, **profile: Any
+) -> tuple[Path, Any, FakeOpenAI]:
     fake = FakeOpenAI(handler)
     server = TestServer(fake.app(), host="127.0.0.1")
     await server.start_server()
@@ -46,6 +48,7 @@ async def run_load(tmp_path: Path, data_dir: Path, handler: Any, **profile: Any)
             {
                 "run": {"name": "load", "output_dir": str(tmp_path), "data_dir": str(data_dir)},
                 "tasks": {"mmlu": {}},
+                "load": {"concurrency": accuracy_concurrency},
                 "targets": [
                     {
                         "name": "fake",
@@ -171,3 +174,73 @@ async def test_auto_sweep_duration_bound_and_task_prompts(tmp_path: Path, data_d
         tmp_path / "t", data_dir, paced(0.0, 0.0), levels=(2,), requests=6, warmup=0, output_tokens=2, prompts="ceval"
     )
     assert all(r["messages"][-1]["content"].endswith("答案：") for r in fake.requests)
+
+
+def fixed(latency: float, usage: bool = True) -> Any:
+    """Every reply takes ``latency`` seconds: 4 tokens, usage (prompt 20 tokens) or none."""
+
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(latency)
+        events = [chunk(" tok"), chunk(" tok"), chunk(" tok"), chunk(" tok", "length")]
+        if usage:
+            events.append({"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 4}})
+        await resp.write(b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n")
+        return resp
+
+    return handler
+
+
+async def test_a_level_is_not_capped_by_the_accuracy_runs_concurrency(tmp_path: Path, data_dir: Path) -> None:
+    run_dir, _, fake = await run_load(
+        tmp_path, data_dir, fixed(0.1), accuracy_concurrency=4, levels=(12,), requests=36, warmup=0, output_tokens=4
+    )
+    assert fake.peak_in_flight == 12
+    [m] = write_load_report(run_dir)["targets"]["fake"]
+    assert m["queue_ms"]["p50"] < 20  # no client-side queue behind a pool of 4
+
+
+@pytest.mark.parametrize("usage", [True, False], ids=["usage", "tokenizer"])
+async def test_total_token_throughput_counts_prompt_tokens(tmp_path: Path, data_dir: Path, usage: bool) -> None:
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, fixed(0.02, usage), levels=(2,), requests=20, warmup=0, output_tokens=4, input_tokens=32
+    )
+    [m] = write_load_report(run_dir)["targets"]["fake"]
+    prompt = 20 if usage else None
+    if prompt is None:  # no usage: the model's tokenizer counted each templated prompt
+        records = [json.loads(line) for line in (run_dir / "samples" / "fake").glob("*.jsonl").__next__().open()]
+        prompt = records[0]["prompt_token_counts"]["tokenizer"]
+        assert prompt >= 32
+    ratio = m["total_token_throughput"] / m["output_throughput"]
+    assert ratio == pytest.approx((m["mean_output_tokens"] + prompt) / m["mean_output_tokens"], rel=0.05)
+
+
+async def test_rate_window_excludes_the_drain(tmp_path: Path, data_dir: Path) -> None:
+    # 20 req/s for 2 s against 0.3 s replies: the server keeps up, so 20 req/s is the reading
+    # (counting the 0.3 s drain after the last send would say 18.5).
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, fixed(0.3), mode="constant", levels=(20,), requests=40, warmup=0, output_tokens=4
+    )
+    [m] = write_load_report(run_dir)["targets"]["fake"]
+    assert m["request_throughput"] == pytest.approx(20, rel=0.05)
+
+
+async def test_nothing_is_sent_after_the_levels_deadline(tmp_path: Path, data_dir: Path) -> None:
+    # 50 req/s asked, one in flight at a time, 0.2 s each: most requests wait for a slot past the
+    # 1 s deadline; those are not sent.
+    _run_dir, results, _ = await run_load(
+        tmp_path, data_dir, fixed(0.2), mode="constant", levels=(50,), requests=50, warmup=0, output_tokens=4,
+        max_concurrency=1, duration=1.0,
+    )  # fmt: skip
+    sends = [r["timing"]["wall_send"] for r in results[0].records if r.get("timing")]
+    assert 3 <= len(sends) <= 7
+    assert max(sends) - min(sends) <= 1.0
+
+
+async def test_a_level_shorter_than_its_requests_is_one_wave(tmp_path: Path, data_dir: Path) -> None:
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, fixed(0.6), levels=(4,), requests=4, warmup=0, output_tokens=4, duration=0.3
+    )
+    [m] = write_load_report(run_dir)["targets"]["fake"]
+    assert m["one_wave"] is True

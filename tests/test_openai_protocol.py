@@ -183,3 +183,64 @@ async def test_usage_cross_checked_with_tokenizer(serve: Serve) -> None:
     c = await (await serve(handler, counter=counter)).generate(REQ)
     assert (c.completion_tokens, c.token_source) == (4, "usage")  # the server's figure stays primary
     assert c.token_counts == {"usage": 4, "tokenizer": 3}  # and the disagreement is on record
+
+
+class ClosingKeepAlive:
+    """Raw HTTP/1.1 server: its first connection answers one request and keeps alive, then
+    closes without a word when a second request comes on it (a server's idle timeout racing the
+    client's reuse); later connections answer normally."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _read_request(self, conn: Any) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = conn.recv(65536)
+            if not part:
+                return False
+            data += part
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(v) for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n")) if k.lower() == b"content-length"
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        return True
+
+    def _serve(self) -> None:
+        payload = json.dumps({"choices": [{"index": 0, "message": {"content": "B"}, "finish_reason": "stop"}]}).encode()
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(payload),
+            payload,
+        )
+        while True:
+            conn, _ = self.listener.accept()
+            self.connections += 1
+            first = self.connections == 1
+            with conn:
+                while self._read_request(conn):
+                    self.requests += 1
+                    if first and self.requests == 2:
+                        break  # close: the client had sent on a connection it thought alive
+                    conn.sendall(answer)
+
+
+async def test_a_post_on_a_connection_the_server_closed_is_sent_again_once() -> None:
+    server = ClosingKeepAlive()
+    backend = OpenAIChat(server.url, make_session(1, 10.0), model="m")
+    request = ChatRequest((("user", "Q"),), max_tokens=2, seed=1, stream=False)
+    try:
+        first = await backend.generate(request)
+        second = await backend.generate(request)  # reuses the kept-alive connection, which closes
+    finally:
+        await backend.close()
+    assert first.text == second.text == "B"
+    assert server.requests == 3 and server.connections == 2

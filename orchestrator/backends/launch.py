@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -94,11 +95,23 @@ _CPU_FLAGS = {
 }
 
 
-def build_features(python: str) -> list[str]:
-    """Instruction sets the llama.cpp library of ``python`` was compiled for (its system info)."""
+@dataclass(frozen=True)
+class BuildInfo:
+    """What a Python's llama-cpp-python is: its version and the features llama.cpp was built with."""
+
+    version: str | None
+    features: tuple[str, ...]  # SSE3, AVX2, ..., LLAMAFILE, OPENMP (llama.cpp's system info)
+
+
+# The version on the first line (unless it is the only one: a stand-in that prints system info only).
+_BUILD_CODE = "import llama_cpp; print(llama_cpp.__version__); print(llama_cpp.llama_print_system_info().decode())"
+
+
+def build_info(python: str) -> BuildInfo:
+    """Ask ``python``'s llama-cpp-python what it is."""
     import subprocess
 
-    code = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"
+    code = _BUILD_CODE
     try:
         done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -106,12 +119,14 @@ def build_features(python: str) -> list[str]:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise LaunchError(f"llama-cpp-python does not load in {python}: {last}")
+    lines = done.stdout.strip().splitlines()
+    version = lines[0].strip() if len(lines) > 1 else None
     found = []
-    for part in done.stdout.replace("|", "\n").splitlines():
+    for part in "\n".join(lines[1:] or lines).replace("|", "\n").splitlines():
         key, _, value = part.partition("=")
         if value.strip() == "1":
             found.append(key.strip().removeprefix("CPU : "))
-    return found
+    return BuildInfo(version, tuple(found))
 
 
 def cpu_flags() -> set[str] | None:
@@ -127,10 +142,11 @@ def cpu_flags() -> set[str] | None:
 
 
 @functools.lru_cache(maxsize=8)
-def check_build(python: str) -> tuple[str, ...]:
-    """The build's instruction sets; a build this CPU cannot run is refused with one line,
+def check_build(python: str) -> BuildInfo:
+    """The build of ``python``'s llama.cpp; a build this CPU cannot run is refused with one line,
     before it would die with SIGILL in the middle of a run."""
-    features = build_features(python)
+    info = build_info(python)
+    features = info.features
     flags = cpu_flags()
     if flags is not None and "sse2" in flags:  # an x86-64 CPU, whose flags name what it runs
         missing = [f for f in features if f in _CPU_FLAGS and _CPU_FLAGS[f] not in flags]
@@ -139,7 +155,7 @@ def check_build(python: str) -> tuple[str, ...]:
                 f"llama.cpp in {python} was built for {', '.join(missing)}, which this CPU lacks; "
                 "rebuild it with `bash scripts/install.sh` (ORCHESTRATOR_LLAMA_CMAKE_ARGS sets other flags)"
             )
-    return tuple(features)
+    return info
 
 
 class LlamaCppServer:
@@ -152,7 +168,7 @@ class LlamaCppServer:
         self.log_path = log_path
         self.port = launch.port or free_port()
         self.process: asyncio.subprocess.Process | None = None
-        self.build: tuple[str, ...] = ()  # instruction sets llama.cpp was compiled for
+        self.build = BuildInfo(None, ())  # known once started
 
     @property
     def url(self) -> str:

@@ -293,10 +293,17 @@ class HTTPBackend:
         TransientError (connection, payload, timeout) or FatalError (any other client error)."""
         stamps.mark_send()
         await loop_pacer().turn()
+        url = f"{self.base_url}{path}"
         try:
-            async with self.session.post(
-                f"{self.base_url}{path}", json=body, trace_request_ctx=stamps, auth=self.auth
-            ) as resp:
+            try:
+                resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
+            except aiohttp.ServerDisconnectedError:
+                # A kept-alive connection the server had already closed: nothing came back, so the
+                # request was not taken; sent once more, on a new connection, and timed from there.
+                stamps.mark_send()
+                stamps.t_wire = None
+                resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
+            async with resp:
                 yield resp
         except BackendError:
             raise
