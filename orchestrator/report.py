@@ -188,7 +188,7 @@ def render_table(report: dict[str, Any]) -> Table:
         model_cell = row["model"] if row["model"] != last_model else ""
         table.add_row(model_cell, row["quantization"], _backend_cell(row), *_cells(row))
         last_model = row["model"]
-    failed = [f"{row['target']}: {row['failure']}" for row in report["rows"] if row.get("failure")]
+    failed = [row["failure"] for row in report["rows"] if row.get("failure")]  # each names its target
     if failed:
         table.caption = "failed: " + " · ".join(failed)
     return table

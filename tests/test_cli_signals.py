@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -109,6 +110,12 @@ async def test_error_threshold_exit_3(tmp_path: Path, data_dir: Path) -> None:
         _, stderr = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 3
         assert b"threshold 5%" in stderr and b"Traceback" not in stderr
+        # The message counts every error record on disk, those of requests that ended after the
+        # budget ran out included.
+        said = re.search(rb"t0: (\d+) of (\d+) samples failed", stderr)
+        assert said is not None, stderr.decode()
+        records = list(read_records(tmp_path / "runs" / "r" / "samples" / "t0" / "mmlu.qwen.jsonl"))
+        assert int(said.group(1)) == sum(r["error"] is not None for r in records)
     finally:
         await server.close()
 
