@@ -87,6 +87,7 @@ def test_dead_server_stops_its_target_with_one_line_and_burns_no_sample(
     assert all(r["error"] is None and r["attempts"] == 1 for r in records)
     report = json.loads((run / "report.json").read_text())
     assert "signal 4 (SIGILL)" in report["rows"][0]["failure"]
+    assert "[orchestrator] llama.cpp server died: signal 4 (SIGILL)" in (run / "servers" / "q8_0.log").read_text()
     md = (run / "report.md").read_text()
     assert "## Failed targets" in md and "signal 4 (SIGILL)" in md
     assert "| % |" not in md
@@ -199,3 +200,23 @@ def test_benchmark_data_without_the_hub_is_one_line_exit_2(tmp_path: Path, task:
     done = orchestrate("bench", str(path), "--no-progress", env=no_hub_env(tmp_path), cwd=tmp_path)
     _one_clear_line(done, what or "google/IFEval")
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_reuses_the_data_dir_it_was_started_with(tmp_path: Path, data_dir: Path) -> None:
+    """`bench --data-dir D` then `--resume` alone, on a machine without the Hub: D again, not the Hub."""
+    data: dict[str, Any] = {
+        "run": {"name": "dd", "output_dir": str(tmp_path / "runs")},
+        "tasks": {"mmlu": {"limit": 5, "shots": 0}},
+        "generation": {"stream": False},
+        "targets": [{"name": "q8_0", "model": "M", "quantization": "Q8_0", "backend": "llamacpp",
+                     "launch": {"model_path": str(tmp_path / "m.gguf"), "python": str(fake_python(tmp_path))}}],
+    }  # fmt: skip
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = no_hub_env(tmp_path)
+    first = orchestrate("bench", str(path), "--run-id", "r", "--data-dir", str(data_dir), "--no-progress", env=env)
+    assert first.returncode == 0, first.stderr
+    again = orchestrate("bench", "--resume", str(tmp_path / "runs" / "r"), "--no-progress", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "Hugging Face Hub" not in again.stderr

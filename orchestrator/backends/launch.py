@@ -169,6 +169,7 @@ class LlamaCppServer:
         self.port = launch.port or free_port()
         self.process: asyncio.subprocess.Process | None = None
         self.build = BuildInfo(None, ())  # known once started
+        self._death_logged = False
 
     @property
     def url(self) -> str:
@@ -238,10 +239,14 @@ class LlamaCppServer:
     def death(self, what: str = "died") -> ServerDied:
         """The one-line error for a server that has exited: how, where its log is, its last lines."""
         assert self.process is not None and self.process.returncode is not None
-        return ServerDied(
-            f"llama.cpp server for {self.name} {what}: {describe_exit(self.process.returncode)}; "
-            f"log: {self.log_path}: {self.log_tail()}"
-        )
+        tail = self.log_tail()
+        how = describe_exit(self.process.returncode)
+        if not self._death_logged:
+            # A server killed by a signal writes nothing itself: its log says what happened.
+            self._death_logged = True
+            with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(f"[orchestrator] llama.cpp server {what}: {how}\n")
+        return ServerDied(f"llama.cpp server for {self.name} {what}: {how}; log: {self.log_path}: {tail}")
 
     async def watch(self) -> ServerDied:
         """Wait until the server exits (it should not, until stopped) and return why."""
