@@ -76,6 +76,7 @@ from orchestrator.rescore import RescoreError, rescore_run, score_responses
 from orchestrator.roofline import RooflineError, bandwidth, roofline, weight_bytes
 from orchestrator.runner import LoadRunner, Runner, TargetOutcome
 from orchestrator.secrets import is_redacted, redact
+from orchestrator.setups import run_setup_version
 from orchestrator.store import NotARunError, RunStore
 from orchestrator.tasks import SETUP_VERSIONS, DataError, build_task
 
@@ -240,6 +241,14 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         meta = RunStore(run_dir).read_meta()
         if not meta:
             raise ManifestError(str(run_dir), "", "not a run directory (no run.json) to resume")
+        made_with, current = run_setup_version(meta), SETUP_VERSIONS.get(meta["manifest"]["run"]["setup"])
+        if made_with != current:
+            raise ManifestError(
+                str(run_dir),
+                "setup",
+                f"made with {made_with}, and this orchestrator runs {current}: the protocols differ, so the run "
+                "cannot be continued (start a new one; `orchestrate report` still renders this one)",
+            )
         if args.manifest:
             manifest = load_manifest(args.manifest)
         else:

@@ -18,9 +18,11 @@ from urllib.parse import urlparse
 
 import yaml
 
+from orchestrator.setups import SETUPS
+
 BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
 KNOWN_TASKS = ("mmlu", "ceval", "ifeval")
-KNOWN_SETUPS = ("qwen", "simple-evals")
+KNOWN_SETUPS = tuple(SETUPS)
 
 
 class ManifestError(ValueError):

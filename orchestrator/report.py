@@ -15,8 +15,9 @@ from rich.table import Table
 
 from orchestrator import timing
 from orchestrator.loadtest import token_agreement
+from orchestrator.setups import run_setup_version, store_key
 from orchestrator.store import RunStore
-from orchestrator.tasks import SETUP_VERSIONS, build_task
+from orchestrator.tasks import build_task
 
 ACCURACY_COLUMNS = (("mmlu", "MMLU"), ("ceval", "C-Eval"), ("ifeval", "IFEval"))
 REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
@@ -56,13 +57,15 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     meta = store.require_meta()
     manifest = meta["manifest"]
     setup = manifest["run"]["setup"]
+    version = run_setup_version(meta)
+    key = store_key(version)
     task_names = list(manifest["tasks"])
     rows = []
     for t in manifest["targets"]:
         all_records: list[dict[str, Any]] = []
         tasks: dict[str, Any] = {}
         for name in task_names:
-            records = store.records(t["name"], name, setup)
+            records = store.records(t["name"], name, key)
             all_records += records
             agg = build_task(name, None).aggregate(records)
             # The report never hides records that were not sent: n counts what is on disk.
@@ -90,7 +93,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     return {
         "run_id": meta.get("run_id", run_dir.name),
         "setup": setup,
-        "setup_version": SETUP_VERSIONS.get(setup),
+        "setup_version": version,
         "tasks": task_names,
         "rows": rows,
     }
@@ -205,6 +208,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["rows"]:
         lines.append("| " + " | ".join([row["model"], row["quantization"], _backend_cell(row), *_cells(row)]) + " |")
+    lines += _averages_markdown(report)
     lines += [
         "",
         "## Extraction audit",
@@ -223,6 +227,28 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failed targets", "", "| Target | Why |", "|---|---|"]
         lines += [f"| {row['target']} | {_md_cell(row['failure'])} |" for row in failed]
     return "\n".join(lines) + "\n"
+
+
+def _averages_markdown(report: dict[str, Any]) -> list[str]:
+    """Both averages of each multiple-choice task under the names its reference uses, and C-Eval's
+    categories as Qwen's cal_ceval prints them."""
+    lines: list[str] = []
+    for name in ("mmlu", "ceval"):
+        aggs = [(row, row["tasks"][name]) for row in report["rows"] if row["tasks"].get(name, {}).get("n")]
+        if not aggs:
+            continue
+        names = aggs[0][1].get("average_names") or {}
+        headline = aggs[0][1].get("headline") or aggs[0][1].get("average", "micro")
+        cats = list(aggs[0][1].get("categories") or {})
+        head = ["Target", *(f"{k} ({names.get(k, k)})" + (" *" if k == headline else "") for k in ("micro", "macro"))]
+        head += cats
+        lines += ["", f"## {name} averages (* the headline)", "", "| " + " | ".join(head) + " |"]
+        lines.append("|" + "|".join("---" for _ in head) + "|")
+        for row, agg in aggs:
+            cells = [row["target"], _pct(agg.get("micro")), _pct(agg.get("macro"))]
+            cells += [_pct((agg.get("categories") or {}).get(c)) for c in cats]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _md_cell(text: str) -> str:

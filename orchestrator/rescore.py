@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.setups import SETUP_VERSIONS, run_setup_version, store_key
 from orchestrator.store import RunStore, read_records
 from orchestrator.tasks import IFEvalTask, Sample, build_task
 from orchestrator.tasks.base import DataError
@@ -30,6 +31,12 @@ def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
     meta = store.require_meta()
     manifest = meta["manifest"]
     setup = manifest["run"]["setup"]
+    version = run_setup_version(meta)
+    if version != SETUP_VERSIONS.get(setup):
+        raise RescoreError(
+            f"{run_dir}: made with setup {version}; this orchestrator scores {SETUP_VERSIONS.get(setup)}, "
+            "whose prompts differ: its report stands as it is (orchestrate report)"
+        )
     if data_dir is None and meta.get("data_dir"):
         data_dir = Path(meta["data_dir"])
     counts: dict[str, int] = {}
@@ -39,7 +46,7 @@ def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
         samples: dict[str, Sample] = {s.id: s for s in task.samples()}
         counts[name] = 0
         for target in manifest["targets"]:
-            path = store.samples_path(target["name"], name, setup)
+            path = store.samples_path(target["name"], name, store_key(version))
             if not path.exists():
                 continue
             records = list(read_records(path))

@@ -21,12 +21,13 @@ from typing import Any, Protocol
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
-from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
+from orchestrator.backends import Backend, BackendError, ChatRequest, Completion, open_backends
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied, resolve_model
 from orchestrator.errors import StoreError
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.scoring import ScoringProcess
 from orchestrator.secrets import split_credentials
+from orchestrator.setups import SETUP_VERSIONS, store_key
 from orchestrator.store import SYNC_INTERVAL, RunStore
 from orchestrator.tasks import DataError, Sample, Task
 from orchestrator.tokenizer import load_tokenizer
@@ -272,6 +273,8 @@ class Runner:
         model_paths: dict[str, Path] | None = None,
     ) -> None:
         self.manifest = manifest
+        # Samples files are keyed by the setup's version: two protocols never share a file.
+        self.store_key = store_key(SETUP_VERSIONS[manifest.run.setup])
         self.model_paths = model_paths or {}  # managed targets' GGUF files, resolved before the run
         self.notes: list[str] = []  # what the run had to adapt to (printed and kept in run.json)
         self.in_flight = 0  # samples sent and not yet written
@@ -300,7 +303,7 @@ class Runner:
         the open-file limit leaves room for one socket per request in flight: raise the soft
         limit when the hard one allows, else cap the concurrency and say so. (Opened only when a
         first request finished, a samples file could meet EMFILE after a thousand sockets.)"""
-        setup = self.manifest.run.setup
+        setup = self.store_key
         for target in self.manifest.targets:
             for task in self.tasks:
                 if self._samples[task.name]:
@@ -339,7 +342,7 @@ class Runner:
 
     async def _run_target(self, target: TargetConfig) -> TargetOutcome:
         outcome = TargetOutcome(target.name)
-        setup = self.manifest.run.setup
+        setup = self.store_key
         work: list[tuple[Task, Sample]] = []
         for task in self.tasks:
             done = self.store.completed_ids(target.name, task.name, setup)
@@ -408,7 +411,7 @@ class Runner:
     ) -> None:
         load = self.manifest.load
         gen = self.manifest.generation
-        setup = self.manifest.run.setup
+        setup = self.store_key
         # The run fails once errors exceed the threshold of what this run sends; stop there.
         budget = load.error_threshold * len(work)
         sem = asyncio.Semaphore(load.concurrency)
@@ -431,7 +434,7 @@ class Runner:
                 record["target"] = target.name
                 if len(backends) > 1:
                     record["replica"] = backends[replica].base_url
-                record["setup"] = setup
+                record["setup"] = SETUP_VERSIONS[self.manifest.run.setup]
                 try:
                     self.store.writer(target.name, task.name, setup).write(record)
                 except StoreError:
@@ -479,10 +482,22 @@ class Runner:
             "prompt_digest": sample.prompt_digest(),
             "gold": sample.target,
         }
+        resends = 0  # at-once resends inside attempts (a kept-alive connection the server had closed)
+
+        async def send() -> Completion:
+            nonlocal resends
+            try:
+                done = await backend.generate(request)
+            except BackendError as exc:
+                resends += exc.resends
+                raise
+            resends += done.stamps.resends
+            return done
+
         try:
             try:
                 attempts = 1
-                completion = await backend.generate(request)
+                completion = await send()
             except BackendError as first:
                 if not first.transient or load.retries == 0:
                     raise
@@ -501,7 +516,7 @@ class Runner:
                             failure, replay = replay, None
                             raise failure from None  # the original failure, as it was
                         attempts += 1
-                        completion = await backend.generate(request)
+                        completion = await send()
         except BackendError as exc:
             record.update(
                 request=backend.build_body(request),
@@ -509,7 +524,8 @@ class Runner:
                 error_kind="transient" if exc.transient else "fatal",
                 error_type=exc.kind,
                 status=exc.status,
-                attempts=attempts,
+                attempts=attempts + resends,
+                resends=resends,
                 reply=None,
                 correct=None,
                 extracted=None,
@@ -532,11 +548,13 @@ class Runner:
             token_counts=completion.token_counts,
             timing=completion.stamps.to_record(),
             extracted=score.extracted,
+            resends=resends,
             rule=score.rule,
             correct=score.correct,
             score_details=score.details,
             error=None,
-            attempts=attempts,
+            # Every time the request was sent, the at-once resend after a closed connection included.
+            attempts=attempts + resends,
         )
         return record
 

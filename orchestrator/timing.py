@@ -1,7 +1,8 @@
 """Raw perf_counter stamps per request, and every latency metric derived from them.
 
 Only raw stamps are stored (send, first content token, each content chunk, end), so any metric
-can be recomputed later from the store. Offsets are seconds relative to the send stamp.
+can be recomputed later from the store. Offsets are seconds relative to the moment the request
+reached the socket (see Stamps.to_record).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Stamps:
     chunks: list[float] = field(default_factory=list)  # perf_counter of each content chunk
     t_end: float = 0.0
     t_wire: float | None = None  # the request body handed to the socket (aiohttp trace)
+    resends: int = 0  # sent again at once on a new connection (the server had closed the kept-alive one)
+    reused: bool = False  # the request went out on a kept-alive connection (aiohttp trace)
 
     def mark_send(self) -> None:
         """Stamp the moment the request leaves the client."""

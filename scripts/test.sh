@@ -8,6 +8,9 @@ bash scripts/install.sh local,test,dev
 # The IFEval fidelity test compares with the official evaluation loop as vendored by
 # lm-evaluation-harness; only those modules are imported, so none of its heavy dependencies.
 "$VENV/bin/pip" install -q --no-deps 'lm-eval==0.4.13'
+# The qwen setup's MMLU extraction is checked against OpenCompass's own post-processor, as
+# released in 0.2.6; only that module is loaded, so none of OpenCompass's dependencies.
+"$VENV/bin/pip" install -q --no-deps 'opencompass==0.2.6'
 ORCHESTRATOR_VLLM_PYTHON="$(bash scripts/setup_vllm.sh | tail -n 1)"
 export ORCHESTRATOR_VLLM_PYTHON
 "$VENV/bin/python" -m pytest "$@"

@@ -71,7 +71,7 @@ async def test_interrupt_keeps_answered_drops_in_flight(tmp_path: Path, data_dir
     try:
         manifest = write_manifest(tmp_path, [str(server.make_url(""))], data_dir)
         proc = await bench(str(manifest), "--run-id", "r")
-        samples = tmp_path / "runs" / "r" / "samples" / "t0" / "mmlu.qwen.jsonl"
+        samples = tmp_path / "runs" / "r" / "samples" / "t0" / "mmlu.qwen@2.jsonl"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 8):  # noqa: ASYNC110 - polls a file another process writes
             await asyncio.sleep(0.05)
@@ -114,7 +114,7 @@ async def test_error_threshold_exit_3(tmp_path: Path, data_dir: Path) -> None:
         # budget ran out included.
         said = re.search(rb"t0: (\d+) of (\d+) samples failed", stderr)
         assert said is not None, stderr.decode()
-        records = list(read_records(tmp_path / "runs" / "r" / "samples" / "t0" / "mmlu.qwen.jsonl"))
+        records = list(read_records(tmp_path / "runs" / "r" / "samples" / "t0" / "mmlu.qwen@2.jsonl"))
         assert int(said.group(1)) == sum(r["error"] is not None for r in records)
     finally:
         await server.close()
@@ -190,7 +190,7 @@ async def test_terminal_signals_leave_no_traceback_or_leak_from_the_scoring_proc
             sys.executable, "-m", "orchestrator.cli", "bench", str(manifest), "--run-id", "r", "--no-progress",
             cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
-        samples = tmp_path / "runs" / "r" / "samples" / "t0" / "ifeval.qwen.jsonl"
+        samples = tmp_path / "runs" / "r" / "samples" / "t0" / "ifeval.qwen@2.jsonl"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 4):  # noqa: ASYNC110 - polls a file another process writes
             await asyncio.sleep(0.05)

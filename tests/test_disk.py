@@ -96,7 +96,7 @@ def test_full_disk_stops_the_run_with_one_line_and_loses_nothing(
     line = one_error_line(done)
     assert "No space left on device" in line and "--resume" in line
     run = disk / "r"
-    samples = run / "samples" / "t" / "mmlu.qwen.jsonl"
+    samples = run / "samples" / "t" / "mmlu.qwen@2.jsonl"
     assert samples.read_bytes().endswith(b"\n")  # no torn record
     records = list(read_records(samples))
     assert 0 < len(records) < 600
@@ -150,7 +150,7 @@ def test_open_file_limit_is_raised_or_the_concurrency_capped(
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    records = list(read_records(tmp_path / "runs" / "r" / "samples" / "t" / "mmlu.qwen.jsonl"))
+    records = list(read_records(tmp_path / "runs" / "r" / "samples" / "t" / "mmlu.qwen@2.jsonl"))
     assert len(records) == 400 and all(r["error"] is None for r in records)
     notes = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())["sessions"][-1]["notes"]
     if capped:

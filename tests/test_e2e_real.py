@@ -58,7 +58,7 @@ def _replies(run_dir: Path) -> dict[tuple[str, str, str], str]:
     out = {}
     for target in TARGETS:
         for task in TASKS:
-            for r in read_records(run_dir / "samples" / target / f"{task}.qwen.jsonl"):
+            for r in read_records(run_dir / "samples" / target / f"{task}.qwen@2.jsonl"):
                 out[(target, task, r["id"])] = r["reply"]
     return out
 
@@ -85,7 +85,7 @@ def test_every_sample_has_a_complete_record(first_run: Path, data_dir: Path) -> 
         subjects = {s.subject for s in build_task(task, data_dir, limit=limit).samples()}
         assert len(subjects) == SUBJECTS[task]  # every subject represented
         for target in TARGETS:
-            records = list(read_records(first_run / "samples" / target / f"{task}.qwen.jsonl"))
+            records = list(read_records(first_run / "samples" / target / f"{task}.qwen@2.jsonl"))
             ids = Counter(r["id"] for r in records)
             assert set(ids) == expected, (target, task)
             assert max(ids.values()) == 1
@@ -95,26 +95,22 @@ def test_every_sample_has_a_complete_record(first_run: Path, data_dir: Path) -> 
                 assert r["request"]["temperature"] == 0.0 and r["request"]["seed"] == 1234
                 assert r["request"]["max_tokens"] == MAX_TOKENS[task]
                 assert r["finish_reason"] in ("length", "stop")
-                assert r["rule"] in (
-                    "answer_phrase",
-                    "correct_phrase",
-                    "leading_letter",
-                    "first_letter",
-                    "option_text",
-                    "unparsed",
-                    "ifeval",
-                )
+                # The qwen setup's extractors: Qwen's C-Eval cascade, OpenCompass's MMLU patterns.
+                qwen_ceval_rules = ("answer_phrase", "correct_phrase", "leading_letter", "first_letter", "fuzzy_option")
+                assert r["rule"] in (*qwen_ceval_rules, "unparsed", "ifeval") or r["rule"].startswith(
+                    "opencompass_pattern_"
+                ), r["rule"]
                 assert r["completion_tokens"] is not None and r["token_source"] != "none"
                 t = r["timing"]
                 assert 0 < t["ttft"] <= t["e2e"] and t["chunks"] == sorted(t["chunks"])
 
 
 def test_backend_quirks_recorded(first_run: Path) -> None:
-    vllm = next(read_records(first_run / "samples" / "tiny-vllm-f32" / "mmlu.qwen.jsonl"))
+    vllm = next(read_records(first_run / "samples" / "tiny-vllm-f32" / "mmlu.qwen@2.jsonl"))
     # vLLM: usage arrives in a separate chunk with empty choices.
     assert vllm["token_source"] == "usage" and vllm["prompt_tokens"] > 0
     assert vllm["raw"]["usage_chunk"]["choices"] == []
-    llama = next(read_records(first_run / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen.jsonl"))
+    llama = next(read_records(first_run / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen@2.jsonl"))
     # llama.cpp: no stream usage; counted with the GGUF's tokenizer through the server; greedy needs
     # repeat_penalty 1.0 on top of temperature 0.
     assert llama["token_source"] == "server-tokenize"
@@ -131,7 +127,7 @@ def test_report_recomputed_from_records(first_run: Path) -> None:
     report = json.loads((first_run / "report.json").read_text())
     for row in report["rows"]:
         for task in TASKS:
-            records = list(read_records(first_run / "samples" / row["target"] / f"{task}.qwen.jsonl"))
+            records = list(read_records(first_run / "samples" / row["target"] / f"{task}.qwen@2.jsonl"))
             if task == "ifeval":
                 strict = [all(r["score_details"]["strict"]) for r in records]
                 loose = [all(r["score_details"]["loose"]) for r in records]
@@ -183,7 +179,7 @@ def test_kill_9_then_resume_is_exact(
     env = _env(tiny_model, vllm_url, data_dir, tmp_path)
     proc = _bench(env, str(SMOKE), "--run-id", "killed")
     run_dir = tmp_path / "killed"
-    victim = run_dir / "samples" / "tiny-llamacpp-f16" / "mmlu.qwen.jsonl"
+    victim = run_dir / "samples" / "tiny-llamacpp-f16" / "mmlu.qwen@2.jsonl"
     _wait_for_records(proc, victim, 40, 900)
     assert proc.poll() is None, "run ended before it could be killed"
     meta = json.loads((run_dir / "run.json").read_text())
@@ -208,7 +204,7 @@ def test_kill_9_then_resume_is_exact(
     # No sample lost, none duplicated; the resumed session sent only what was missing.
     for target in TARGETS:
         for task in TASKS:
-            ids = Counter(r["id"] for r in read_records(run_dir / "samples" / target / f"{task}.qwen.jsonl"))
+            ids = Counter(r["id"] for r in read_records(run_dir / "samples" / target / f"{task}.qwen@2.jsonl"))
             assert len(ids) == TASKS[task] and max(ids.values()) == 1, (target, task)
     # Greedy decoding: identical replies to the uninterrupted run. llama.cpp reuses the KV cache of
     # the longest prefix shared with the previous request, and its Q4_K kernels round differently
@@ -233,7 +229,7 @@ def test_kill_9_then_resume_is_exact(
 def test_ctrl_c_stops_managed_server(tiny_model: Path, vllm_url: str, data_dir: Path, tmp_path: Path) -> None:
     env = _env(tiny_model, vllm_url, data_dir, tmp_path)
     proc = _bench(env, str(SMOKE), "--run-id", "ctrl-c", "--tasks", "ceval", "--limit", "60")
-    victim = tmp_path / "ctrl-c" / "samples" / "tiny-llamacpp-f16" / "ceval.qwen.jsonl"
+    victim = tmp_path / "ctrl-c" / "samples" / "tiny-llamacpp-f16" / "ceval.qwen@2.jsonl"
     _wait_for_records(proc, victim, 5, 600)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
@@ -252,7 +248,7 @@ def test_a_real_server_that_dies_is_reported_not_scored(
     """SIGILL, as the AMX kernels of a native build gave: one line, the row says why, no error records."""
     env = _env(tiny_model, vllm_url, data_dir, tmp_path)
     proc = _bench(env, str(SMOKE), "--run-id", "died", "--tasks", "mmlu", "--limit", "60")
-    victim = tmp_path / "died" / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen.jsonl"
+    victim = tmp_path / "died" / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen@2.jsonl"
     _wait_for_records(proc, victim, 5, 900)
     pids = subprocess.run(["pgrep", "-f", "tiny-qwen2-q8_0.gguf"], capture_output=True, text=True).stdout.split()
     assert pids, "no llama.cpp server for q8_0"
@@ -319,8 +315,8 @@ def test_backend_swap_side_by_side(
             assert f["a"] is not None and f["b"] is not None
             assert f["delta"] == pytest.approx(f["b"] - f["a"])
     # llama.cpp's records carry its own greedy knob; vLLM's do not.
-    llama = next(read_records(runs["llamacpp"] / "samples" / "tiny" / "mmlu.qwen.jsonl"))
-    vllm = next(read_records(runs["vllm"] / "samples" / "tiny" / "mmlu.qwen.jsonl"))
+    llama = next(read_records(runs["llamacpp"] / "samples" / "tiny" / "mmlu.qwen@2.jsonl"))
+    vllm = next(read_records(runs["vllm"] / "samples" / "tiny" / "mmlu.qwen@2.jsonl"))
     assert llama["request"]["repeat_penalty"] == 1.0 and "repeat_penalty" not in vllm["request"]
 
 

@@ -173,7 +173,9 @@ async def test_auto_sweep_duration_bound_and_task_prompts(tmp_path: Path, data_d
     _, _, fake = await run_load(
         tmp_path / "t", data_dir, paced(0.0, 0.0), levels=(2,), requests=6, warmup=0, output_tokens=2, prompts="ceval"
     )
-    assert all(r["messages"][-1]["content"].endswith("答案：") for r in fake.requests)
+    # C-Eval's own prompts as the qwen setup renders them (Qwen's script: question, then the options).
+    assert all(r["messages"][0]["content"] == "You are a helpful assistant." for r in fake.requests)
+    assert all("\nD. " in r["messages"][-1]["content"] for r in fake.requests)
 
 
 def fixed(latency: float, usage: bool = True) -> Any:

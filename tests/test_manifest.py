@@ -120,16 +120,17 @@ def test_cli_bad_manifest_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(base()))
+    (tmp_path / "x").write_bytes(b"GGUF")  # target b's model_path, relative to the manifest
     assert main(["validate", str(p)]) == 0
     assert "OK" in capsys.readouterr().out
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
 
 
 def test_run_json_never_holds_url_credentials() -> None:
-    from orchestrator.cli import _redacted
+    from orchestrator.secrets import redact
 
     data = base()
     data["targets"][0]["url"] = "https://user:s3cret@example.org:8443/v1"
-    redacted = _redacted(parse_manifest(data).to_dict())
+    redacted = redact(parse_manifest(data).to_dict())
     assert redacted["targets"][0]["url"] == "https://***@example.org:8443/v1"
     assert "s3cret" not in str(redacted)

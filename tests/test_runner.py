@@ -60,10 +60,11 @@ async def test_bounded_concurrency_and_complete_records(fake_url: Any, tmp_path:
     _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
     assert outcomes[0].failure is None and outcomes[0].sent == 60
     assert fake.peak_in_flight == 4  # never more in flight than the concurrency
-    records = store.records("fake", "mmlu", "qwen")
+    records = store.records("fake", "mmlu", "qwen@2")
     assert len(records) == 60
     for r in records:
-        assert r["extracted"] == "B" and r["rule"] == "leading_letter" and r["correct"] == (r["gold"] == "B")
+        # OpenCompass's cushion pattern ([ABCD]) reads the lone letter.
+        assert r["extracted"] == "B" and r["rule"] == "opencompass_pattern_41" and r["correct"] == (r["gold"] == "B")
         assert r["attempts"] == 1 and r["error"] is None and r["token_source"] == "usage"
     report = build_report(tmp_path / "run")
     expected = sum(r["gold"] == "B" for r in records) / 60
@@ -83,7 +84,7 @@ async def test_transient_errors_are_retried(fake_url: Any, tmp_path: Path, data_
     url, _ = await fake_url(flaky)
     _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
     assert outcomes[0].errors == 0
-    assert all(r["attempts"] == 2 and r["error"] is None for r in store.records("fake", "mmlu", "qwen"))
+    assert all(r["attempts"] == 2 and r["error"] is None for r in store.records("fake", "mmlu", "qwen@2"))
 
 
 async def test_fatal_errors_are_recorded_not_scored(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
@@ -94,7 +95,7 @@ async def test_fatal_errors_are_recorded_not_scored(fake_url: Any, tmp_path: Pat
 
     url, _ = await fake_url(picky)
     _, store, _ = await run(manifest(url, tmp_path, error_threshold=0.5), tmp_path, data_dir)
-    failed = [r for r in store.records("fake", "mmlu", "qwen") if r["error"]]
+    failed = [r for r in store.records("fake", "mmlu", "qwen@2") if r["error"]]
     assert failed and all(r["subject"] == "abstract_algebra" for r in failed)
     for r in failed:
         assert r["attempts"] == 1 and r["status"] == 400 and r["error_kind"] == "fatal"
@@ -102,7 +103,7 @@ async def test_fatal_errors_are_recorded_not_scored(fake_url: Any, tmp_path: Pat
     agg = build_report(tmp_path / "run")["rows"][0]["tasks"]["mmlu"]
     assert agg["errors"] == len(failed) and agg["n"] == 60 - len(failed)
     # Errored samples are sent again on resume.
-    assert len(store.completed_ids("fake", "mmlu", "qwen")) == 60 - len(failed)
+    assert len(store.completed_ids("fake", "mmlu", "qwen@2")) == 60 - len(failed)
 
 
 async def test_error_budget_stops_the_target(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
@@ -120,12 +121,12 @@ async def test_resume_sends_only_missing(fake_url: Any, tmp_path: Path, data_dir
     m = manifest(url, tmp_path)
     await run(m, tmp_path, data_dir)
     assert len(fake.requests) == 60
-    path = RunStore(tmp_path / "run").samples_path("fake", "mmlu", "qwen")
+    path = RunStore(tmp_path / "run").samples_path("fake", "mmlu", "qwen@2")
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:45]) + lines[45][:50])  # 15 lost, one of them a torn line
     await run(m, tmp_path, data_dir)
     assert len(fake.requests) == 75
-    ids = [r["id"] for r in RunStore(tmp_path / "run").records("fake", "mmlu", "qwen")]
+    ids = [r["id"] for r in RunStore(tmp_path / "run").records("fake", "mmlu", "qwen@2")]
     assert len(ids) == len(set(ids)) == 60
 
 
@@ -136,7 +137,7 @@ async def test_stream_keeps_going_without_done(fake_url: Any, tmp_path: Path, da
     url, _ = await fake_url(no_done)
     _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
     assert outcomes[0].errors == 0
-    assert {r["extracted"] for r in store.records("fake", "mmlu", "qwen")} == {"A"}
+    assert {r["extracted"] for r in store.records("fake", "mmlu", "qwen@2")} == {"A"}
 
 
 async def test_rescore_run_without_server(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
@@ -150,7 +151,7 @@ async def test_rescore_run_without_server(fake_url: Any, tmp_path: Path, data_di
     store.write_meta({"run_id": "run", "manifest": m.to_dict(), "data_dir": str(data_dir)})
     await Runner(m, [build_task("mmlu", data_dir, limit=60, shots=0)], store, retry_wait_max=0.01).run()
     store.close()
-    path = store.samples_path("fake", "mmlu", "qwen")
+    path = store.samples_path("fake", "mmlu", "qwen@2")
     original = path.read_text()
     # A scorer bug stored wrong verdicts: re-scoring from the raw replies puts them right.
     tampered = [json.loads(line) | {"correct": True, "rule": "bogus"} for line in original.splitlines()]
@@ -196,7 +197,7 @@ async def test_ifeval_scored_in_its_own_process(
     outcomes = await Runner(m, [task], store).run()
     store.close()
     assert outcomes[0].errors == 0
-    records = store.records("fake", "ifeval", "qwen")
+    records = store.records("fake", "ifeval", "qwen@2")
     assert len(records) == 40
     assert {r["id"]: r["score_details"] for r in records} == expected  # the same verdicts as here
     for r in records:

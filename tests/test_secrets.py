@@ -150,7 +150,7 @@ def test_no_secret_is_written_or_printed_and_resume_authenticates(
     run = tmp_path / "runs" / "r"
     assert_no_secret(run, first.stdout, first.stderr)
     assert server.unauthorized == 0
-    failed = {t: sum(r["error"] is not None for r in read_records(run / "samples" / t / "mmlu.qwen.jsonl"))
+    failed = {t: sum(r["error"] is not None for r in read_records(run / "samples" / t / "mmlu.qwen@2.jsonl"))
               for t in ("one", "replicas", "token")}  # fmt: skip
     assert all(n > 0 for n in failed.values()), failed  # the resume below has work to do
 
@@ -159,7 +159,7 @@ def test_no_secret_is_written_or_printed_and_resume_authenticates(
     assert_no_secret(run, again.stdout, again.stderr)
     assert server.unauthorized == 0  # every resumed request authenticated
     for t in ("one", "replicas", "token"):
-        records = list(read_records(run / "samples" / t / "mmlu.qwen.jsonl"))
+        records = list(read_records(run / "samples" / t / "mmlu.qwen@2.jsonl"))
         latest = {r["id"]: r for r in records}
         assert len(latest) == 20 and all(r["error"] is None for r in latest.values()), t
 

@@ -80,7 +80,7 @@ def test_dead_server_stops_its_target_with_one_line_and_burns_no_sample(
     assert "llama.cpp server for q8_0 died: signal 4 (SIGILL); log: " in line
     assert "executing an instruction this CPU rejects" in line  # the log's tail
     run = tmp_path / "runs" / "r"
-    records = list(read_records(run / "samples" / "q8_0" / "mmlu.qwen.jsonl"))
+    records = list(read_records(run / "samples" / "q8_0" / "mmlu.qwen@2.jsonl"))
     # What was answered (all of the first 7 when one request runs at a time); the requests the
     # crash cut off are not errors and were not retried.
     assert len(records) == 7 if concurrency == 1 else 1 <= len(records) <= 7
@@ -95,7 +95,7 @@ def test_dead_server_stops_its_target_with_one_line_and_burns_no_sample(
     # The server is fine again: resume sends only what is missing and clears the failure.
     again = orchestrate("bench", "--resume", str(run), "--no-progress")
     assert again.returncode == 0, again.stderr
-    records = list(read_records(run / "samples" / "q8_0" / "mmlu.qwen.jsonl"))
+    records = list(read_records(run / "samples" / "q8_0" / "mmlu.qwen@2.jsonl"))
     assert len(records) == 40 and len({r["id"] for r in records}) == 40
     report = json.loads((run / "report.json").read_text())
     assert report["rows"][0]["failure"] is None

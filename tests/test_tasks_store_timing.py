@@ -25,11 +25,12 @@ def test_mmlu_full_split_and_prompt(data_dir: Path) -> None:
     s = next(x for x in samples if x.id == "anatomy/0")
     assert len(s.messages) == 11  # 5 shots as user/assistant turns + the question
     assert [r for r, _ in s.messages[:2]] == ["user", "assistant"]
-    assert s.messages[1][1] in "ABCD"
+    assert s.messages[1][1] in ("A\n", "B\n", "C\n", "D\n")  # the BOT round's "{target}\n"
     first = s.messages[0][1]
     hint = "There is a single choice question about anatomy. Answer the question by replying A, B, C or D."
     assert first.startswith(hint + "\nQuestion: ")
     assert "\nA. " in first and first.endswith("Answer: ")
+    assert s.messages[-1][1].startswith(hint + "\nQ: ") and s.messages[-1][1].endswith("\nA: ")
     assert s.target in "ABCD"
 
 
@@ -38,9 +39,10 @@ def test_ceval_val_split_zero_shot_chinese(data_dir: Path) -> None:
     assert len(samples) == 1346
     assert len({s.subject for s in samples}) == 52
     law = next(x for x in samples if x.id == "law/0")
-    assert len(law.messages) == 1
-    text = law.messages[0][1]
-    assert text.startswith("以下是中国关于法学考试的单项选择题") and text.endswith("答案：")
+    # Qwen's evaluate_chat_ceval.py: its system prompt, the question, a blank line, the options.
+    assert law.messages[0] == ("system", "You are a helpful assistant.")
+    text = law.messages[1][1]
+    assert text.startswith(law.question + "\n\nA. ") and text.endswith("\n") and "答案" not in text
     assert law.target == "C" and law.choices[2].startswith("类比推理")
 
 

@@ -27,6 +27,7 @@ class BackendError(Exception):
         self.kind = kind or ("http" if status is not None else "client")
         # Seconds the server asked us to wait before retrying (Retry-After), if it did.
         self.retry_after: float | None = None
+        self.resends = 0  # at-once resends after a closed kept-alive connection, before this failure
 
 
 class TransientError(BackendError):

@@ -39,6 +39,17 @@ TokenCounter = Callable[[str], Awaitable[tuple[int, str] | None]]
 READ_BUFSIZE = 4 * 1024 * 1024
 
 
+def _with_resends(error: BackendError, stamps: Stamps) -> BackendError:
+    error.resends = stamps.resends  # the record counts every send
+    return error
+
+
+async def _on_reused(session: Any, ctx: Any, params: Any) -> None:
+    stamps = ctx.trace_request_ctx
+    if isinstance(stamps, Stamps):
+        stamps.reused = True
+
+
 async def _on_body_sent(session: Any, ctx: Any, params: Any) -> None:
     stamps = ctx.trace_request_ctx
     if isinstance(stamps, Stamps) and stamps.t_wire is None:
@@ -91,6 +102,7 @@ def make_session(concurrency: int, timeout: float, api_key: str | None = None) -
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     trace = aiohttp.TraceConfig()
     trace.on_request_chunk_sent.append(_on_body_sent)
+    trace.on_connection_reuseconn.append(_on_reused)
     return aiohttp.ClientSession(
         trace_configs=[trace],
         connector=StampingConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300),
@@ -298,21 +310,26 @@ class HTTPBackend:
             try:
                 resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
             except aiohttp.ServerDisconnectedError:
+                if not stamps.reused:
+                    raise
                 # A kept-alive connection the server had already closed: nothing came back, so the
                 # request was not taken; sent once more, on a new connection, and timed from there.
                 stamps.mark_send()
                 stamps.t_wire = None
+                stamps.reused = False
+                stamps.resends += 1
                 resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
             async with resp:
                 yield resp
-        except BackendError:
+        except BackendError as exc:
+            exc.resends = stamps.resends
             raise
         except TimeoutError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", kind="timeout") from exc
+            raise _with_resends(TransientError(f"{type(exc).__name__}: {exc}", kind="timeout"), stamps) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", kind="connection") from exc
+            raise _with_resends(TransientError(f"{type(exc).__name__}: {exc}", kind="connection"), stamps) from exc
         except aiohttp.ClientError as exc:
-            raise FatalError(f"{type(exc).__name__}: {exc}") from exc
+            raise _with_resends(FatalError(f"{type(exc).__name__}: {exc}"), stamps) from exc
 
     async def close(self) -> None:
         """Close the shared session."""

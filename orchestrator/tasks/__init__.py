@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator.setups import SETUP_VERSIONS
 from orchestrator.tasks.base import DataError, Sample, Score, Task, stratified_subset
 from orchestrator.tasks.ifeval import IFEvalTask
 from orchestrator.tasks.multiple_choice import BENCHMARKS, MultipleChoiceTask
-
-# A setup is the whole evaluation protocol (prompts, shots, extraction); its version changes
-# whenever any of that changes, so results of different protocols are never compared as equal.
-SETUP_VERSIONS = {"qwen": "qwen@1", "simple-evals": "simple-evals@1"}
 
 __all__ = [
     "SETUP_VERSIONS",

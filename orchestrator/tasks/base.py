@@ -23,6 +23,7 @@ class Sample:
     messages: tuple[tuple[str, str], ...]
     target: str
     choices: tuple[str, ...] = ()
+    question: str = ""  # the question's own text (extractors that read it: Qwen's C-Eval script)
 
     def prompt_digest(self) -> str:
         """sha256 of the exact messages: a changed prompt never passes as the same sample."""

@@ -1,38 +1,20 @@
-"""One multiple-choice task builder serving MMLU and C-Eval.
+"""One multiple-choice task builder serving MMLU and C-Eval under each setup (orchestrator.setups).
 
-A benchmark is data (loader, prompt, extraction cascade, averaging), not a class of its own.
+A benchmark is data (loader, splits, defaults, averaging), not a class of its own. Prompts:
 
-Extraction cascades (setup ``qwen``); the first rule that fires wins, and within a rule the first
-match in the reply wins. A reply naming two letters with no answer phrase therefore resolves to
-the first standalone letter, as in Qwen's and C-Eval's official scripts.
+- ``qwen`` and ``robust``: MMLU as OpenCompass's mmlu_gen_a484b3 (5-shot chat turns), C-Eval as
+  Qwen's evaluate_chat_ceval.py (system prompt, question and options, 0-shot);
+- ``simple-evals``: its 0-shot chain-of-thought template, for both.
 
-English (MMLU):
-  1. ``answer_phrase``  "answer is B", "Answer: (C)", "**Answer:** D", "the correct option is A"
-  2. ``correct_phrase`` "B is correct", "(C) is the right answer"
-  3. ``leading_letter`` a reply that starts with the letter: "B", "B.", "(B) text", "**B**"
-  4. ``first_letter``   the first standalone capital A-D
-  otherwise ``unparsed``.
-
-Chinese (C-Eval):
-  1. ``answer_phrase``  "答案：B", "答案:B", "答案是B", "答案为（C）", "选B", "正确选项是D"
-  2. ``correct_phrase`` "B选项正确", "C是对的"
-  3. ``leading_letter`` as above, with full-width brackets
-  4. ``first_letter``   the first A-D not part of a Latin word
-  5. ``option_text``    the option whose text the reply contains (longest), else the most similar
-                        option text with similarity >= 0.6
-  otherwise ``unparsed``.
-
-Setup ``simple-evals`` (both benchmarks): 0-shot, OpenAI simple-evals' multiple-choice template
-(think step by step, last line 'Answer: $LETTER'); one rule, ``answer_line``: the *last*
-"Answer: X" (also "答案：X") in the reply, otherwise ``unparsed``.
+Extraction: ``qwen`` uses the references' own (orchestrator/tasks/references.py: OpenCompass's
+first_option_postprocess for MMLU, Qwen's cascade and fuzzy fallback for C-Eval), ``simple-evals``
+its answer-line regexes, ``robust`` the orchestrator's extractor (orchestrator/tasks/robust.py).
+Every record names the rule that decided, or ``unparsed``.
 """
 
 from __future__ import annotations
 
 import csv
-import difflib
-import json
-import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.hub import fetch
+from orchestrator.setups import SETUPS
 from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
+from orchestrator.tasks.references import (
+    QWEN_SYSTEM_PROMPT,
+    SIMPLE_EVALS_TEMPLATE,
+    opencompass_first_option,
+    qwen_ceval,
+    qwen_ceval_prompt,
+    simple_evals,
+)
+from orchestrator.tasks.robust import THINK_BLOCK, robust_extract
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -54,81 +46,6 @@ class Question:
     question: str
     options: tuple[str, str, str, str]
     answer: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Extraction
-# ---------------------------------------------------------------------------------------------
-_L = r"([ABCD])"
-_NOT_LATIN_BEFORE = r"(?<![A-Za-z])"
-_NOT_LATIN_AFTER = r"(?![A-Za-z])"
-
-EN_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    (
-        "answer_phrase",
-        re.compile(
-            r"(?i:answer|correct (?:answer|option|choice)|choice|option)[\s*:：]*(?:is|would be)?[\s*:：]*"
-            r"(?i:option\s*)?[\(\[]?\**\s*" + _L + _NOT_LATIN_AFTER
-        ),
-    ),
-    (
-        "correct_phrase",
-        re.compile(_NOT_LATIN_BEFORE + r"[\(\[]?" + _L + r"[\)\]]?\s+is\s+(?:the\s+)?(?:correct|right)"),
-    ),
-    ("leading_letter", re.compile(r"^\s*[\(\[*]*" + _L + r"(?:[\)\].:,*]|\s|$)")),
-    ("first_letter", re.compile(_NOT_LATIN_BEFORE + _L + _NOT_LATIN_AFTER)),
-)
-
-ZH_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    (
-        "answer_phrase",
-        re.compile(
-            r"(?:答案|正确答案|正确选项|选项|选择|应选|选)\s*(?:应该|应)?\s*(?:是|为|选)?\s*[:：]?\s*"
-            r"[\(（\[【]?\**" + _L + _NOT_LATIN_AFTER
-        ),
-    ),
-    ("correct_phrase", re.compile(_NOT_LATIN_BEFORE + _L + r"\s*(?:选项|项)?\s*(?:是)?\s*(?:正确|对的|对)")),
-    ("leading_letter", re.compile(r"^\s*[\(（\[【*]*" + _L + r"(?:[\)）\]】.．。:：,，、*]|\s|$)")),
-    ("first_letter", re.compile(_NOT_LATIN_BEFORE + _L + _NOT_LATIN_AFTER)),
-)
-
-SIMPLE_EVALS_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("answer_line", re.compile(r"(?i:answer|答案|答)[ \t*]*[:：][ \t*]*\$?\(?\**([ABCD])(?![A-Za-z])")),
-)
-LAST_MATCH_RULES = frozenset({"answer_line"})
-
-THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-
-
-def extract_choice(
-    reply: str, rules: Sequence[tuple[str, re.Pattern[str]]], options: Sequence[str] | None = None
-) -> tuple[str | None, str]:
-    """Apply a cascade to a reply; returns (letter or None, rule name)."""
-    text = THINK_BLOCK.sub("", reply).strip()
-    for name, pattern in rules:
-        if name in LAST_MATCH_RULES:
-            found = pattern.findall(text)
-            if found:
-                return found[-1], name
-            continue
-        m = pattern.search(text)
-        if m:
-            return m.group(1), name
-    if options is not None and text:
-        letter = match_option_text(text, options)
-        if letter is not None:
-            return letter, "option_text"
-    return None, "unparsed"
-
-
-def match_option_text(text: str, options: Sequence[str], min_ratio: float = 0.6) -> str | None:
-    """The option the reply quotes (longest contained text wins), else the most similar one."""
-    contained = [(len(o.strip()), i) for i, o in enumerate(options) if o.strip() and o.strip() in text]
-    if contained:
-        return LETTERS[max(contained)[1]]
-    ratios = [(difflib.SequenceMatcher(None, text, o.strip()).ratio(), -i) for i, o in enumerate(options)]
-    best, neg_i = max(ratios)
-    return LETTERS[-neg_i] if best >= min_ratio else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,52 +110,43 @@ def _hub_subjects(repo: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Prompts
 # ---------------------------------------------------------------------------------------------
-def _options_block(q: Question) -> str:
-    return "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, q.options, strict=True))
-
-
-def mmlu_messages(q: Question, shots: Sequence[Question]) -> tuple[tuple[str, str], ...]:
-    """Qwen setup: 5-shot from dev as user/assistant turns, subject-specific instruction."""
+def opencompass_mmlu_messages(q: Question, shots: Sequence[Question]) -> tuple[tuple[str, str], ...]:
+    """OpenCompass mmlu_gen_a484b3 as its chat template renders it: each of the first five dev
+    examples a user turn ("Question: … Answer: ") and an assistant turn (the letter and a newline),
+    then the question itself in the shorter "Q: … A: " form. No system turn: the served model's
+    chat template adds its default (Qwen2: "You are a helpful assistant."), as it did there."""
     hint = (
         f"There is a single choice question about {q.subject.replace('_', ' ')}. "
         "Answer the question by replying A, B, C or D."
     )
 
-    def user(x: Question) -> str:
-        return f"{hint}\nQuestion: {x.question}\n{_options_block(x)}\nAnswer: "
+    def options(x: Question) -> str:
+        return "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, x.options, strict=True))
 
     turns: list[tuple[str, str]] = []
     for shot in shots:
-        turns += [("user", user(shot)), ("assistant", shot.answer)]
-    turns.append(("user", user(q)))
+        turns += [
+            ("user", f"{hint}\nQuestion: {shot.question}{options(shot)}\nAnswer: "),
+            ("assistant", f"{shot.answer}\n"),
+        ]
+    turns.append(("user", f"{hint}\nQ: {q.question}{options(q)}\nA: "))
     return tuple(turns)
 
 
-def ceval_messages(q: Question, shots: Sequence[Question], subject_name: str) -> tuple[tuple[str, str], ...]:
-    """Qwen setup: the official C-Eval instruction, 0-shot by default."""
-    hint = f"以下是中国关于{subject_name}考试的单项选择题，请选出其中的正确答案。"
-
-    def user(x: Question) -> str:
-        return f"{hint}\n\n{x.question}\n{_options_block(x)}\n答案："
-
-    turns: list[tuple[str, str]] = []
+def qwen_ceval_messages(q: Question, shots: Sequence[Question]) -> tuple[tuple[str, str], ...]:
+    """Qwen's evaluate_chat_ceval.py: Qwen's default system prompt, then the question and its
+    options as the user turn (0-shot; any shots come first as answered turns)."""
+    turns: list[tuple[str, str]] = [("system", QWEN_SYSTEM_PROMPT)]
     for shot in shots:
-        turns += [("user", user(shot)), ("assistant", shot.answer)]
-    turns.append(("user", user(q)))
+        turns += [("user", qwen_ceval_prompt(shot.question, shot.options)), ("assistant", shot.answer)]
+    turns.append(("user", qwen_ceval_prompt(q.question, q.options)))
     return tuple(turns)
-
-
-SIMPLE_EVALS_TEMPLATE = (
-    "Answer the following multiple choice question. The last line of your response should be of the following "
-    "format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by step before answering."
-    "\n\n{question}\n\nA) {a}\nB) {b}\nC) {c}\nD) {d}"
-)
 
 
 def simple_evals_messages(q: Question) -> tuple[tuple[str, str], ...]:
-    """simple-evals setup: 0-shot, chain of thought, final 'Answer: $LETTER' line."""
+    """simple-evals: 0-shot, chain of thought, final 'Answer: $LETTER' line, one user turn."""
     a, b, c, d = q.options
-    return (("user", SIMPLE_EVALS_TEMPLATE.format(question=q.question, a=a, b=b, c=c, d=d)),)
+    return (("user", SIMPLE_EVALS_TEMPLATE.format(Question=q.question, A=a, B=b, C=c, D=d)),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,23 +162,62 @@ class Benchmark:
     eval_split: str
     shot_split: str
     header: bool
-    default_shots: int
-    default_max_tokens: int
-    rules: tuple[tuple[str, re.Pattern[str]], ...]
-    option_text_fallback: bool
+    default_shots: int  # under the qwen and robust setups (simple-evals is 0-shot)
+    default_max_tokens: int  # under the qwen and robust setups
     headline: str  # "micro" or "macro"
+    # What each reference calls the two averages (report.json and report.md name them so).
+    average_names: dict[str, str]
 
 
-MMLU = Benchmark("mmlu", "mmlu", "cais/mmlu", "test", "dev", False, 5, 16, EN_RULES, False, "micro")
-CEVAL = Benchmark("ceval", "ceval", "ceval/ceval-exam", "val", "dev", True, 0, 16, ZH_RULES, True, "macro")
+MMLU = Benchmark(
+    "mmlu", "mmlu", "cais/mmlu", "test", "dev", False,
+    # OpenCompass's Qwen2-Instruct model configs generate up to 1024 tokens (mid-2024).
+    5, 1024, "micro",
+    {"micro": "Qwen cal_mmlu / OpenCompass mmlu-weighted", "macro": "OpenCompass mmlu (mean over subjects)"},
+)  # fmt: skip
+CEVAL = Benchmark(
+    "ceval", "ceval", "ceval/ceval-exam", "val", "dev", True,
+    # Qwen's script decodes with the chat model's generation config (max_new_tokens 512).
+    0, 512, "macro",
+    {"macro": "Qwen cal_ceval AVERAGE (mean over subjects)", "micro": "mean over questions"},
+)  # fmt: skip
 BENCHMARKS = {b.name: b for b in (MMLU, CEVAL)}
 
+# C-Eval's categories (its subject_mapping.json) and the "Hard" subjects of Qwen's cal_ceval.
+CEVAL_CATEGORIES = {
+    "STEM": (
+        "advanced_mathematics", "college_chemistry", "college_physics", "college_programming",
+        "computer_architecture", "computer_network", "discrete_mathematics", "electrical_engineer",
+        "high_school_biology", "high_school_chemistry", "high_school_mathematics", "high_school_physics",
+        "metrology_engineer", "middle_school_biology", "middle_school_chemistry", "middle_school_mathematics",
+        "middle_school_physics", "operating_system", "probability_and_statistics", "veterinary_medicine",
+    ),
+    "Social Science": (
+        "business_administration", "college_economics", "education_science", "high_school_geography",
+        "high_school_politics", "mao_zedong_thought", "marxism", "middle_school_geography",
+        "middle_school_politics", "teacher_qualification",
+    ),
+    "Humanities": (
+        "art_studies", "chinese_language_and_literature", "high_school_chinese", "high_school_history",
+        "ideological_and_moral_cultivation", "law", "legal_professional", "logic", "middle_school_history",
+        "modern_chinese_history", "professional_tour_guide",
+    ),
+    "Other": (
+        "accountant", "basic_medicine", "civil_servant", "clinical_medicine",
+        "environmental_impact_assessment_engineer", "fire_engineer", "physician", "plant_protection",
+        "sports_science", "tax_accountant", "urban_and_rural_planner",
+    ),
+}  # fmt: skip
+CEVAL_HARD = (
+    "advanced_mathematics", "discrete_mathematics", "probability_and_statistics", "college_physics",
+    "college_chemistry", "high_school_mathematics", "high_school_physics", "high_school_chemistry",
+)  # fmt: skip
 
-SETUP_DEFAULT_MAX_TOKENS = {"qwen": None, "simple-evals": 2048}  # None: the benchmark's own default
+SIMPLE_EVALS_MAX_TOKENS = 2048
 
 
 class MultipleChoiceTask:
-    """A multiple-choice benchmark under a named setup (``qwen`` or ``simple-evals``)."""
+    """A multiple-choice benchmark under a named setup (orchestrator.setups)."""
 
     def __init__(
         self,
@@ -282,17 +229,17 @@ class MultipleChoiceTask:
         max_tokens: int | None = None,
         setup: str = "qwen",
     ) -> None:
+        if setup not in SETUPS:
+            raise ValueError(f"unknown setup {setup!r}")
         self.bench = bench
         self.name = bench.name
         self.setup = setup
         self.data_dir = data_dir
         self.limit = limit
         self.wanted_subjects = tuple(subjects) if subjects else None
-        if setup not in SETUP_DEFAULT_MAX_TOKENS:
-            raise ValueError(f"unknown setup {setup!r}")
-        self.shots = 0 if setup == "simple-evals" else (bench.default_shots if shots is None else shots)
-        self.max_tokens = max_tokens or SETUP_DEFAULT_MAX_TOKENS[setup] or bench.default_max_tokens
-        self.rules = SIMPLE_EVALS_RULES if setup == "simple-evals" else bench.rules
+        reference = setup == "simple-evals"
+        self.shots = 0 if reference else (bench.default_shots if shots is None else shots)
+        self.max_tokens = max_tokens or (SIMPLE_EVALS_MAX_TOKENS if reference else bench.default_max_tokens)
 
     # -- data -------------------------------------------------------------------------------
     def _folder(self) -> Path | None:
@@ -317,20 +264,10 @@ class MultipleChoiceTask:
         loader: Callable[[str, str], list[Question]] = _hub_mmlu if self.name == "mmlu" else _hub_ceval
         return loader(subject, split)
 
-    def _subject_names(self) -> dict[str, str]:
-        """C-Eval's Chinese subject names, from the official subject_mapping.json when present."""
-        folder = self._folder()
-        path = folder / "subject_mapping.json" if folder is not None else None
-        if path is None or not path.is_file():
-            return {}
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-        return {k: v[1] for k, v in mapping.items()}
-
     def samples(self) -> list[Sample]:
         """Deterministic samples: ids are ``subject/index`` in the original split."""
         by_subject = {s: self._load(s, self.bench.eval_split) for s in self._subjects()}
         chosen = stratified_subset(by_subject, self.limit, seed=self.name)
-        names = self._subject_names() if self.name == "ceval" else {}
         out = []
         for subject in sorted(chosen):
             shots = self._load(subject, self.bench.shot_split)[: self.shots] if self.shots else []
@@ -338,22 +275,33 @@ class MultipleChoiceTask:
                 if self.setup == "simple-evals":
                     messages = simple_evals_messages(q)
                 elif self.name == "mmlu":
-                    messages = mmlu_messages(q, shots)
+                    messages = opencompass_mmlu_messages(q, shots)
                 else:
-                    messages = ceval_messages(q, shots, names.get(subject, subject.replace("_", " ")))
-                out.append(Sample(f"{subject}/{q.index}", subject, messages, q.answer, q.options))
+                    messages = qwen_ceval_messages(q, shots)
+                # The question travels with the sample: Qwen's C-Eval extraction reads it.
+                out.append(Sample(f"{subject}/{q.index}", subject, messages, q.answer, q.options, q.question))
         return out
 
     # -- scoring ----------------------------------------------------------------------------
+    def extract(self, sample: Sample, reply: str) -> tuple[str | None, str]:
+        """The letter this setup's extractor takes from a reply, and the rule that decided."""
+        if self.setup == "simple-evals":
+            return simple_evals(reply)
+        if self.setup == "robust":
+            return robust_extract(reply, sample.choices)
+        if self.name == "mmlu":
+            return opencompass_first_option(reply)
+        return qwen_ceval(reply, sample.question, sample.choices)
+
     def score(self, sample: Sample, reply: str) -> Score:
-        """Extract a letter by the cascade and compare with the gold answer."""
-        options = sample.choices if self.bench.option_text_fallback and self.setup == "qwen" else None
-        letter, rule = extract_choice(reply, self.rules, options)
-        details = {"think_stripped": True} if THINK_BLOCK.search(reply) else {}
+        """Extract a letter as the setup's reference does and compare with the gold answer."""
+        letter, rule = self.extract(sample, reply)
+        details = {"think_stripped": True} if self.setup == "robust" and THINK_BLOCK.search(reply) else {}
         return Score(letter, rule, letter == sample.target, details)
 
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Micro and macro accuracy over answered records; errors are counted, not scored."""
+        """Micro and macro accuracy over answered records (errors are counted, never scored),
+        each under the name its reference uses; C-Eval adds Qwen's category breakdown."""
         per_subject: dict[str, list[bool]] = defaultdict(list)
         errors = unparsed = 0
         for r in records:
@@ -366,9 +314,10 @@ class MultipleChoiceTask:
         micro = sum(sum(v) for v in per_subject.values()) / n if n else None
         subject_acc = {s: sum(v) / len(v) for s, v in sorted(per_subject.items())}
         macro = sum(subject_acc.values()) / len(subject_acc) if subject_acc else None
-        return {
+        out: dict[str, Any] = {
             "accuracy": micro if self.bench.headline == "micro" else macro,
-            "average": self.bench.headline,
+            "headline": self.bench.headline,
+            "average_names": self.bench.average_names,
             "micro": micro,
             "macro": macro,
             "n": n,
@@ -377,3 +326,16 @@ class MultipleChoiceTask:
             "unparsed_rate": unparsed / n if n else None,
             "subjects": subject_acc,
         }
+        if self.name == "ceval":
+            out["categories"] = ceval_categories(subject_acc)
+        return out
+
+
+def ceval_categories(subject_acc: dict[str, float]) -> dict[str, float | None]:
+    """Qwen's cal_ceval breakdown: the mean over the subjects of each category, and of Hard."""
+    groups = {**CEVAL_CATEGORIES, "Hard": CEVAL_HARD}
+    out: dict[str, float | None] = {}
+    for name, subjects in groups.items():
+        values = [subject_acc[s] for s in subjects if s in subject_acc]
+        out[name] = sum(values) / len(values) if values else None
+    return out

@@ -37,7 +37,7 @@ from orchestrator.hub import fetch
 from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
 from orchestrator.tasks.ifeval import fastpaths
 from orchestrator.tasks.ifeval.punkt import ensure_punkt
-from orchestrator.tasks.multiple_choice import THINK_BLOCK
+from orchestrator.tasks.robust import THINK_BLOCK
 
 DEFAULT_MAX_TOKENS = 1280
 
@@ -291,7 +291,7 @@ class IFEvalTask:
         metrics = aggregate_verdicts(items)
         return {
             "accuracy": metrics["prompt_strict"],
-            "average": "prompt_strict",
+            "headline": "prompt_strict",
             **metrics,
             "n": len(ok),
             "errors": len(records) - len(ok),
