@@ -10,51 +10,22 @@ interrupted (Ctrl-C / SIGTERM; everything already answered is on disk).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import contextlib
 import dataclasses
 import datetime as dt
-import gc
-import importlib.metadata
 import json
 import os
-import platform
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.console import Console, RenderableType
+from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from orchestrator import __version__
-from orchestrator.backends.launch import LaunchError, resolve_model
-from orchestrator.compose import (
-    ComposeError,
-    ComposeOptions,
-    check_compose,
-    discover_targets,
-    dump_compose,
-    load_compose,
-    render_compose,
-)
 from orchestrator.errors import StoreError, UserError
-from orchestrator.k8s import K8sOptions, dump_k8s, render_k8s
-from orchestrator.loadtest import LoadConfigError, LoadProfile, level_metrics, parse_slo
 from orchestrator.manifest import (
     Manifest,
     ManifestError,
@@ -63,22 +34,14 @@ from orchestrator.manifest import (
     parse_manifest,
     with_overrides,
 )
-from orchestrator.matrix import MatrixError
-from orchestrator.report import (
-    compare_reports,
-    render_comparison,
-    render_latency_table,
-    render_table,
-    write_load_report,
-    write_report,
-)
-from orchestrator.rescore import RescoreError, rescore_run, score_responses
-from orchestrator.roofline import RooflineError, bandwidth, roofline, weight_bytes
-from orchestrator.runner import LoadRunner, Runner, TargetOutcome
 from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
-from orchestrator.store import NotARunError, RunStore
-from orchestrator.tasks import SETUP_VERSIONS, DataError, build_task
+
+if TYPE_CHECKING:  # the commands import what they run, when they run (fast --help)
+    import asyncio
+
+    from orchestrator.runner import Runner, TargetOutcome
+    from orchestrator.store import RunStore
 
 T = TypeVar("T")
 EXIT_BAD_INPUT = 2
@@ -100,88 +63,10 @@ def _out() -> Console:
     return out if out.is_terminal else Console(width=220)
 
 
-class _BarsOnly(ProgressColumn):
-    """A column shown on the bars of samples, left blank on the status line."""
-
-    def __init__(self, column: ProgressColumn) -> None:
-        super().__init__()
-        self.column = column
-
-    def render(self, task: Task) -> RenderableType:
-        """The wrapped column's rendering, or nothing for the status line."""
-        return "" if task.fields.get("status_line") else self.column.render(task)
-
-
-class RichProgress:
-    """Progress bars per target x task, plus one status line (text only, no bar)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.bars = Progress(
-            TextColumn("{task.description}"),
-            *(
-                _BarsOnly(c)
-                for c in (
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("[cyan]{task.fields[inflight]} in flight"),
-                    TextColumn("{task.fields[rate]} req/s"),
-                    TextColumn("[red]{task.fields[errors]} err"),
-                    TimeElapsedColumn(),
-                )
-            ),
-            console=console,
-            disable=not enabled,
-        )
-        self._ids: dict[str, TaskID] = {}
-        self._errors: dict[str, int] = {}
-        self._inflight: dict[str, int] = {}
-        self._ends: dict[str, collections.deque[float]] = {}
-        self._status = self.bars.add_task(
-            "", total=None, errors="", inflight="", rate="", visible=enabled, status_line=True
-        )
-
-    def add(self, key: str, description: str, total: int, done: int) -> None:
-        """New bar."""
-        self._errors[key] = 0
-        self._inflight[key] = 0
-        self._ends[key] = collections.deque()
-        self._ids[key] = self.bars.add_task(description, total=total, completed=done, errors=0, inflight=0, rate="-")
-
-    def started(self, key: str) -> None:
-        """A request left the client."""
-        self._inflight[key] += 1
-        self.bars.update(self._ids[key], inflight=self._inflight[key])
-
-    def advance(self, key: str, error: bool) -> None:
-        """One sample ended; the rate shown is over the last 10 seconds."""
-        now = time.monotonic()
-        ends = self._ends[key]
-        ends.append(now)
-        while ends and now - ends[0] > 10.0:
-            ends.popleft()
-        span = now - ends[0] if len(ends) > 1 else 0.0
-        rate = f"{(len(ends) - 1) / span:.1f}" if span > 0 else "-"
-        self._errors[key] += error
-        self._inflight[key] = max(0, self._inflight[key] - 1)
-        self.bars.update(self._ids[key], advance=1, errors=self._errors[key], inflight=self._inflight[key], rate=rate)
-
-    def status(self, text: str) -> None:
-        """Status line (server start-up and the like)."""
-        self.bars.update(self._status, description=f"[dim]{escape(text)}")
-
-    def abort(self, key: str, reason: str) -> None:
-        """A bar whose target stopped early: it says so, and stops its clock."""
-        if key in self._ids:
-            task_id = self._ids[key]
-            description = self.bars.tasks[self._index(task_id)].description
-            self.bars.update(task_id, description=f"{description} [red]aborted[/]: {escape(reason[:80])}")
-            self.bars.stop_task(task_id)
-
-    def _index(self, task_id: TaskID) -> int:
-        return next(i for i, t in enumerate(self.bars.tasks) if t.id == task_id)
-
-
 def _versions() -> dict[str, str]:
+    import importlib.metadata
+    import platform
+
     out = {"orchestrator": __version__, "python": platform.python_version()}
     for dist in (
         "aiohttp",
@@ -198,6 +83,8 @@ def _versions() -> dict[str, str]:
 
 
 def _git_sha() -> str | None:
+    import subprocess
+
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -236,6 +123,9 @@ def _tokenizer_path(manifest: Manifest) -> Any:
 
 
 def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[str, Any]]:
+    from orchestrator.store import RunStore
+    from orchestrator.tasks import SETUP_VERSIONS
+
     if args.resume:
         run_dir = Path(args.resume)
         meta = RunStore(run_dir).read_meta()
@@ -300,6 +190,8 @@ def _restore_credentials(manifest: Manifest, meta: dict[str, Any], run_dir: Path
 
 def _manifest_from_compose(args: argparse.Namespace) -> Manifest:
     """Targets discovered from a Compose file's labelled services; the default tasks on all of them."""
+    from orchestrator.compose import discover_targets, load_compose
+
     path = Path(args.compose)
     targets = discover_targets(load_compose(path), args.profile or [])
     profile = "-".join(args.profile) if args.profile else "all"
@@ -321,6 +213,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     garbage collector's reach (gc.freeze): full collections then walk only what the run creates,
     and their pauses, which stall every stream being timed, shrink (benchmarks/timing_accuracy.py,
     c=64: p99 ITL error 3.6 -> 1.5 ms)."""
+    import asyncio
+    import gc
+
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     with contextlib.suppress(ImportError):
         import uvloop
@@ -336,6 +231,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def _bench_async(runner: Runner) -> list[TargetOutcome]:
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -349,6 +247,13 @@ async def _bench_async(runner: Runner) -> list[TargetOutcome]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a manifest's tasks against its targets."""
+    import asyncio
+
+    from orchestrator.backends.launch import resolve_model
+    from orchestrator.report import render_table, write_report
+    from orchestrator.runner import Runner
+    from orchestrator.tasks import SETUP_VERSIONS, build_task
+
     manifest, store, meta = _load_for_bench(args)
     data_dir = _data_dir(manifest, args.data_dir)
     if args.resume and args.data_dir is None and meta.get("data_dir"):
@@ -370,7 +275,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model_paths = {
         t.name: resolve_model(t.launch, manifest.resolve_path) for t in manifest.targets if t.launch is not None
     }
-    progress = RichProgress(enabled=not args.no_progress)
+    from orchestrator.progress import RichProgress
+
+    progress = RichProgress(not args.no_progress, console)
     runner = Runner(manifest, list(tasks), store, progress, _tokenizer_path(manifest), model_paths=model_paths)
     meta.setdefault("run_id", store.root.name)
     meta.setdefault("created_at", _now())
@@ -464,6 +371,13 @@ def _disk_failure(exc: StoreError, runner: Runner, store: RunStore) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     """Load-test the manifest's targets with synthetic prompts; latency tables and curves."""
+    import asyncio
+
+    from orchestrator.loadtest import LoadProfile, parse_slo
+    from orchestrator.report import render_latency_table, write_load_report
+    from orchestrator.runner import LoadRunner
+    from orchestrator.store import RunStore
+
     manifest = load_manifest(args.manifest)
     base = base_profile(manifest)
     overrides: dict[str, Any] = {
@@ -501,7 +415,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         "git_sha": _git_sha(),
     }
     store.write_meta(meta)
-    progress = RichProgress(enabled=not args.no_progress)
+    from orchestrator.progress import RichProgress
+
+    progress = RichProgress(not args.no_progress, console)
     runner = LoadRunner(manifest, profile, store, progress, _tokenizer_path(manifest))
     cpu0 = time.process_time()
     try:
@@ -541,6 +457,9 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def _rooflines(manifest: Manifest, results: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     """Per target: batch-1 decode tokens/s achieved (lowest level's TPOT p50) vs the bandwidth bound."""
+    from orchestrator.loadtest import LoadProfile, level_metrics
+    from orchestrator.roofline import bandwidth, roofline, weight_bytes
+
     bw = bandwidth(args.gpu, args.bandwidth_gbs)
     out: dict[str, Any] = {}
     for target in manifest.targets:
@@ -562,6 +481,9 @@ def base_profile(manifest: Manifest) -> dict[str, Any]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render the tables of a run from disk; with a second run, the two side by side."""
+    from orchestrator.report import compare_reports, render_comparison, render_table, write_report
+    from orchestrator.store import NotARunError
+
     report = write_report(Path(args.run_dir))
     _out().print(render_table(report))
     if getattr(args, "other_run", None):
@@ -579,6 +501,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Re-score a run's stored replies, or score an IFEval responses file."""
+    from orchestrator.rescore import RescoreError, rescore_run, score_responses
+
     data_dir = Path(args.data_dir).resolve() if args.data_dir else None
     if data_dir is None and os.environ.get(DATA_DIR_ENV):
         data_dir = Path(os.environ[DATA_DIR_ENV]).resolve()
@@ -604,6 +528,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_compose(args: argparse.Namespace) -> int:
     """Render Compose files from the checkpoint matrix, or check a Compose file."""
+    from orchestrator.compose import (
+        ComposeError,
+        ComposeOptions,
+        check_compose,
+        dump_compose,
+        load_compose,
+        render_compose,
+    )
+
     schema = Path(args.schema) if args.schema else None
     if args.check:
         problems = check_compose(load_compose(Path(args.check)), args.check, schema)
@@ -636,6 +569,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 def cmd_k8s(args: argparse.Namespace) -> int:
     """Render Kubernetes manifests (Deployments, Services, PVC, bench Job) from the checkpoint matrix."""
+    from orchestrator.k8s import K8sOptions, dump_k8s, render_k8s
+
     options = K8sOptions(
         backend=args.backend,
         sizes=tuple(_split(args.sizes)),
@@ -656,6 +591,8 @@ def cmd_k8s(args: argparse.Namespace) -> int:
 
 def _numbers(value: str, option: str, expected: str) -> list[float]:
     """Comma-separated numbers from the command line, or one line saying what was expected."""
+    from orchestrator.loadtest import LoadConfigError
+
     try:
         return [float(x) for x in _split(value)]
     except ValueError:
@@ -800,19 +737,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         _error(str(exc))
         return exc.exit_code
-    except (
-        ManifestError,
-        DataError,
-        RescoreError,
-        NotARunError,
-        ComposeError,
-        MatrixError,
-        LoadConfigError,
-        RooflineError,
-        LaunchError,
-    ) as exc:
-        _error(str(exc))
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

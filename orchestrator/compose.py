@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.errors import UserError
 from orchestrator.matrix import Checkpoint, MatrixError, by_repo, select
 
 BACKENDS = ("tgi", "vllm", "sglang")
@@ -43,7 +44,7 @@ TGI_MAX_INPUT, TGI_MAX_TOTAL, TGI_MAX_PREFILL = 7168, 8192, 8192
 MAX_MODEL_LEN = 8192
 
 
-class ComposeError(ValueError):
+class ComposeError(UserError, ValueError):
     """A compose request or file that cannot be used; one line for the user."""
 
 
@@ -344,9 +345,6 @@ def load_compose(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Discovery
 # ---------------------------------------------------------------------------------------------
-ADAPTER = {"tgi": "tgi", "vllm": "vllm", "sglang": "sglang"}
-
-
 def discover_targets(doc: dict[str, Any], profiles: list[str], host: str = "127.0.0.1") -> list[dict[str, Any]]:
     """Manifest target entries for the services of the given profiles (all services if none)."""
     targets = []
@@ -357,7 +355,7 @@ def discover_targets(doc: dict[str, Any], profiles: list[str], host: str = "127.
         labels = svc.get("labels") or {}
         backend = labels.get(f"{LABEL}.backend")
         ports = _host_ports(svc)
-        if backend not in ADAPTER or not ports:
+        if backend not in BACKENDS or not ports:
             continue  # not a service of ours (no labels) or not reachable from the host
         targets.append(
             {
@@ -365,7 +363,7 @@ def discover_targets(doc: dict[str, Any], profiles: list[str], host: str = "127.
                 "model": labels.get(f"{LABEL}.model", name),
                 "model_id": labels.get(f"{LABEL}.model_id"),
                 "quantization": labels.get(f"{LABEL}.quantization", "?"),
-                "backend": ADAPTER[backend],
+                "backend": backend,
                 "url": f"http://{host}:{ports[0][0]}",
             }
         )

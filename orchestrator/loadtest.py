@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import timing
+from orchestrator.errors import UserError
 
 MODES = ("concurrency", "constant", "poisson")
 
 
-class LoadConfigError(ValueError):
+class LoadConfigError(UserError, ValueError):
     """A load-test option that cannot be used."""
 
 

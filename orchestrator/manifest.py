@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from orchestrator.errors import UserError
 from orchestrator.setups import SETUPS
 
 BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
@@ -25,7 +26,7 @@ KNOWN_TASKS = ("mmlu", "ceval", "ifeval")
 KNOWN_SETUPS = tuple(SETUPS)
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest that cannot be used; the message is one line meant for the user."""
 
     def __init__(self, source: str, path: str, expected: str) -> None:

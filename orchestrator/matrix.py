@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.errors import UserError
+
 QUANTS = ("BF16", "GPTQ-Int8", "GPTQ-Int4", "AWQ")
 SIZES = ("0.5B", "1.5B", "7B", "72B")
 TP_CANDIDATES = (1, 2, 4, 8)
 GROUP_SIZE = 128
 
 
-class MatrixError(ValueError):
+class MatrixError(UserError, ValueError):
     """A checkpoint/parallelism combination that cannot work; the message says why."""
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from orchestrator import timing
 from orchestrator.loadtest import token_agreement
 from orchestrator.setups import run_setup_version, store_key
-from orchestrator.store import RunStore
+from orchestrator.store import RunStore, read_records
 from orchestrator.tasks import build_task
 
 ACCURACY_COLUMNS = (("mmlu", "MMLU"), ("ceval", "C-Eval"), ("ifeval", "IFEval"))
@@ -348,7 +348,7 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
         folder = run_dir / "samples" / t["name"]
         levels = []
         for path in sorted(folder.glob("load-*.load.jsonl")) if folder.is_dir() else []:
-            records = list(store_records(path))
+            records = list(read_records(path))  # load requests are never retried: every record is final
             if not records:
                 continue
             metrics = level_metrics(records, profile)
@@ -364,13 +364,6 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
         "roofline": meta.get("roofline", {}),
         "targets": targets,
     }
-
-
-def store_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a load level (all attempts are final: load requests are never retried)."""
-    from orchestrator.store import read_records
-
-    return list(read_records(path))
 
 
 def render_latency_table(report: dict[str, Any]) -> Table:

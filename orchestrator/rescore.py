@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import UserError
 from orchestrator.setups import SETUP_VERSIONS, run_setup_version, store_key
 from orchestrator.store import RunStore, read_records
 from orchestrator.tasks import IFEvalTask, Sample, build_task
@@ -21,7 +22,7 @@ from orchestrator.tasks.base import DataError
 from orchestrator.tasks.ifeval import aggregate_verdicts
 
 
-class RescoreError(RuntimeError):
+class RescoreError(UserError, RuntimeError):
     """Stored records that cannot be re-scored (one line for the user)."""
 
 

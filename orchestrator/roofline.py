@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import UserError
+
 # Datasheet peak memory bandwidth, GB/s.
 GPU_BANDWIDTH_GBS = {
     "h200": 4800.0,
@@ -27,7 +29,7 @@ GPU_BANDWIDTH_GBS = {
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 
 
-class RooflineError(ValueError):
+class RooflineError(UserError, ValueError):
     """Unknown GPU or weights that cannot be sized."""
 
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import orjson
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import StoreError, UserError
 from orchestrator.secrets import redact
 
 SYNC_INTERVAL = 1.0  # seconds: bound on what a power loss can take
@@ -143,7 +143,7 @@ def latest_by_id(path: Path) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in read_records(path)}
 
 
-class NotARunError(RuntimeError):
+class NotARunError(UserError, RuntimeError):
     """A directory that holds no run (no run.json)."""
 
 

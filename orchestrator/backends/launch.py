@@ -21,10 +21,11 @@ from pathlib import Path
 
 import aiohttp
 
+from orchestrator.errors import UserError
 from orchestrator.manifest import LaunchConfig
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """A managed server that could not be started."""
 
 

@@ -25,7 +25,6 @@ import importlib.util
 import json
 import random
 import sys
-import threading
 import types
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -46,13 +45,11 @@ class UnknownInstructionError(ValueError):
     """An instruction id that no checker implements."""
 
 
-_INIT_LOCK = threading.Lock()
-
-
 def _registry() -> dict[str, Any]:
-    """``INSTRUCTION_DICT`` without running ``if_verifiable/__init__`` (it imports datasets eagerly)."""
-    with _INIT_LOCK:
-        return _load_registry()
+    """``INSTRUCTION_DICT`` without running ``if_verifiable/__init__`` (it imports datasets eagerly).
+
+    No locks: scoring runs in one thread, the event loop's or the scoring process's."""
+    return _load_registry()
 
 
 def _load_registry() -> dict[str, Any]:
@@ -88,8 +85,6 @@ def _load_registry() -> dict[str, Any]:
 
 
 _RNG = random.Random()
-_RNG_LOCK = threading.Lock()
-_CHECKER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -122,13 +117,13 @@ class IFEvalChecker:
         if cls is None:
             raise UnknownInstructionError(f"unknown IFEval instruction id {instruction_id!r}")
         instruction = cls(instruction_id)
-        with _RNG_LOCK:
-            # Seeded per sample and instruction: the same response always gets the same verdict.
-            _RNG.seed(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
-            instruction.build_description(**{k: v for k, v in kwargs.items() if v is not None})
-            args = instruction.get_instruction_args()
-            if args and "prompt" in args:
-                instruction.build_description(prompt=prompt)
+        # Seeding and drawing are not interleaved: scoring runs in one thread.
+        # Seeded per sample and instruction: the same response always gets the same verdict.
+        _RNG.seed(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
+        instruction.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+        args = instruction.get_instruction_args()
+        if args and "prompt" in args:
+            instruction.build_description(prompt=prompt)
         return instruction
 
     def check(
@@ -233,9 +228,8 @@ class IFEvalTask:
     @property
     def checker(self) -> IFEvalChecker:
         """Built on first use (imports the checkers and the offline punkt model)."""
-        with _CHECKER_LOCK:
-            if self._checker is None:
-                self._checker = IFEvalChecker()
+        if self._checker is None:
+            self._checker = IFEvalChecker()
         return self._checker
 
     def rows(self) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,101 @@
+"""Live progress in the terminal: a bar per target x task (in flight, rate, errors) and one
+status line. Imported only by the commands that run something."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from rich.console import Console, RenderableType
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+
+class _BarsOnly(ProgressColumn):
+    """A column shown on the bars of samples, left blank on the status line."""
+
+    def __init__(self, column: ProgressColumn) -> None:
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Task) -> RenderableType:
+        """The wrapped column's rendering, or nothing for the status line."""
+        return "" if task.fields.get("status_line") else self.column.render(task)
+
+
+class RichProgress:
+    """Progress bars per target x task, plus one status line (text only, no bar)."""
+
+    def __init__(self, enabled: bool, console: Console) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            *(
+                _BarsOnly(c)
+                for c in (
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("[cyan]{task.fields[inflight]} in flight"),
+                    TextColumn("{task.fields[rate]} req/s"),
+                    TextColumn("[red]{task.fields[errors]} err"),
+                    TimeElapsedColumn(),
+                )
+            ),
+            console=console,
+            disable=not enabled,
+        )
+        self._ids: dict[str, TaskID] = {}
+        self._errors: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}
+        self._ends: dict[str, collections.deque[float]] = {}
+        self._status = self.bars.add_task(
+            "", total=None, errors="", inflight="", rate="", visible=enabled, status_line=True
+        )
+
+    def add(self, key: str, description: str, total: int, done: int) -> None:
+        """New bar."""
+        self._errors[key] = 0
+        self._inflight[key] = 0
+        self._ends[key] = collections.deque()
+        self._ids[key] = self.bars.add_task(description, total=total, completed=done, errors=0, inflight=0, rate="-")
+
+    def started(self, key: str) -> None:
+        """A request left the client."""
+        self._inflight[key] += 1
+        self.bars.update(self._ids[key], inflight=self._inflight[key])
+
+    def advance(self, key: str, error: bool) -> None:
+        """One sample ended; the rate shown is over the last 10 seconds."""
+        now = time.monotonic()
+        ends = self._ends[key]
+        ends.append(now)
+        while ends and now - ends[0] > 10.0:
+            ends.popleft()
+        span = now - ends[0] if len(ends) > 1 else 0.0
+        rate = f"{(len(ends) - 1) / span:.1f}" if span > 0 else "-"
+        self._errors[key] += error
+        self._inflight[key] = max(0, self._inflight[key] - 1)
+        self.bars.update(self._ids[key], advance=1, errors=self._errors[key], inflight=self._inflight[key], rate=rate)
+
+    def status(self, text: str) -> None:
+        """Status line (server start-up and the like)."""
+        self.bars.update(self._status, description=f"[dim]{escape(text)}")
+
+    def abort(self, key: str, reason: str) -> None:
+        """A bar whose target stopped early: it says so, and stops its clock."""
+        if key in self._ids:
+            task_id = self._ids[key]
+            description = self.bars.tasks[self._index(task_id)].description
+            self.bars.update(task_id, description=f"{description} [red]aborted[/]: {escape(reason[:80])}")
+            self.bars.stop_task(task_id)
+
+    def _index(self, task_id: TaskID) -> int:
+        return next(i for i, t in enumerate(self.bars.tasks) if t.id == task_id)
