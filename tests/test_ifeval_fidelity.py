@@ -43,7 +43,8 @@ FOREIGN = [
 def _official() -> Any:
     """lm-eval's copy of the official loop, imported without lm_eval.tasks' heavy package init."""
     spec = importlib.util.find_spec("lm_eval")
-    assert spec is not None and spec.submodule_search_locations, "lm-eval is installed by scripts/test.sh"
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("lm-eval is not installed (scripts/test.sh installs it with --no-deps)")
     if "lm_eval.tasks" not in sys.modules:
         pkg = types.ModuleType("lm_eval.tasks")
         pkg.__path__ = [str(Path(next(iter(spec.submodule_search_locations))) / "tasks")]

@@ -140,6 +140,7 @@ def test_schema_drift_breaks_the_contract(spec: OpenAPI) -> None:
     assert spec.response_schema("/generate", 429) == "ErrorResponse"
 
 
+@pytest.mark.real_server  # runs transformers from the vLLM venv (scripts/setup_vllm.sh installs it)
 def test_chat_template_equals_transformers(template: ChatTemplate, data_dir: Path) -> None:
     """The prompt sent to /generate equals what transformers' apply_chat_template builds (vLLM's chat path)."""
     script = (
