@@ -34,6 +34,7 @@ from orchestrator.manifest import (
     parse_manifest,
     with_overrides,
 )
+from orchestrator.registry import BACKENDS, LOAD_PROMPTS, TASKS
 from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
 
@@ -197,7 +198,7 @@ def _manifest_from_compose(args: argparse.Namespace) -> Manifest:
     profile = "-".join(args.profile) if args.profile else "all"
     data = {
         "run": {"name": f"{path.stem}-{profile}", "output_dir": str(Path.cwd() / "runs")},
-        "tasks": {"mmlu": {}, "ceval": {}, "ifeval": {}},
+        "tasks": {name: {} for name in TASKS},
         # One server per GPU: measure them side by side; wait for servers still loading weights.
         "load": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout},
         "targets": targets,
@@ -651,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--health-timeout", type=float, default=1800.0, help="with --compose: seconds to wait for /health")
     b.add_argument(
         "--backend",
-        choices=["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"],
+        choices=BACKENDS,
         help="swap the serving backend of every target (same URLs, another adapter)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -680,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--no-ignore-eos", action="store_true", help="let the model stop early")
     ld.add_argument(
         "--prompts",
-        choices=["synthetic", "mmlu", "ceval", "ifeval"],
+        choices=LOAD_PROMPTS,
         help="synthetic prompts of --input-tokens tokens (default), or a benchmark's own (needs run.data_dir or Hub)",
     )
     ld.add_argument("--gpu", help="roofline estimate: GPU of the servers (h100, a100, h200, l40s, l4, ...)")

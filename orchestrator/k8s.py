@@ -17,6 +17,7 @@ import yaml
 
 from orchestrator.compose import CACHE_ENV, CACHE_MOUNT, CONTAINER_PORT, IMAGES, LABEL, selected, server_command
 from orchestrator.matrix import Checkpoint
+from orchestrator.registry import TASKS
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class K8sOptions:
     storage_class: str | None = None
     hf_secret: str = "hf-token"
     orchestrator_image: str = "orchestrator:latest"
-    tasks: tuple[str, ...] = ("mmlu", "ceval", "ifeval")
+    tasks: tuple[str, ...] = tuple(TASKS)
 
 
 def _labels(ckpt: Checkpoint, backend: str) -> dict[str, str]:

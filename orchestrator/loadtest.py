@@ -32,6 +32,7 @@ from typing import Any
 
 from orchestrator import timing
 from orchestrator.errors import UserError
+from orchestrator.registry import LOAD_PROMPTS
 
 MODES = ("concurrency", "constant", "poisson")
 
@@ -84,8 +85,8 @@ class LoadProfile:
             raise LoadConfigError(f"max_concurrency must be a positive integer, got {self.max_concurrency}")
         if any(p <= 0 or p >= 100 for p in self.percentiles):
             raise LoadConfigError("percentiles must lie between 0 and 100 (exclusive)")
-        if self.prompts not in ("synthetic", "mmlu", "ceval", "ifeval"):
-            raise LoadConfigError(f"prompts must be synthetic, mmlu, ceval or ifeval, got {self.prompts!r}")
+        if self.prompts not in LOAD_PROMPTS:
+            raise LoadConfigError(f"prompts must be one of {', '.join(LOAD_PROMPTS)}, got {self.prompts!r}")
         unknown = set(self.slo) - {"ttft", "tpot", "itl", "e2el"}
         if unknown:
             raise LoadConfigError(f"unknown SLO metric(s): {', '.join(sorted(unknown))} (ttft, tpot, itl, e2el)")

@@ -19,10 +19,10 @@ from urllib.parse import urlparse
 import yaml
 
 from orchestrator.errors import UserError
+from orchestrator.registry import TASKS, BackendKind, LoadPrompts
 from orchestrator.setups import SETUPS
 
-BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
-KNOWN_TASKS = ("mmlu", "ceval", "ifeval")
+KNOWN_TASKS = tuple(TASKS)
 KNOWN_SETUPS = tuple(SETUPS)
 
 
@@ -91,7 +91,7 @@ class LoadTestConfig:
     percentiles: tuple[float, ...] = (50, 90, 99)
     slo: dict[str, float] = field(default_factory=dict)
     seed: int = 0
-    prompts: Literal["synthetic", "mmlu", "ceval", "ifeval"] = "synthetic"
+    prompts: LoadPrompts = "synthetic"
 
 
 @dataclass(frozen=True)

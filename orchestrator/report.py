@@ -15,11 +15,12 @@ from rich.table import Table
 
 from orchestrator import timing
 from orchestrator.loadtest import token_agreement
+from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.store import RunStore, read_records
 from orchestrator.tasks import build_task
 
-ACCURACY_COLUMNS = (("mmlu", "MMLU"), ("ceval", "C-Eval"), ("ifeval", "IFEval"))
+ACCURACY_COLUMNS = tuple(TASKS.items())
 REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
 
 
@@ -233,7 +234,7 @@ def _averages_markdown(report: dict[str, Any]) -> list[str]:
     """Both averages of each multiple-choice task under the names its reference uses, and C-Eval's
     categories as Qwen's cal_ceval prints them."""
     lines: list[str] = []
-    for name in ("mmlu", "ceval"):
+    for name in MULTIPLE_CHOICE_TASKS:
         aggs = [(row, row["tasks"][name]) for row in report["rows"] if row["tasks"].get(name, {}).get("n")]
         if not aggs:
             continue
@@ -271,9 +272,10 @@ def write_report(run_dir: Path) -> dict[str, Any]:
 Figure = Callable[[dict[str, Any]], "float | None"]
 COMPARED: tuple[tuple[str, Figure, float], ...] = (
     ("Average", lambda r: r["average"], 100.0),
-    ("MMLU", lambda r: (r["tasks"].get("mmlu") or {}).get("accuracy"), 100.0),
-    ("C-Eval", lambda r: (r["tasks"].get("ceval") or {}).get("accuracy"), 100.0),
-    ("IFEval", lambda r: (r["tasks"].get("ifeval") or {}).get("accuracy"), 100.0),
+    *(
+        (title, lambda r, name=name: (r["tasks"].get(name) or {}).get("accuracy"), 100.0)
+        for name, title in TASKS.items()
+    ),
     ("req/s", lambda r: r["speed"]["requests_per_s"], 1.0),
     ("out tok/s", lambda r: r["speed"]["output_tokens_per_s"], 1.0),
     ("TTFT p50 ms", lambda r: r["speed"]["ttft_p50_ms"], 1.0),

@@ -1,0 +1,23 @@
+"""Names defined once: the tasks (with their report titles) and the serving backends.
+
+Light on purpose (no imports): the manifest, the CLI's argument parser, the report, Compose
+discovery, Kubernetes and the load tests all read these, and `orchestrate --help` must stay fast.
+A new task is an entry here plus its module under orchestrator/tasks/ (see ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# Task name -> column title, in table order.
+TASKS: dict[str, str] = {"mmlu": "MMLU", "ceval": "C-Eval", "ifeval": "IFEval"}
+MULTIPLE_CHOICE_TASKS = ("mmlu", "ceval")
+
+# The backends a target can name (an adapter each in orchestrator/backends).
+BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
+BACKENDS: tuple[str, ...] = get_args(BackendKind)
+
+# Prompts a load test can send: synthetic ones of exact length, or a task's own.
+LoadPrompts = Literal["synthetic", "mmlu", "ceval", "ifeval"]
+LOAD_PROMPTS: tuple[str, ...] = get_args(LoadPrompts)
+assert ("synthetic", *TASKS) == LOAD_PROMPTS, "LoadPrompts names every task"  # a Literal cannot be derived
