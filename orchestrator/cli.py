@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import os
 import sys
 import time
@@ -490,12 +489,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     if getattr(args, "other_run", None):
         other = write_report(Path(args.other_run))
         _out().print(render_table(other))
+        from orchestrator.store import atomic_write, json_document
+
         cmp = compare_reports(report, other)
         if not cmp["rows"]:
             raise NotARunError("the two runs share no checkpoint (model and quantization)")
         _out().print(render_comparison(cmp))
         path = Path(args.other_run) / f"compare-{report['run_id']}.json"
-        path.write_text(json.dumps(cmp, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write(path, json_document(redact(cmp)))
         console.print(f"comparison: {path}")
     return 0
 

@@ -10,13 +10,12 @@ verdicts can be compared with other tools', item by item.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.setups import SETUP_VERSIONS, run_setup_version, store_key
-from orchestrator.store import RunStore, read_records
+from orchestrator.store import RunStore, atomic_write, jsonl_line, read_records
 from orchestrator.tasks import IFEvalTask, Sample, build_task
 from orchestrator.tasks.base import DataError
 from orchestrator.tasks.ifeval import aggregate_verdicts
@@ -62,13 +61,7 @@ def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
                 score = task.score(sample, r["reply"])
                 r.update(extracted=score.extracted, rule=score.rule, correct=score.correct, score_details=score.details)
                 counts[name] += 1
-            tmp = path.with_suffix(".rescore.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # all or nothing: a crash leaves the old file
+            atomic_write(path, b"".join(jsonl_line(r) for r in records))  # a crash leaves the old file
     return counts
 
 
@@ -105,9 +98,9 @@ def score_responses(responses: Path, data_dir: Path | None, output_dir: Path) ->
     metrics = aggregate_verdicts(items)
     output_dir.mkdir(parents=True, exist_ok=True)
     for mode, out in (("strict", strict_out), ("loose", loose_out)):
-        with open(output_dir / f"eval_results_{mode}.jsonl", "w", encoding="utf-8") as f:
-            for entry in out:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        # The official loop's own line format (json.dumps' separators), so files compare as text.
+        text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in out)
+        atomic_write(output_dir / f"eval_results_{mode}.jsonl", text.encode("utf-8"))
     metrics["n"] = len(items)
     return metrics
 

@@ -29,19 +29,34 @@ from orchestrator.secrets import redact
 SYNC_INTERVAL = 1.0  # seconds: bound on what a power loss can take
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` all or nothing (the one atomic write of the project): a
+    temporary file beside it, fsync, rename; on any failure the old file stays whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()  # the old file stays whole; no half-written copy beside it
+            tmp.unlink()  # no half-written copy left beside it
         raise
+
+
+def json_document(data: Any) -> bytes:
+    """A JSON file's bytes: indented, UTF-8 kept readable, a final newline."""
+    return (json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
+def jsonl_line(record: dict[str, Any]) -> bytes:
+    """One record as a JSONL line (orjson: ~10x cheaper than json.dumps on the event loop)."""
+    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write(path, json_document(data))
 
 
 class SampleWriter:
@@ -69,7 +84,7 @@ class SampleWriter:
     def write(self, record: dict[str, Any]) -> None:
         """Append one record: one whole line, or nothing and a StoreError."""
         # orjson: ~10x cheaper than json.dumps on a record with a stream's stamps, on the loop thread.
-        line = memoryview(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+        line = memoryview(jsonl_line(record))
         fd = self._file.fileno()
         start = os.lseek(fd, 0, os.SEEK_END)
         try:

@@ -48,10 +48,11 @@ def materialise(root: Path) -> Path:
         "collocations.tab": sorted("\t".join(pair) for pair in params.collocations),
         "ortho_context.tab": [f"{word}\t{flags}" for word, flags in sorted(params.ortho_context.items())],
     }
+    from orchestrator.store import atomic_write
+
     for name, lines in files.items():
-        tmp = target / f".{name}.tmp"
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, target / name)  # a concurrent reader never sees a half-written file
+        # A concurrent reader never sees a half-written file.
+        atomic_write(target / name, "".join(line + "\n" for line in lines).encode("utf-8"))
     return target
 
 
