@@ -373,9 +373,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     """Load-test the manifest's targets with synthetic prompts; latency tables and curves."""
     import asyncio
 
+    from orchestrator.loadrun import LoadRunner
     from orchestrator.loadtest import LoadProfile, parse_slo
     from orchestrator.report import render_latency_table, write_load_report
-    from orchestrator.runner import LoadRunner
     from orchestrator.store import RunStore
 
     manifest = load_manifest(args.manifest)

@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from orchestrator.loadrun import LoadRunner
 from orchestrator.loadtest import LoadConfigError, LoadProfile, parse_slo, schedule
 from orchestrator.manifest import parse_manifest
 from orchestrator.report import write_load_report
-from orchestrator.runner import LoadRunner
 from orchestrator.store import RunStore
 from tests.support.fake_openai import FakeOpenAI, chunk
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import timing
-from orchestrator.runner import synced
+from orchestrator.serving import synced
 from orchestrator.store import SYNC_INTERVAL, RunStore, SampleWriter, latest_by_id, read_records
 from orchestrator.tasks import DataError, build_task, stratified_subset
 

@@ -14,12 +14,9 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
 
 from orchestrator.errors import UserError
 from orchestrator.manifest import LaunchConfig
@@ -197,8 +194,8 @@ class LlamaCppServer:
             *self.launch.extra_args,
         ]
 
-    async def start(self, on_wait: Callable[[float], None] | None = None) -> str:
-        """Start the server and wait until it answers ``/v1/models``."""
+    async def start(self) -> str:
+        """Start the server process (orchestrator.serving.launch_server waits until it serves)."""
         self.build = await asyncio.to_thread(check_build, self.launch.python or sys.executable)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - opening a log file does not block
@@ -211,31 +208,11 @@ class LlamaCppServer:
                 # Own process group: a terminal Ctrl-C reaches us, and we stop the child in order.
                 start_new_session=True,
             )
-        await self._wait_ready(on_wait)
         return self.url
 
-    async def _wait_ready(self, on_wait: Callable[[float], None] | None) -> None:
-        assert self.process is not None
-        started = time.monotonic()
-        deadline = started + self.launch.startup_timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            while True:
-                if self.process.returncode is not None:
-                    raise self.death("exited at start")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(f"{self.url}/v1/models") as resp:
-                        if resp.status == 200:
-                            return
-                now = time.monotonic()
-                if now > deadline:
-                    await self.stop()
-                    raise LaunchError(
-                        f"llama.cpp server for {self.name} not ready after {self.launch.startup_timeout:.0f} s "
-                        f"(log: {self.log_path})"
-                    )
-                if on_wait is not None:
-                    on_wait(now - started)
-                await asyncio.sleep(0.25)
+    def exited(self) -> bool:
+        """Whether the process has ended."""
+        return self.process is not None and self.process.returncode is not None
 
     def death(self, what: str = "died") -> ServerDied:
         """The one-line error for a server that has exited: how, where its log is, its last lines."""
