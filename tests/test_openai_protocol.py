@@ -11,7 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from orchestrator.backends import ChatRequest, FatalError, OpenAIChat, TransientError
-from orchestrator.backends.openai import LlamaCppChat, VLLMChat, make_session
+from orchestrator.backends.http import make_session
+from orchestrator.backends.openai import LlamaCppChat, VLLMChat
 from tests.support.fake_openai import FakeOpenAI, Handler, chunk, sse
 
 REQ = ChatRequest((("user", "Question?"),), max_tokens=5, seed=7)

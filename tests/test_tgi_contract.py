@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from jsonschema import ValidationError
 
 from orchestrator.backends import ChatRequest, FatalError, TransientError
-from orchestrator.backends.openai import make_session
+from orchestrator.backends.http import make_session
 from orchestrator.backends.tgi import ChatTemplate, TGINative
 from orchestrator.manifest import parse_manifest
 from orchestrator.runner import Runner

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from orchestrator.backends import ChatRequest, OpenAIChat
-from orchestrator.backends import openai as openai_backend
-from orchestrator.backends.openai import ArrivalStampingHandler, make_session, read_sse
+from orchestrator.backends import http as http_backend
+from orchestrator.backends.http import ArrivalStampingHandler, make_session, read_sse
 from orchestrator.timing import LoopPacer
 
 HOG_S = 0.12  # how long a busy client is kept from reading, after each content chunk arrived
@@ -83,7 +83,7 @@ class HoggingHandler(ArrivalStampingHandler):
 
 
 async def test_stamps_are_taken_on_arrival_not_when_the_reader_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(openai_backend, "ArrivalStampingHandler", HoggingHandler)
+    monkeypatch.setattr(http_backend, "ArrivalStampingHandler", HoggingHandler)
     server = PacedServer(["Hel", "lo"])
     server.start()
     backend = OpenAIChat(server.url, make_session(2, 10.0), model="m")

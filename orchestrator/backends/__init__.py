@@ -14,15 +14,8 @@ from orchestrator.backends.base import (
     FatalError,
     TransientError,
 )
-from orchestrator.backends.openai import (
-    LlamaCppChat,
-    OpenAIChat,
-    SGLangChat,
-    TGIChat,
-    TokenCounter,
-    VLLMChat,
-    make_session,
-)
+from orchestrator.backends.http import TokenCounter, make_session
+from orchestrator.backends.openai import LlamaCppChat, OpenAIChat, SGLangChat, TGIChat, VLLMChat
 from orchestrator.backends.tgi import ChatTemplate, TGINative
 from orchestrator.manifest import LoadConfig, TargetConfig
 from orchestrator.tokenizer import load_tokenizer

@@ -27,7 +27,7 @@ from orchestrator.backends.base import (
     TransientError,
     error_for_status,
 )
-from orchestrator.backends.openai import HTTPBackend, read_json_body, read_sse, retry_after
+from orchestrator.backends.http import HTTPBackend, read_json_body, read_sse, retry_after
 from orchestrator.timing import Stamps
 
 
