@@ -475,7 +475,7 @@ def _rooflines(manifest: Manifest, results: list[Any], args: argparse.Namespace)
 
 
 def base_profile(manifest: Manifest) -> dict[str, Any]:
-    """The manifest's load_test section in LoadProfile's plain form."""
+    """The manifest's load_test profile in plain form (the CLI's overrides go on top)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(manifest.load_test).items()}
 
 

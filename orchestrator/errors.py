@@ -21,3 +21,7 @@ class StoreError(UserError, OSError):
     """The run directory cannot be written (full disk, read-only, no such folder, quota)."""
 
     exit_code = 4
+
+
+class LoadConfigError(UserError, ValueError):
+    """A load-test option that cannot be used."""

@@ -23,73 +23,18 @@ records on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import timing
-from orchestrator.errors import UserError
-from orchestrator.registry import LOAD_PROMPTS
+from orchestrator.errors import LoadConfigError
+from orchestrator.manifest import MODES, LoadProfile
 
-MODES = ("concurrency", "constant", "poisson")
-
-
-class LoadConfigError(UserError, ValueError):
-    """A load-test option that cannot be used."""
-
-
-@dataclass(frozen=True)
-class LoadProfile:
-    """One load test: a mode and its levels, bounded by request count and/or duration."""
-
-    mode: str = "concurrency"
-    levels: tuple[float, ...] = (1, 4, 16)  # concurrencies, or rates in requests/s
-    auto: bool = False  # find the saturation throughput, then sweep rates up to it
-    requests: int = 100  # per level (after warm-up)
-    duration: float | None = None  # seconds per level; whichever bound comes first
-    warmup: int = 4  # requests per level excluded from the statistics
-    input_tokens: int = 128
-    output_tokens: int = 64
-    ignore_eos: bool = True
-    max_concurrency: int | None = None  # cap of in-flight requests for rate modes (client queue)
-    percentiles: tuple[float, ...] = (50, 90, 99)
-    slo: dict[str, float] = field(default_factory=dict)  # metric -> threshold in ms
-    seed: int = 0
-    prompts: str = "synthetic"  # or a benchmark's own prompts: mmlu, ceval, ifeval
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoadProfile:
-        """From run.json's plain form (lists back to tuples)."""
-        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain form for run.json."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise LoadConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not self.auto and (not self.levels or min(self.levels) <= 0):
-            raise LoadConfigError("levels must be positive numbers (concurrencies or requests/s)")
-        if self.mode == "concurrency" and any(int(x) != x for x in self.levels):
-            raise LoadConfigError("concurrency levels must be whole numbers")
-        if self.requests < 1 or self.warmup < 0 or self.input_tokens < 1 or self.output_tokens < 1:
-            raise LoadConfigError("requests, input and output tokens must be positive; warmup 0 or more")
-        if self.duration is not None and self.duration <= 0:
-            raise LoadConfigError(f"duration must be a positive number of seconds, got {self.duration:g}")
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise LoadConfigError(f"max_concurrency must be a positive integer, got {self.max_concurrency}")
-        if any(p <= 0 or p >= 100 for p in self.percentiles):
-            raise LoadConfigError("percentiles must lie between 0 and 100 (exclusive)")
-        if self.prompts not in LOAD_PROMPTS:
-            raise LoadConfigError(f"prompts must be one of {', '.join(LOAD_PROMPTS)}, got {self.prompts!r}")
-        unknown = set(self.slo) - {"ttft", "tpot", "itl", "e2el"}
-        if unknown:
-            raise LoadConfigError(f"unknown SLO metric(s): {', '.join(sorted(unknown))} (ttft, tpot, itl, e2el)")
+# One type for a load test's profile: the manifest's load_test section, the CLI's overrides on
+# top of it, and run.json's copy (orchestrator.manifest.LoadProfile).
+__all__ = ["MODES", "LoadConfigError", "LoadProfile", "level_metrics", "parse_slo", "schedule"]
 
 
 def parse_slo(text: str) -> dict[str, float]:

@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from orchestrator.errors import UserError
-from orchestrator.registry import TASKS, BackendKind, LoadPrompts
+from orchestrator.errors import LoadConfigError, UserError
+from orchestrator.registry import LOAD_PROMPTS, TASKS, BackendKind, LoadPrompts
 from orchestrator.setups import SETUPS
 
 KNOWN_TASKS = tuple(TASKS)
@@ -74,24 +74,59 @@ class LoadConfig:
     health_timeout: float = 0.0  # > 0: wait this long for each server's /health before sending
 
 
+MODES = ("concurrency", "constant", "poisson")
+
+
 @dataclass(frozen=True)
-class LoadTestConfig:
-    """`orchestrate load` defaults (see orchestrator.loadtest.LoadProfile; the CLI overrides)."""
+class LoadProfile:
+    """One load test (`orchestrate load`; the manifest's ``load_test`` section with the CLI's
+    overrides on top): a mode and its levels, bounded by request count and/or duration."""
 
     mode: Literal["concurrency", "constant", "poisson"] = "concurrency"
-    levels: tuple[float, ...] = (1, 4, 16)
-    auto: bool = False
-    requests: int = 100
-    duration: float | None = None
-    warmup: int = 4
+    levels: tuple[float, ...] = (1, 4, 16)  # concurrencies, or rates in requests/s
+    auto: bool = False  # find the saturation throughput, then sweep rates up to it
+    requests: int = 100  # per level (after warm-up)
+    duration: float | None = None  # seconds per level; whichever bound comes first
+    warmup: int = 4  # requests per level excluded from the statistics
     input_tokens: int = 128
     output_tokens: int = 64
     ignore_eos: bool = True
-    max_concurrency: int | None = None
+    max_concurrency: int | None = None  # cap of in-flight requests for rate modes (client queue)
     percentiles: tuple[float, ...] = (50, 90, 99)
-    slo: dict[str, float] = field(default_factory=dict)
+    slo: dict[str, float] = field(default_factory=dict)  # metric -> threshold in ms
     seed: int = 0
-    prompts: LoadPrompts = "synthetic"
+    prompts: LoadPrompts = "synthetic"  # or a benchmark's own prompts: mmlu, ceval, ifeval
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadProfile:
+        """From run.json's plain form (lists back to tuples)."""
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form for run.json."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise LoadConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.auto and (not self.levels or min(self.levels) <= 0):
+            raise LoadConfigError("levels must be positive numbers (concurrencies or requests/s)")
+        if self.mode == "concurrency" and any(int(x) != x for x in self.levels):
+            raise LoadConfigError("concurrency levels must be whole numbers")
+        if self.requests < 1 or self.warmup < 0 or self.input_tokens < 1 or self.output_tokens < 1:
+            raise LoadConfigError("requests, input and output tokens must be positive; warmup 0 or more")
+        if self.duration is not None and self.duration <= 0:
+            raise LoadConfigError(f"duration must be a positive number of seconds, got {self.duration:g}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise LoadConfigError(f"max_concurrency must be a positive integer, got {self.max_concurrency}")
+        if any(p <= 0 or p >= 100 for p in self.percentiles):
+            raise LoadConfigError("percentiles must lie between 0 and 100 (exclusive)")
+        if self.prompts not in LOAD_PROMPTS:
+            raise LoadConfigError(f"prompts must be one of {', '.join(LOAD_PROMPTS)}, got {self.prompts!r}")
+        unknown = set(self.slo) - {"ttft", "tpot", "itl", "e2el"}
+        if unknown:
+            raise LoadConfigError(f"unknown SLO metric(s): {', '.join(sorted(unknown))} (ttft, tpot, itl, e2el)")
 
 
 @dataclass(frozen=True)
@@ -144,7 +179,7 @@ class Manifest:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
-    load_test: LoadTestConfig = field(default_factory=LoadTestConfig)
+    load_test: LoadProfile = field(default_factory=lambda: LoadProfile())
     source: str = ""
 
     def resolve_path(self, value: str) -> Path:
@@ -265,7 +300,10 @@ def _build(cls: type, data: Any, path: str, source: str) -> Any:
             kwargs[name] = _convert(hints[name], data[name], f"{prefix}{name}", source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ManifestError(source, f"{prefix}{name}", "missing required key")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as exc:  # a type's own checks (LoadProfile's) name the section they failed in
+        raise ManifestError(source, path or "(top level)", str(exc)) from None
 
 
 def _check_url(url: str, path: str, source: str) -> None:
