@@ -17,7 +17,11 @@ VENV="${ORCHESTRATOR_VENV:-.venv}"
 CACHE="${ORCHESTRATOR_CACHE:-$HOME/.cache/orchestrator}"
 # The one place that names the tested llama-cpp-python version (pyproject.toml pins the same).
 LLAMA_CPP_PYTHON_VERSION="0.3.36"
-PORTABLE="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+if [ "$(uname -m)" = x86_64 ]; then
+  PORTABLE="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+else
+  PORTABLE="-DGGML_NATIVE=OFF"  # elsewhere (aarch64 …): ggml's own generic baseline for the architecture
+fi
 if [ "${ORCHESTRATOR_LLAMA_NATIVE:-0}" = 1 ]; then PORTABLE="-DGGML_NATIVE=ON"; fi
 # LLAVA (multimodal) is not used and doubles the build time.
 FLAGS="${ORCHESTRATOR_LLAMA_CMAKE_ARGS:-$PORTABLE} -DLLAVA_BUILD=OFF"
