@@ -222,7 +222,8 @@ class Runner:
                 request = ChatRequest(sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream)
                 self.progress.started(f"{target.name}/{task.name}")
                 record = await self._attempt(backends[replica], task, sample, request)
-                if record["error"] is not None and server is not None and await server.dead_within(1.0):
+                broken = record["error"] is not None and record.get("error_type") in ("connection", "timeout")
+                if broken and server is not None and await server.dead_within(1.0):
                     # The managed server crashed under this request: not the sample's failure. It
                     # stays unanswered (sent again on resume) and the watcher stops the target.
                     raise server.death()
