@@ -22,7 +22,7 @@ from orchestrator.backends import Backend, BackendError, ChatRequest, Completion
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied
 from orchestrator.errors import StoreError
 from orchestrator.manifest import Manifest, TargetConfig
-from orchestrator.scoring import ScoringProcess
+from orchestrator.scoring import ScoringProcess, ScoringProcessDied
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, synced, unless_dead
 from orchestrator.setups import SETUP_VERSIONS, store_key
 from orchestrator.store import RunStore
@@ -328,10 +328,17 @@ class Runner:
                 rule=None,
             )
             return record
-        if self._scoring is not None and hasattr(task, "score_job"):
+        score = None
+        if self._scoring is not None and self._scoring.alive and hasattr(task, "score_job"):
             fn, args = task.score_job(sample, completion.text)
-            score = await self._scoring.run(fn, *args)
-        else:
+            try:
+                score = await self._scoring.run(fn, *args)
+            except ScoringProcessDied:
+                # Killed from outside (the OOM killer, say): score here from now on, timing precision
+                # notwithstanding, rather than lose the answer.
+                if "the scoring process died" not in " ".join(self.notes):
+                    self.notes.append("the scoring process died; the rest of the run was scored in the main process")
+        if score is None:
             score = task.score(sample, completion.text)
         record.update(
             request=completion.request,

@@ -52,6 +52,11 @@ class ScoringProcess:
         )
         self._reader = asyncio.create_task(self._read())
 
+    @property
+    def alive(self) -> bool:
+        """Whether the child is still there to take jobs."""
+        return self._proc is not None and self._proc.returncode is None and not (self._reader and self._reader.done())
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Send one job; the future resolves with its result (or the child's error)."""
         assert self._proc is not None and self._proc.stdin is not None, "start() first"

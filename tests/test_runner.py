@@ -208,3 +208,46 @@ async def test_ifeval_scored_in_its_own_process(
     assert all(r["correct"] for r in no_comma)
     report = build_report(tmp_path / "run")["rows"][0]["tasks"]["ifeval"]
     assert report["n"] == 40 and report["prompt_loose"] >= report["prompt_strict"]
+
+
+async def test_a_scoring_process_killed_from_outside_loses_no_answer(
+    fake_url: Any, tmp_path: Path, data_dir: Path
+) -> None:
+    """The OOM killer takes the scoring process mid-run: the rest is scored in the main process."""
+    import os
+    import signal as sig
+
+    text = "Das ist eine kurze Antwort auf Deutsch. Es gibt keine Kommas hier."
+    runner_box: list[Runner] = []
+    answered = 0
+
+    async def polite(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        nonlocal answered
+        answered += 1
+        scoring = runner_box[0]._scoring
+        if answered == 10 and scoring is not None and scoring._proc is not None:
+            os.kill(scoring._proc.pid, sig.SIGKILL)
+        return await sse(request, [{"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}])
+
+    url, _ = await fake_url(polite)
+    m = parse_manifest(
+        {
+            "run": {"name": "t", "output_dir": str(tmp_path)},
+            "tasks": {"ifeval": {"limit": 40}},
+            "load": {"concurrency": 4, "retries": 0},
+            "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
+        }
+    )
+    store = RunStore(tmp_path / "run")
+    store.write_meta({"run_id": "run", "manifest": m.to_dict()})
+    task = build_task("ifeval", data_dir, limit=40)
+    expected = {s.id: task.score(s, text).details for s in task.samples()}
+    runner = Runner(m, [task], store)
+    runner_box.append(runner)
+    outcomes = await runner.run()
+    store.close()
+    assert outcomes[0].errors == 0 and outcomes[0].failure is None
+    records = store.records("fake", "ifeval", "qwen@2")
+    assert len(records) == 40 and all(r["error"] is None for r in records)
+    assert {r["id"]: r["score_details"] for r in records} == expected  # the same verdicts either way
+    assert any("scoring process died" in n for n in runner.notes)
