@@ -16,6 +16,7 @@ from orchestrator.backends.launch import LaunchError
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, synced
 from orchestrator.store import RunStore
+from orchestrator.timing import LoopPacer
 from orchestrator.tokenizer import load_tokenizer
 
 
@@ -55,6 +56,7 @@ class LoadRunner:
         self.progress = progress or NullProgress()
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.notes: dict[str, list[str]] = {}
+        self.pacer = LoopPacer()  # the run's one pacer (see orchestrator.timing.LoopPacer)
 
     def _size_sessions(self) -> None:
         """The connection pool holds the largest level (a closed loop's concurrency, a rate mode's
@@ -97,7 +99,9 @@ class LoadRunner:
         profile = self.profile
         results: list[LevelResult] = []
         try:
-            async with serving(target, self.manifest, self.store, self.progress, self.tokenizer_path) as live:
+            async with serving(
+                target, self.manifest, self.store, self.progress, self.tokenizer_path, pacer=self.pacer
+            ) as live:
                 backend = live.backends[0]  # load tests measure one server: the first replica
                 if profile.ignore_eos and not backend.supports_ignore_eos:
                     self.notes.setdefault(target.name, []).append(

@@ -27,6 +27,7 @@ from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, 
 from orchestrator.setups import SETUP_VERSIONS, store_key
 from orchestrator.store import RunStore
 from orchestrator.tasks import DataError, Sample, Task
+from orchestrator.timing import LoopPacer
 
 
 class ErrorBudgetExceeded(Exception):
@@ -72,6 +73,8 @@ class Runner:
         self.store_key = store_key(SETUP_VERSIONS[manifest.run.setup])
         self.model_paths = model_paths or {}  # managed targets' GGUF files, resolved before the run
         self.notes: list[str] = []  # what the run had to adapt to (printed and kept in run.json)
+        # One pacer for the run: every target's adapters take their heavy steps in its turns.
+        self.pacer = LoopPacer()
         self.in_flight = 0  # samples sent and not yet written
         self.written = 0  # records written by this session
         self.unwritten = 0  # when the disk failed: answers that could not be written, in flight included
@@ -154,7 +157,7 @@ class Runner:
         try:
             model_path = self.model_paths.get(target.name)
             async with serving(
-                target, self.manifest, self.store, self.progress, self.tokenizer_path, model_path
+                target, self.manifest, self.store, self.progress, self.tokenizer_path, model_path, self.pacer
             ) as live:
                 backends = live.backends
                 if live.server is not None:

@@ -19,6 +19,7 @@ from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_mo
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.secrets import split_credentials
 from orchestrator.store import SYNC_INTERVAL, RunStore
+from orchestrator.timing import LoopPacer
 
 
 class Progress(Protocol):
@@ -157,8 +158,10 @@ async def serving(
     progress: Progress,
     tokenizer_path: Callable[[TargetConfig], Path | None],
     model_path: Path | None = None,
+    pacer: LoopPacer | None = None,
 ) -> AsyncIterator[Serving]:
-    """Start (managed) or wait for (health_timeout) a target's servers, open its adapters; always clean up."""
+    """Start (managed) or wait for (health_timeout) a target's servers, open its adapters (on the
+    driver's ``pacer``); always clean up."""
     server: LlamaCppServer | None = None
     backends: list[Backend] = []
     try:
@@ -168,7 +171,7 @@ async def serving(
             urls = [server.url]
         elif manifest.load.health_timeout > 0:
             await asyncio.gather(*(wait_healthy(target, u, manifest.load.health_timeout, progress) for u in urls))
-        backends = await open_backends(target, urls, manifest.load, tokenizer_path(target))
+        backends = await open_backends(target, urls, manifest.load, tokenizer_path(target), pacer)
         yield Serving(backends, urls, server)
     finally:
         if backends:

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import math
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,18 +80,6 @@ class LoopPacer:
         """Wait until this task may run one heavy step."""
         async with self._lock:
             await asyncio.sleep(0)  # one loop pass: the sockets are polled before the step runs
-
-
-_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPacer] = weakref.WeakKeyDictionary()
-
-
-def loop_pacer() -> LoopPacer:
-    """The running loop's pacer (one per loop: every target of a run shares it)."""
-    loop = asyncio.get_running_loop()
-    pacer = _pacers.get(loop)
-    if pacer is None:
-        pacer = _pacers[loop] = LoopPacer()
-    return pacer
 
 
 def ttft(timing: dict[str, Any]) -> float | None:

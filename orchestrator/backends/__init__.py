@@ -18,6 +18,7 @@ from orchestrator.backends.http import TokenCounter, make_session
 from orchestrator.backends.openai import LlamaCppChat, OpenAIChat, SGLangChat, TGIChat, VLLMChat
 from orchestrator.backends.tgi import ChatTemplate, TGINative
 from orchestrator.manifest import LoadConfig, TargetConfig
+from orchestrator.timing import LoopPacer
 from orchestrator.tokenizer import load_tokenizer
 
 __all__ = [
@@ -45,7 +46,7 @@ def hf_token_counter(spec: str, resolve: Path | None = None) -> TokenCounter:
 
 
 async def open_backends(
-    target: TargetConfig, urls: list[str], load: LoadConfig, tokenizer: Path | None
+    target: TargetConfig, urls: list[str], load: LoadConfig, tokenizer: Path | None, pacer: LoopPacer | None = None
 ) -> list[Backend]:
     """One adapter per replica URL of a target, all on the target's one shared session."""
     api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
@@ -62,12 +63,12 @@ async def open_backends(
     backends: list[Backend] = []
     for url in urls:
         if template is not None:
-            backends.append(TGINative(url, session, template, model=target.served_model))
+            backends.append(TGINative(url, session, template, model=target.served_model, pacer=pacer))
         else:
             cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat, "tgi-chat": TGIChat, "sglang": SGLangChat}.get(
                 target.backend, OpenAIChat
             )
-            backends.append(cls(url, session, model=target.served_model, counter=counter))
+            backends.append(cls(url, session, model=target.served_model, counter=counter, pacer=pacer))
     try:
         for backend in backends:
             await backend.start()

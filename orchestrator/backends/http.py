@@ -27,7 +27,7 @@ from orchestrator.backends.base import (
     error_for_status,
 )
 from orchestrator.secrets import split_credentials
-from orchestrator.timing import Stamps, loop_pacer
+from orchestrator.timing import LoopPacer, Stamps
 
 # Counts the tokens of a completion text with the model's own tokenizer: (count, source) or None.
 TokenCounter = Callable[[str], Awaitable[tuple[int, str] | None]]
@@ -189,7 +189,7 @@ async def read_json_body(resp: aiohttp.ClientResponse, stamps: Stamps) -> Any:
     return payload
 
 
-async def read_sse(resp: aiohttp.ClientResponse) -> SSEBody:
+async def read_sse(resp: aiohttp.ClientResponse, pacer: LoopPacer | None = None) -> SSEBody:
     """Read an SSE body (see _read_events), then wait for the loop pacer's turn: what the caller
     does next (decoding the events, building the record) is a heavy step.
 
@@ -203,7 +203,8 @@ async def read_sse(resp: aiohttp.ClientResponse) -> SSEBody:
     body = await _read_events(resp)
     if not body.events and not body.done:
         raise TransientError("the stream carried no data line", kind="no_data")
-    await loop_pacer().turn()
+    if pacer is not None:
+        await pacer.turn()
     return body
 
 
@@ -284,7 +285,9 @@ class HTTPBackend:
     name = "http"
     supports_ignore_eos = False  # vLLM and SGLang honour ignore_eos/min_tokens; llama.cpp and TGI do not
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, model: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession, model: str | None = None, *, pacer: LoopPacer | None = None
+    ) -> None:
         # Credentials in the URL are split off here and sent as Basic auth: base_url, which ends
         # up in records, reports and error messages, never holds them.
         clean, credentials = split_credentials(base_url)
@@ -294,6 +297,9 @@ class HTTPBackend:
             self.base_url = self.base_url[: -len("/v1")]
         self.session = session
         self.model = model
+        # The run's one pacer, handed down by the driver (every target of a run shares it); an
+        # adapter made on its own gets its own.
+        self.pacer = pacer or LoopPacer()
 
     @contextlib.asynccontextmanager
     async def _post(self, path: str, body: dict[str, Any], stamps: Stamps) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -302,7 +308,7 @@ class HTTPBackend:
         socket is stamped by the session's trace. Transport failures inside the block become
         TransientError (connection, payload, timeout) or FatalError (any other client error)."""
         stamps.mark_send()
-        await loop_pacer().turn()
+        await self.pacer.turn()
         url = f"{self.base_url}{path}"
         try:
             try:

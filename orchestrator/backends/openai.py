@@ -23,7 +23,7 @@ from orchestrator.backends.http import (
     read_sse,
     retry_after,
 )
-from orchestrator.timing import Stamps
+from orchestrator.timing import LoopPacer, Stamps
 
 
 class OpenAIChat(HTTPBackend):
@@ -37,8 +37,10 @@ class OpenAIChat(HTTPBackend):
         session: aiohttp.ClientSession,
         model: str | None = None,
         counter: TokenCounter | None = None,
+        *,
+        pacer: LoopPacer | None = None,
     ) -> None:
-        super().__init__(base_url, session, model)
+        super().__init__(base_url, session, model, pacer=pacer)
         self.counter = counter
         self._models_answer: dict[str, Any] | None = None
 
@@ -109,7 +111,7 @@ class OpenAIChat(HTTPBackend):
         usage: dict[str, Any] | None = None
         last_choice_chunk: dict[str, Any] | None = None
         usage_chunk: dict[str, Any] | None = None
-        body_events = await read_sse(resp)
+        body_events = await read_sse(resp, self.pacer)
         any_choice = False
         for stamp, chunk in body_events.decoded():
             if "error" in chunk:
@@ -250,8 +252,10 @@ class LlamaCppChat(OpenAIChat):
         session: aiohttp.ClientSession,
         model: str | None = None,
         counter: TokenCounter | None = None,
+        *,
+        pacer: LoopPacer | None = None,
     ) -> None:
-        super().__init__(base_url, session, model, counter or self._server_count)
+        super().__init__(base_url, session, model, counter or self._server_count, pacer=pacer)
         if counter is None:
             self._server_counter = self.counter  # a request to the server each: only when usage is missing
 

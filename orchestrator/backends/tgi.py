@@ -28,7 +28,7 @@ from orchestrator.backends.base import (
     error_for_status,
 )
 from orchestrator.backends.http import HTTPBackend, read_json_body, read_sse, retry_after
-from orchestrator.timing import Stamps
+from orchestrator.timing import LoopPacer, Stamps
 
 
 class ChatTemplate:
@@ -108,9 +108,15 @@ class TGINative(HTTPBackend):
     name = "tgi"
 
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession, template: ChatTemplate, model: str | None = None
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        template: ChatTemplate,
+        model: str | None = None,
+        *,
+        pacer: LoopPacer | None = None,
     ) -> None:
-        super().__init__(base_url, session, model)
+        super().__init__(base_url, session, model, pacer=pacer)
         self.template = template
         self._info: dict[str, Any] | None = None
 
@@ -164,7 +170,7 @@ class TGINative(HTTPBackend):
         parts: list[str] = []
         final: dict[str, Any] | None = None
         generated_text: str | None = None
-        body_events = await read_sse(resp)
+        body_events = await read_sse(resp, self.pacer)
         for stamp, event in body_events.decoded():
             if "error" in event:
                 raise error_from_tgi(None, event)
