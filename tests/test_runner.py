@@ -167,6 +167,24 @@ async def test_rescore_run_without_server(fake_url: Any, tmp_path: Path, data_di
     assert main(["score", str(tmp_path / "nowhere")]) == 2
 
 
+def ifeval_run(
+    url: str, tmp_path: Path, data_dir: Path, concurrency: int, reply: str
+) -> tuple[Manifest, RunStore, Any, dict[str, Any]]:
+    """An IFEval run of 40 prompts against ``url``, and the verdicts ``reply`` gets in-process."""
+    m = parse_manifest(
+        {
+            "run": {"name": "t", "output_dir": str(tmp_path)},
+            "tasks": {"ifeval": {"limit": 40}},
+            "load": {"concurrency": concurrency, "retries": 0},
+            "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
+        }
+    )
+    store = RunStore(tmp_path / "run")
+    store.write_meta({"run_id": "run", "manifest": m.to_dict()})
+    task = build_task("ifeval", data_dir, limit=40)
+    return m, store, task, {s.id: task.score(s, reply).details for s in task.samples()}
+
+
 async def test_ifeval_scored_in_its_own_process(
     fake_url: Any, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,18 +194,7 @@ async def test_ifeval_scored_in_its_own_process(
         return await sse(request, [{"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}])
 
     url, _ = await fake_url(polite)
-    m = parse_manifest(
-        {
-            "run": {"name": "t", "output_dir": str(tmp_path)},
-            "tasks": {"ifeval": {"limit": 40}},
-            "load": {"concurrency": 8, "retries": 0},
-            "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
-        }
-    )
-    store = RunStore(tmp_path / "run")
-    store.write_meta({"run_id": "run", "manifest": m.to_dict()})
-    task = build_task("ifeval", data_dir, limit=40)
-    expected = {s.id: task.score(s, text).details for s in task.samples()}
+    m, store, task, expected = ifeval_run(url, tmp_path, data_dir, 8, text)
 
     def not_here(*args: Any) -> Any:
         raise AssertionError("IFEval scored in the process that times the requests")
@@ -230,18 +237,7 @@ async def test_a_scoring_process_killed_from_outside_loses_no_answer(
         return await sse(request, [{"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}])
 
     url, _ = await fake_url(polite)
-    m = parse_manifest(
-        {
-            "run": {"name": "t", "output_dir": str(tmp_path)},
-            "tasks": {"ifeval": {"limit": 40}},
-            "load": {"concurrency": 4, "retries": 0},
-            "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
-        }
-    )
-    store = RunStore(tmp_path / "run")
-    store.write_meta({"run_id": "run", "manifest": m.to_dict()})
-    task = build_task("ifeval", data_dir, limit=40)
-    expected = {s.id: task.score(s, text).details for s in task.samples()}
+    m, store, task, expected = ifeval_run(url, tmp_path, data_dir, 4, text)
     runner = Runner(m, [task], store)
     runner_box.append(runner)
     outcomes = await runner.run()
