@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.cli import run_async
 from orchestrator.manifest import parse_manifest
+from orchestrator.records import SampleRecord
 from orchestrator.runner import Runner
 from orchestrator.store import RunStore, read_records
 from orchestrator.tasks import Sample, Score
@@ -37,7 +38,7 @@ class SyntheticTask:
     def score(self, sample: Sample, reply: str) -> Score:
         return Score(None, "unparsed", False)
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         return {}
 
 

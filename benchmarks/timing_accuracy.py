@@ -31,12 +31,13 @@ def errors(records: list[dict], stamps: dict[str, dict]) -> dict[str, list[float
     for r in records:
         server = stamps[r["raw"]["final_chunk"]["id"]]
         t = r["timing"]
+        chunks = t["chunks"]
         s_ttft = server["chunks"][0] - server["recv"]
         s_e2e = server["end"] - server["recv"]
         out["ttft"].append((t["ttft"] - s_ttft) * 1000)
         out["e2e"].append((t["e2e"] - s_e2e) * 1000)
         out["ttft_vs_injected"].append(t["ttft"] * 1000 - TTFT_MS)
-        client_gaps = timing.itl(t)
+        client_gaps = [b - a for a, b in itertools.pairwise(chunks)]
         server_gaps = [b - a for a, b in itertools.pairwise(server["chunks"])]
         out["itl"] += [(c - s) * 1000 for c, s in zip(client_gaps, server_gaps, strict=False)]
     return out

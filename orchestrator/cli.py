@@ -33,6 +33,7 @@ from orchestrator.manifest import (
     parse_manifest,
     with_overrides,
 )
+from orchestrator.records import RECORD_SCHEMA
 from orchestrator.registry import BACKENDS, LOAD_PROMPTS, TASKS
 from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
@@ -128,9 +129,9 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
 
     if args.resume:
         run_dir = Path(args.resume)
-        meta = RunStore(run_dir).read_meta()
-        if not meta:
+        if not RunStore(run_dir).read_meta():
             raise ManifestError(str(run_dir), "", "not a run directory (no run.json) to resume")
+        meta = RunStore(run_dir).require_meta()  # refuses records of a newer schema
         made_with, current = run_setup_version(meta), SETUP_VERSIONS.get(meta["manifest"]["run"]["setup"])
         if made_with != current:
             raise ManifestError(
@@ -289,6 +290,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     meta["data_dir"] = None if data_dir is None else str(data_dir)
     meta["setup"] = {"name": manifest.run.setup, "version": SETUP_VERSIONS[manifest.run.setup]}
+    # The newest record schema in the run (a resumed run of schema 1 appends schema-2 records; the
+    # reader takes both).
+    meta["record_schema"] = RECORD_SCHEMA
     meta["versions"] = _versions()
     meta["git_sha"] = _git_sha()
     meta["samples"] = {name: len(s) for name, s in runner.samples.items()}
@@ -411,6 +415,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         "kind": "load",
         "manifest": redact(manifest.to_dict()),
         "load_profile": profile.to_dict(),
+        "record_schema": RECORD_SCHEMA,
         "versions": _versions(),
         "git_sha": _git_sha(),
     }

@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.backends import Backend, BackendError, ChatRequest
 from orchestrator.backends.launch import LaunchError
 from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.records import LoadRecord
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, synced
 from orchestrator.store import RunStore
 from orchestrator.timing import LoopPacer
@@ -27,7 +28,7 @@ class LevelResult:
     target: str
     mode: str
     level: float
-    records: list[dict[str, Any]]
+    records: list[LoadRecord]
     cpu_s: float
     server_before: dict[str, float] | None
     server_after: dict[str, float] | None
@@ -172,7 +173,7 @@ class LoadRunner:
         key = f"{target.name}/{mode}-{level:g}"
         self.progress.add(key, f"{target.name} · {mode} {level:g}", len(prompts), 0)
         writer = self.store.writer(target.name, f"load-{mode}-{level:g}", "load")
-        records: list[dict[str, Any]] = []
+        records: list[LoadRecord] = []
         server_before = await backend.scrape_metrics()
         cpu0 = time.process_time()
         cap = int(level) if mode == "concurrency" else profile.max_concurrency
@@ -189,7 +190,7 @@ class LoadRunner:
             request = ChatRequest(
                 prompts[i], profile.output_tokens, gen.seed, gen.temperature, ignore_eos=profile.ignore_eos
             )
-            record: dict[str, Any] = {
+            place: dict[str, Any] = {
                 "index": i,
                 "warmup": i < profile.warmup,
                 "cooldown": i >= profile.warmup + profile.requests,
@@ -201,15 +202,15 @@ class LoadRunner:
             try:
                 completion = await backend.generate(request)
             except BackendError as exc:
-                record.update(error=str(exc), queued=round(time.perf_counter() - wake, 6), timing=None)
+                record = LoadRecord(**place, error=str(exc), queued=round(time.perf_counter() - wake, 6))
             else:
-                record.update(
-                    error=None,
+                record = LoadRecord(
+                    **place,
                     # Waiting for a slot, a late loop and building the request: all client-side.
                     queued=round((completion.stamps.t_wire or completion.stamps.t_send) - wake, 6),
                     # From the reply's last byte to the slot being freed (just below): decoding, counting.
                     post=round(time.perf_counter() - completion.stamps.t_end, 6),
-                    timing=completion.stamps.to_record(),
+                    timing=completion.stamps.to_timing(),
                     prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens,
                     token_source=completion.token_source,
@@ -227,7 +228,7 @@ class LoadRunner:
                     slots.release()
             records.append(record)
             writer.write(record)
-            self.progress.advance(key, record["error"] is not None)
+            self.progress.advance(key, record.error is not None)
 
         async with asyncio.TaskGroup() as tg:
             for i in range(len(prompts)):

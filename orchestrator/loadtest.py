@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from orchestrator import timing
 from orchestrator.errors import LoadConfigError
 from orchestrator.manifest import MODES, LoadProfile
+from orchestrator.records import Exchange, LoadRecord, Timing
 
 # One type for a load test's profile: the manifest's load_test section, the CLI's overrides on
 # top of it, and run.json's copy (orchestrator.manifest.LoadProfile).
@@ -89,7 +90,7 @@ def summary(values: Sequence[float], percentiles: Sequence[float]) -> dict[str, 
     return out
 
 
-def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> dict[str, Any]:
+def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[str, Any]:
     """Every metric of one level from its records (warm-up, cool-down and failed requests excluded).
 
     Throughputs count every completion (warm-up and cool-down ones too) that ends inside the
@@ -97,43 +98,37 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
     of sends shifted by the median latency, so that the drain does not count as load): around the measured
     requests the load was kept at its level, so this is the steady-state rate.
     """
-    measured = [r for r in records if not r["warmup"] and not r.get("cooldown")]
-    ok = [r for r in measured if not r.get("error")]
+    measured = [r for r in records if r.measured]
+    ok = [r for r in measured if r.timed]
     ms = 1000.0
-    ttft = [t * ms for r in ok if (t := timing.ttft(r["timing"])) is not None]
-    tpot = [t * ms for r in ok if (t := timing.tpot(r["timing"], r.get("completion_tokens"))) is not None]
-    itl = [g * ms for r in ok for g in timing.itl(r["timing"])]
-    e2el = [timing.e2e(r["timing"]) * ms for r in ok]
-    queue = [r["queued"] * ms for r in measured]
-    post = [r["post"] * ms for r in ok if r.get("post") is not None]
-    lag = [r["dispatch_lag"] * ms for r in measured if r.get("dispatch_lag") is not None]
+    ttft = [t * ms for r in ok if (t := r.ttft) is not None]
+    tpot = [t * ms for r in ok if (t := r.tpot) is not None]
+    itl = [g * ms for r in ok for g in r.itl]
+    e2el = [timing_of(r).e2e * ms for r in ok]
+    queue = [r.queued * ms for r in measured]
+    post = [r.post * ms for r in ok if r.post is not None]
+    lag = [r.dispatch_lag * ms for r in measured if r.dispatch_lag is not None]
     window = 0.0
-    in_window: list[dict[str, Any]] = []
-    rate_mode = any(r.get("dispatch_lag") is not None for r in measured)
+    in_window: list[LoadRecord] = []
+    rate_mode = any(r.dispatch_lag is not None for r in measured)
     if ok:
-        start = min(r["timing"]["wall_send"] for r in ok)
-        end = max(r["timing"]["wall_send"] + r["timing"]["e2e"] for r in ok)
-        last_send = max(r["timing"]["wall_send"] for r in ok)
+        start = min(timing_of(r).wall_send for r in ok)
+        end = max(timing_of(r).wall_end for r in ok)
+        last_send = max(timing_of(r).wall_send for r in ok)
         lo, hi = start, end
         if rate_mode and last_send > start:
             # An open loop sends nothing after its last scheduled request, and the time it then
             # waits for the last replies (the drain) is not load at this rate. The window is the
             # sending span, shifted by the median latency: the completions the load of that span
             # produced, counted over its length.
-            shift = timing.percentile([r["timing"]["e2e"] for r in ok], 50) or 0.0
+            shift = timing.percentile([timing_of(r).e2e for r in ok], 50) or 0.0
             lo, hi = start + shift, last_send + shift
         window = hi - lo
-        in_window = [
-            r
-            for r in records
-            if not r.get("error") and r.get("timing") and lo < r["timing"]["wall_send"] + r["timing"]["e2e"] <= hi
-        ]
-    out_tokens = sum(r.get("completion_tokens") or 0 for r in in_window)
+        in_window = [r for r in records if r.timed and lo < timing_of(r).wall_end <= hi]
+    out_tokens = sum(r.completion_tokens or 0 for r in in_window)
     # Prompt tokens as the server counted them, else as the model's tokenizer did (llama.cpp's
     # streams carry no usage).
-    in_tokens = sum(
-        r.get("prompt_tokens") or (r.get("prompt_token_counts") or {}).get("tokenizer") or 0 for r in in_window
-    )
+    in_tokens = sum(r.prompt_tokens or (r.prompt_token_counts or {}).get("tokenizer") or 0 for r in in_window)
     p = profile.percentiles
     metrics: dict[str, Any] = {
         "completed": len(ok),
@@ -142,7 +137,7 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
         "request_throughput": len(in_window) / window if window else None,
         "output_throughput": out_tokens / window if window else None,
         "total_token_throughput": (out_tokens + in_tokens) / window if window else None,
-        "mean_output_tokens": sum(r.get("completion_tokens") or 0 for r in ok) / len(ok) if ok else None,
+        "mean_output_tokens": sum(r.completion_tokens or 0 for r in ok) / len(ok) if ok else None,
         "ttft_ms": summary(ttft, p),
         "tpot_ms": summary(tpot, p),
         "itl_ms": summary(itl, p),
@@ -154,8 +149,8 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
     # A level whose requests outlast it is one wave of requests, not a steady state.
     e2e_median = timing.percentile(e2el, 50)
     metrics["one_wave"] = bool(profile.duration and e2e_median and e2e_median / 1000.0 >= profile.duration)
-    metrics["token_count_agreement"] = token_agreement(ok)
-    metrics["prompt_token_agreement"] = token_agreement(ok, "prompt_token_counts", "usage")
+    metrics["token_count_agreement"] = token_agreement((r.token_counts, r.token_source) for r in ok)
+    metrics["prompt_token_agreement"] = token_agreement((r.prompt_token_counts, "usage") for r in ok)
     if profile.slo:
         good = [r for r in ok if _meets(r, profile.slo)]
         metrics["goodput"] = {
@@ -166,14 +161,14 @@ def level_metrics(records: Sequence[dict[str, Any]], profile: LoadProfile) -> di
     return metrics
 
 
-def _meets(record: dict[str, Any], slo: dict[str, float]) -> bool:
-    t = record["timing"]
-    values = {
-        "ttft": timing.ttft(t),
-        "tpot": timing.tpot(t, record.get("completion_tokens")),
-        "e2el": timing.e2e(t),
-        "itl": max(timing.itl(t), default=0.0),
-    }
+def timing_of(record: Exchange) -> Timing:
+    """The timing of a record known to be timed (``record.timed``)."""
+    assert record.timing is not None
+    return record.timing
+
+
+def _meets(record: LoadRecord, slo: dict[str, float]) -> bool:
+    values = {"ttft": record.ttft, "tpot": record.tpot, "e2el": record.e2e, "itl": max(record.itl, default=0.0)}
     for name, limit_ms in slo.items():
         v = values.get(name)
         if v is None or v * 1000.0 > limit_ms:
@@ -181,15 +176,15 @@ def _meets(record: dict[str, Any], slo: dict[str, float]) -> bool:
     return True
 
 
-def token_agreement(
-    records: Sequence[dict[str, Any]], field: str = "token_counts", primary_source: str | None = None
-) -> dict[str, Any]:
-    """How token counts of different sources compare (server usage vs the model's tokenizer)."""
+def token_agreement(counted: Iterable[tuple[dict[str, int] | None, str | None]]) -> dict[str, Any]:
+    """How token counts of different sources compare (server usage vs the model's tokenizer).
+
+    ``counted`` gives, per request, its counts by source and the source the others are compared to.
+    """
     pairs: dict[str, list[int]] = {}
-    for r in records:
-        counts = r.get(field) or {}
-        primary = primary_source or r.get("token_source")
-        if primary not in counts:
+    for counts_or_none, primary in counted:
+        counts = counts_or_none or {}
+        if primary is None or primary not in counts:
             continue
         for source, n in counts.items():
             if source != primary:

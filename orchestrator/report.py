@@ -14,26 +14,26 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator import timing
-from orchestrator.loadtest import token_agreement
+from orchestrator.loadtest import timing_of, token_agreement
+from orchestrator.records import SampleRecord
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.setups import run_setup_version, store_key
-from orchestrator.store import RunStore, read_records
+from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
 
 ACCURACY_COLUMNS = tuple(TASKS.items())
 REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
 
 
-def speed_figures(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
     """Throughput and latency of a target's answered requests (all its tasks)."""
-    ok = [r for r in records if not r.get("error") and r.get("timing")]
-    intervals = [(r["timing"]["wall_send"], r["timing"]["wall_send"] + r["timing"]["e2e"]) for r in ok]
-    busy = timing.busy_seconds(intervals)
-    out_tokens = [r["completion_tokens"] for r in ok if r.get("completion_tokens") is not None]
-    ttfts = [t for r in ok if (t := timing.ttft(r["timing"])) is not None]
-    tpots = [t for r in ok if (t := timing.tpot(r["timing"], r.get("completion_tokens"))) is not None]
-    e2es = [timing.e2e(r["timing"]) for r in ok]
-    sources = sorted({r.get("token_source", "none") for r in ok})
+    ok = [r for r in records if r.timed]
+    busy = timing.busy_seconds((timing_of(r).wall_send, timing_of(r).wall_end) for r in ok)
+    out_tokens = [r.completion_tokens for r in ok if r.completion_tokens is not None]
+    ttfts = [t for r in ok if (t := r.ttft) is not None]
+    tpots = [t for r in ok if (t := r.tpot) is not None]
+    e2es = [timing_of(r).e2e for r in ok]
+    sources = sorted({r.token_source or "none" for r in ok})
     return {
         "requests": len(ok),
         "busy_seconds": busy,
@@ -44,7 +44,7 @@ def speed_figures(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tpot_p50_ms": _ms(timing.percentile(tpots, 50)),
         "e2e_p50_ms": _ms(timing.percentile(e2es, 50)),
         "token_sources": sources,
-        "token_count_agreement": token_agreement(ok),
+        "token_count_agreement": token_agreement((r.token_counts, r.token_source) for r in ok),
     }
 
 
@@ -63,7 +63,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     task_names = list(manifest["tasks"])
     rows = []
     for t in manifest["targets"]:
-        all_records: list[dict[str, Any]] = []
+        all_records: list[SampleRecord] = []
         tasks: dict[str, Any] = {}
         for name in task_names:
             records = store.records(t["name"], name, key)
@@ -100,12 +100,12 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _replica_counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+def _replica_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
     """Answered requests per replica URL (targets with several URLs)."""
     counts: dict[str, int] = {}
     for r in records:
-        if r.get("replica") and not r.get("error"):
-            counts[r["replica"]] = counts.get(r["replica"], 0) + 1
+        if r.replica and r.answered:
+            counts[r.replica] = counts.get(r.replica, 0) + 1
     return counts
 
 
@@ -347,14 +347,10 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
     profile = LoadProfile.from_dict(meta["load_profile"])
     targets: dict[str, list[dict[str, Any]]] = {}
     for t in meta["manifest"]["targets"]:
-        folder = run_dir / "samples" / t["name"]
         levels = []
-        for path in sorted(folder.glob("load-*.load.jsonl")) if folder.is_dir() else []:
-            records = list(read_records(path))  # load requests are never retried: every record is final
-            if not records:
-                continue
+        for records in store.load_levels(t["name"]):
             metrics = level_metrics(records, profile)
-            metrics.update(mode=records[0]["mode"], level=records[0]["level"])
+            metrics.update(mode=records[0].mode, level=records[0].level)
             levels.append(metrics)
         levels.sort(key=lambda m: (m["mode"] != "concurrency", m["level"]))
         targets[t["name"]] = levels

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.records import SampleRecord
 from orchestrator.setups import SETUP_VERSIONS, run_setup_version, store_key
 from orchestrator.store import RunStore, atomic_write, jsonl_line, read_records
 from orchestrator.tasks import IFEvalTask, Sample, build_task
@@ -49,19 +50,21 @@ def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
             path = store.samples_path(target["name"], name, store_key(version))
             if not path.exists():
                 continue
-            records = list(read_records(path))
+            # Every record, superseded ones too: the file is rewritten as it was, re-scored.
+            records = [SampleRecord.from_json(r) for r in read_records(path)]
             for r in records:
-                if r.get("error") or r.get("reply") is None:
+                if not r.answered or r.reply is None:
                     continue
-                sample = samples.get(r["id"])
-                if sample is None or sample.prompt_digest() != r["prompt_digest"]:
+                sample = samples.get(r.id)
+                if sample is None or sample.prompt_digest() != r.prompt_digest:
                     raise RescoreError(
-                        f"{path}: sample {r['id']} does not match the data any more (prompt digest differs)"
+                        f"{path}: sample {r.id} does not match the data any more (prompt digest differs)"
                     )
-                score = task.score(sample, r["reply"])
-                r.update(extracted=score.extracted, rule=score.rule, correct=score.correct, score_details=score.details)
+                score = task.score(sample, r.reply)
+                r.extracted, r.rule, r.correct = score.extracted, score.rule, score.correct
+                r.score_details = score.details
                 counts[name] += 1
-            atomic_write(path, b"".join(jsonl_line(r) for r in records))  # a crash leaves the old file
+            atomic_write(path, b"".join(jsonl_line(r.to_json()) for r in records))  # a crash leaves the old file
     return counts
 
 

@@ -22,6 +22,7 @@ from orchestrator.backends import Backend, BackendError, ChatRequest, Completion
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied
 from orchestrator.errors import StoreError
 from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.records import SampleRecord
 from orchestrator.scoring import ScoringProcess, ScoringProcessDied
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, synced, unless_dead
 from orchestrator.setups import SETUP_VERSIONS, store_key
@@ -215,6 +216,8 @@ class Runner:
         sem = asyncio.Semaphore(load.concurrency)
 
         outstanding = [0] * len(backends)
+        # A target served by several URLs records which one answered each sample.
+        urls: list[str | None] = [b.base_url for b in backends] if len(backends) > 1 else [None]
 
         async def one(task: Task, sample: Sample) -> None:
             # Least outstanding requests first: a slow replica gets less work, not the same share.
@@ -224,16 +227,13 @@ class Runner:
             try:
                 request = ChatRequest(sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream)
                 self.progress.started(f"{target.name}/{task.name}")
-                record = await self._attempt(backends[replica], task, sample, request)
-                broken = record["error"] is not None and record.get("error_type") in ("connection", "timeout")
-                if broken and server is not None and await server.dead_within(1.0):
+                record = await self._attempt(
+                    backends[replica], task, sample, request, target.name, replica_url=urls[replica]
+                )
+                if record.broken_connection and server is not None and await server.dead_within(1.0):
                     # The managed server crashed under this request: not the sample's failure. It
                     # stays unanswered (sent again on resume) and the watcher stops the target.
                     raise server.death()
-                record["target"] = target.name
-                if len(backends) > 1:
-                    record["replica"] = backends[replica].base_url
-                record["setup"] = SETUP_VERSIONS[self.manifest.run.setup]
                 try:
                     self.store.writer(target.name, task.name, setup).write(record)
                 except StoreError:
@@ -241,11 +241,11 @@ class Runner:
                     raise
                 self.written += 1
                 outcome.sent += 1
-                failed = record["error"] is not None
+                failed = record.error is not None
                 outcome.errors += failed
                 self.progress.advance(f"{target.name}/{task.name}", failed)
                 if failed:
-                    outcome.last_error = record["error"]
+                    outcome.last_error = record.error
                 if failed and outcome.errors > budget:
                     # The message is written when the target has stopped (see _run_target), so that it
                     # counts every error record on disk, those of requests ending meanwhile too.
@@ -271,15 +271,21 @@ class Runner:
             wait = max(wait, min(float(asked), self.manifest.load.request_timeout))
         return wait
 
-    async def _attempt(self, backend: Backend, task: Task, sample: Sample, request: ChatRequest) -> dict[str, Any]:
+    async def _attempt(
+        self, backend: Backend, task: Task, sample: Sample, request: ChatRequest, target: str, replica_url: str | None
+    ) -> SampleRecord:
+        """Send one sample (retrying what is transient) and build its record, answered or failed."""
         attempts = 0
         load = self.manifest.load
-        record: dict[str, Any] = {
+        ident: dict[str, Any] = {
             "id": sample.id,
             "task": task.name,
             "subject": sample.subject,
             "prompt_digest": sample.prompt_digest(),
             "gold": sample.target,
+            "target": target,
+            "setup": SETUP_VERSIONS[self.manifest.run.setup],
+            "replica": replica_url,
         }
         resends = 0  # at-once resends inside attempts (a kept-alive connection the server had closed)
 
@@ -317,7 +323,8 @@ class Runner:
                         attempts += 1
                         completion = await send()
         except BackendError as exc:
-            record.update(
+            return SampleRecord(
+                **ident,
                 request=backend.build_body(request),
                 error=str(exc),
                 error_kind="transient" if exc.transient else "fatal",
@@ -325,12 +332,7 @@ class Runner:
                 status=exc.status,
                 attempts=attempts + resends,
                 resends=resends,
-                reply=None,
-                correct=None,
-                extracted=None,
-                rule=None,
             )
-            return record
         score = None
         if self._scoring is not None and self._scoring.alive and hasattr(task, "score_job"):
             fn, args = task.score_job(sample, completion.text)
@@ -343,7 +345,8 @@ class Runner:
                     self.notes.append("the scoring process died; the rest of the run was scored in the main process")
         if score is None:
             score = task.score(sample, completion.text)
-        record.update(
+        return SampleRecord(
+            **ident,
             request=completion.request,
             reply=completion.text,
             raw=completion.raw,
@@ -352,14 +355,12 @@ class Runner:
             completion_tokens=completion.completion_tokens,
             token_source=completion.token_source,
             token_counts=completion.token_counts,
-            timing=completion.stamps.to_record(),
+            timing=completion.stamps.to_timing(),
             extracted=score.extracted,
             resends=resends,
             rule=score.rule,
             correct=score.correct,
             score_details=score.details,
-            error=None,
             # Every time the request was sent, the at-once resend after a closed connection included.
             attempts=attempts + resends,
         )
-        return record

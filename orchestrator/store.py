@@ -24,6 +24,7 @@ from typing import IO, Any
 import orjson
 
 from orchestrator.errors import StoreError, UserError
+from orchestrator.records import RECORD_SCHEMA, Exchange, LoadRecord, SampleRecord, schema_of
 from orchestrator.secrets import redact
 
 SYNC_INTERVAL = 1.0  # seconds: bound on what a power loss can take
@@ -81,10 +82,10 @@ class SampleWriter:
         self.written = 0  # records written by this writer
         self._lock = threading.Lock()  # sync (a thread) against close (the loop)
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record: one whole line, or nothing and a StoreError."""
+    def write(self, record: Exchange | dict[str, Any]) -> None:
+        """Append one record (typed, or a plain JSON object): one whole line, or nothing and a StoreError."""
         # orjson: ~10x cheaper than json.dumps on a record with a stream's stamps, on the loop thread.
-        line = memoryview(jsonl_line(record))
+        line = memoryview(jsonl_line(record.to_json() if isinstance(record, Exchange) else record))
         fd = self._file.fileno()
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
@@ -193,6 +194,11 @@ class RunStore:
         meta = self.read_meta()
         if not meta:
             raise NotARunError(f"{self.root}: not a run directory (no run.json)")
+        if schema_of(meta) > RECORD_SCHEMA:
+            raise NotARunError(
+                f"{self.root}: its records have schema {schema_of(meta)}; this orchestrator reads up to "
+                f"{RECORD_SCHEMA} (upgrade it to read this run)"
+            )
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
@@ -223,9 +229,17 @@ class RunStore:
         """Samples with an answered record (errored samples are sent again on resume)."""
         return {sid for sid, r in latest_by_id(self.samples_path(target, task, setup)).items() if not r.get("error")}
 
-    def records(self, target: str, task: str, setup: str) -> list[dict[str, Any]]:
+    def records(self, target: str, task: str, setup: str) -> list[SampleRecord]:
         """The current record of every sample of a target x task."""
-        return list(latest_by_id(self.samples_path(target, task, setup)).values())
+        return [SampleRecord.from_json(r) for r in latest_by_id(self.samples_path(target, task, setup)).values()]
+
+    def load_levels(self, target: str) -> list[list[LoadRecord]]:
+        """The records of each load-test level of a target (load requests are never retried: every
+        record is final), levels in file order, empty levels left out."""
+        folder = self.root / "samples" / target
+        paths = sorted(folder.glob("load-*.load.jsonl")) if folder.is_dir() else []
+        levels = [[LoadRecord.from_json(r) for r in read_records(p)] for p in paths]
+        return [level for level in levels if level]
 
     def writer(self, target: str, task: str, setup: str) -> SampleWriter:
         """The (single) writer of a target x task x setup."""

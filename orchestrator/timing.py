@@ -1,19 +1,19 @@
-"""Raw perf_counter stamps per request, and every latency metric derived from them.
+"""Raw perf_counter stamps taken per request, the loop pacer, and percentiles/busy time.
 
-Only raw stamps are stored (send, first content token, each content chunk, end), so any metric
-can be recomputed later from the store. Offsets are seconds relative to the moment the request
-reached the socket (see Stamps.to_record).
+Only raw stamps are stored (send, first content token, each content chunk, end), as a
+``records.Timing`` of offsets from the moment the request reached the socket (see
+``Stamps.to_timing``); every latency is derived from those, in ``records``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from orchestrator.records import Timing
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Stamps:
         """Stamp the end of the reply (last byte read)."""
         self.t_end = time.perf_counter()
 
-    def to_record(self) -> dict[str, Any]:
+    def to_timing(self) -> Timing:
         """Offsets relative to the moment the request reached the socket, in seconds (microseconds).
 
         Latencies start when the request body was handed to the socket (aiohttp's trace hook), not
@@ -53,13 +53,13 @@ class Stamps:
         does not inflate the server's TTFT/E2E.
         """
         base = self.t_wire if self.t_wire is not None else self.t_send
-        return {
-            "wall_send": round(self.wall_send + (base - self.t_send), 6),
-            "send_delay": round(base - self.t_send, 6),
-            "ttft": None if self.t_first is None else round(self.t_first - base, 6),
-            "chunks": [round(c - base, 6) for c in self.chunks],
-            "e2e": round(self.t_end - base, 6),
-        }
+        return Timing(
+            wall_send=round(self.wall_send + (base - self.t_send), 6),
+            send_delay=round(base - self.t_send, 6),
+            ttft=None if self.t_first is None else round(self.t_first - base, 6),
+            chunks=tuple(round(c - base, 6) for c in self.chunks),
+            e2e=round(self.t_end - base, 6),
+        )
 
 
 class LoopPacer:
@@ -80,31 +80,6 @@ class LoopPacer:
         """Wait until this task may run one heavy step."""
         async with self._lock:
             await asyncio.sleep(0)  # one loop pass: the sockets are polled before the step runs
-
-
-def ttft(timing: dict[str, Any]) -> float | None:
-    """Time to first content token (seconds), None for non-streamed replies."""
-    value = timing.get("ttft")
-    return None if value is None else float(value)
-
-
-def e2e(timing: dict[str, Any]) -> float:
-    """End-to-end latency, send to last byte (seconds)."""
-    return float(timing["e2e"])
-
-
-def tpot(timing: dict[str, Any], output_tokens: int | None) -> float | None:
-    """Time per output token after the first: (E2E - TTFT) / (tokens - 1)."""
-    first = ttft(timing)
-    if first is None or output_tokens is None or output_tokens < 2:
-        return None
-    return (e2e(timing) - first) / (output_tokens - 1)
-
-
-def itl(timing: dict[str, Any]) -> list[float]:
-    """Gaps between consecutive content chunks (seconds)."""
-    chunks: list[float] = timing.get("chunks") or []
-    return [b - a for a, b in itertools.pairwise(chunks)]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

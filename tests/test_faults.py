@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from orchestrator.manifest import parse_manifest
+from orchestrator.records import SampleRecord
 from orchestrator.runner import Runner, TargetOutcome
 from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
@@ -62,7 +63,7 @@ async def serve() -> AsyncIterator[Any]:
 
 async def run_against(
     url: str, backend: str, stream: bool, tmp_path: Path, data_dir: Path, limit: int = 24, **load: Any
-) -> tuple[list[dict[str, Any]], TargetOutcome]:
+) -> tuple[list[SampleRecord], TargetOutcome]:
     target: dict[str, Any] = {"name": "t", "model": "M", "quantization": "BF16", "backend": backend, "url": url}
     if backend == "tgi":
         target["tokenizer"] = str(data_dir / "qwen2-tokenizer")
@@ -83,20 +84,20 @@ async def run_against(
     return store.records("t", "mmlu", "qwen@2"), outcomes[0]
 
 
-def assert_trustworthy(records: list[dict[str, Any]], n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def assert_trustworthy(records: list[SampleRecord], n: int) -> tuple[list[SampleRecord], list[SampleRecord]]:
     """Every sample once; errors unscored; answers whole and scored by the server's rule."""
-    assert len(records) == n and len({r["id"] for r in records}) == n
-    errors = [r for r in records if r["error"] is not None]
-    answered = [r for r in records if r["error"] is None]
+    assert len(records) == n and len({r.id for r in records}) == n
+    errors = [r for r in records if r.error is not None]
+    answered = [r for r in records if r.error is None]
     for r in errors:
-        assert r["correct"] is None and r["extracted"] is None and r["reply"] is None, r
-        assert r["error_type"], r
+        assert r.correct is None and r.extracted is None and r.reply is None, r
+        assert r.error_type, r
     for r in answered:
-        assert r["reply"] == ANSWER, r  # nothing partial passed as a reply
-        assert r["correct"] == (r["gold"] == ANSWER)
+        assert r.reply == ANSWER, r  # nothing partial passed as a reply
+        assert r.correct == (r.gold == ANSWER)
     if answered:
-        accuracy = sum(r["correct"] for r in answered) / len(answered)
-        assert accuracy == sum(r["gold"] == ANSWER for r in answered) / len(answered)
+        accuracy = sum(r.correct for r in answered) / len(answered)
+        assert accuracy == sum(r.gold == ANSWER for r in answered) / len(answered)
     return answered, errors
 
 
@@ -111,16 +112,16 @@ async def test_a_fault_that_clears_is_retried_into_an_answer(
     kinds = expected_kinds(mode, backend, stream)
     hit = fault.hit
     if kinds == {""}:
-        assert not errors and all(r["attempts"] == 1 for r in records)
+        assert not errors and all(r.attempts == 1 for r in records)
         return
     assert fault.faults[mode] > 0, "the fault never fired"
     if kinds <= FATAL_KINDS:  # retrying cannot help: recorded at once
-        assert len(errors) == fault.faults[mode] and all(r["attempts"] == 1 for r in errors)
-        assert {r["error_type"] for r in errors} <= kinds
+        assert len(errors) == fault.faults[mode] and all(r.attempts == 1 for r in errors)
+        assert {r.error_type for r in errors} <= kinds
         return
     assert not errors, errors[:2]
     assert len(hit) == fault.faults[mode]  # each faulted prompt was sent exactly once more
-    assert sorted(r["attempts"] for r in records).count(2) == len(hit)
+    assert sorted(r.attempts for r in records).count(2) == len(hit)
     assert outcome.errors == 0
 
 
@@ -136,16 +137,16 @@ async def test_a_persistent_fault_is_an_error_record_of_its_kind(
     records, outcome = await run_against(await serve(fault), backend, stream, tmp_path, data_dir, retries=2)
     _answered, errors = assert_trustworthy(records, 24)
     assert errors and len(errors) == len(fault.hit)  # every faulted prompt, and only those
-    assert {r["error_type"] for r in errors} <= kinds, {r["error_type"] for r in errors}
+    assert {r.error_type for r in errors} <= kinds, {r.error_type for r in errors}
     transient = not kinds <= FATAL_KINDS
     for r in errors:
         # Retries within budget: the first attempt plus `retries` more for what retrying may fix
         # (and, counted in attempts too, at most one at-once resend per attempt after a kept-alive
         # connection turned out closed).
-        assert r["attempts"] - r["resends"] == (3 if transient else 1), r
-        assert r["resends"] <= r["attempts"] // 2
-        assert r["error_kind"] == ("transient" if transient else "fatal")
-    assert sum(fault.attempts.values()) == sum(r["attempts"] for r in records)
+        assert r.attempts - r.resends == (3 if transient else 1), r
+        assert r.resends <= r.attempts // 2
+        assert r.error_kind == ("transient" if transient else "fatal")
+    assert sum(fault.attempts.values()) == sum(r.attempts for r in records)
     assert outcome.errors == len(errors)
 
 
@@ -205,7 +206,7 @@ async def test_the_retry_window_outlasts_a_server_restart(tmp_path: Path, data_d
     records = store.records("t", "mmlu", "qwen@2")
     _answered, errors = assert_trustworthy(records, 40)
     assert not errors and outcomes[0].errors == 0
-    assert max(r["attempts"] for r in records) > 1  # the outage was felt, and outlasted
+    assert max(r.attempts for r in records) > 1  # the outage was felt, and outlasted
 
 
 async def test_mixed_fault_soak(serve: Any, tmp_path: Path, data_dir: Path) -> None:
@@ -219,5 +220,5 @@ async def test_mixed_fault_soak(serve: Any, tmp_path: Path, data_dir: Path) -> N
     _answered, errors = assert_trustworthy(records, 2000)
     assert len(fault.faults) >= len(MODES) - 1  # every fault fired (trickle is no fault)
     assert not errors and outcome.errors == 0
-    assert sum(fault.attempts.values()) == sum(r["attempts"] for r in records)
+    assert sum(fault.attempts.values()) == sum(r.attempts for r in records)
     assert time.monotonic() - started < 600

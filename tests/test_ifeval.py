@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.records import SampleRecord
 from orchestrator.tasks.ifeval import IFEvalChecker, IFEvalTask, UnknownInstructionError, aggregate_verdicts
 from orchestrator.tasks.ifeval import loose_variants as variants
 
@@ -158,13 +159,11 @@ def test_data_and_metrics(data_dir: Path) -> None:
     for s in samples[:20]:
         score = task.score(s, "<think>plan</think>My answer is yes.")
         assert score.details["think_stripped"] is True
-        records.append({"error": None, "score_details": score.details})
-    records.append({"error": "HTTP 500", "score_details": None})
+        records.append(SampleRecord(id=s.id, task="ifeval", score_details=score.details))
+    records.append(SampleRecord(id="failed", task="ifeval", error="HTTP 500"))
     agg = task.aggregate(records)
-    items = [
-        (r["score_details"]["instruction_id_list"], r["score_details"]["strict"], r["score_details"]["loose"])
-        for r in records[:20]
-    ]
+    details = [r.score_details or {} for r in records[:20]]
+    items = [(d["instruction_id_list"], d["strict"], d["loose"]) for d in details]
     n_inst = sum(len(i[0]) for i in items)
     assert agg["n"] == 20 and agg["errors"] == 1 and agg["instructions"] == n_inst
     assert agg["accuracy"] == agg["prompt_strict"] == sum(all(i[1]) for i in items) / 20

@@ -236,7 +236,7 @@ async def test_nothing_is_sent_after_the_levels_deadline(tmp_path: Path, data_di
         tmp_path, data_dir, fixed(0.2), mode="constant", levels=(50,), requests=50, warmup=0, output_tokens=4,
         max_concurrency=1, duration=1.0,
     )  # fmt: skip
-    sends = [r["timing"]["wall_send"] for r in results[0].records if r.get("timing")]
+    sends = [r.timing.wall_send for r in results[0].records if r.timing is not None]
     assert 3 <= len(sends) <= 7
     assert max(sends) - min(sends) <= 1.0
 

@@ -55,11 +55,11 @@ async def test_comments_role_and_usage_chunks_are_not_tokens(serve: Serve) -> No
     assert len(c.stamps.chunks) == 2  # role-only, empty and usage-only chunks are not tokens
     assert (c.prompt_tokens, c.completion_tokens, c.token_source) == (11, 2, "usage")
     assert c.finish_reason == "stop"
-    rec = c.stamps.to_record()
-    assert 0 < rec["ttft"] == rec["chunks"][0] <= rec["chunks"][1] <= rec["e2e"]
+    rec = c.stamps.to_timing()
+    assert rec.ttft is not None and 0 < rec.ttft == rec.chunks[0] <= rec.chunks[1] <= rec.e2e
     # Latencies start when the body reached the socket; the client's own delay before that is apart.
     assert c.stamps.t_wire is not None and c.stamps.t_wire >= c.stamps.t_send
-    assert rec["send_delay"] == round(c.stamps.t_wire - c.stamps.t_send, 6)
+    assert rec.send_delay == round(c.stamps.t_wire - c.stamps.t_send, 6)
     assert c.raw["usage_chunk"]["choices"] == []
 
 

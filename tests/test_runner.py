@@ -64,10 +64,10 @@ async def test_bounded_concurrency_and_complete_records(fake_url: Any, tmp_path:
     assert len(records) == 60
     for r in records:
         # OpenCompass's cushion pattern ([ABCD]) reads the lone letter.
-        assert r["extracted"] == "B" and r["rule"] == "opencompass_pattern_41" and r["correct"] == (r["gold"] == "B")
-        assert r["attempts"] == 1 and r["error"] is None and r["token_source"] == "usage"
+        assert r.extracted == "B" and r.rule == "opencompass_pattern_41" and r.correct == (r.gold == "B")
+        assert r.attempts == 1 and r.error is None and r.token_source == "usage"
     report = build_report(tmp_path / "run")
-    expected = sum(r["gold"] == "B" for r in records) / 60
+    expected = sum(r.gold == "B" for r in records) / 60
     assert report["rows"][0]["tasks"]["mmlu"]["accuracy"] == pytest.approx(expected)
 
 
@@ -84,7 +84,7 @@ async def test_transient_errors_are_retried(fake_url: Any, tmp_path: Path, data_
     url, _ = await fake_url(flaky)
     _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
     assert outcomes[0].errors == 0
-    assert all(r["attempts"] == 2 and r["error"] is None for r in store.records("fake", "mmlu", "qwen@2"))
+    assert all(r.attempts == 2 and r.error is None for r in store.records("fake", "mmlu", "qwen@2"))
 
 
 async def test_fatal_errors_are_recorded_not_scored(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
@@ -95,11 +95,11 @@ async def test_fatal_errors_are_recorded_not_scored(fake_url: Any, tmp_path: Pat
 
     url, _ = await fake_url(picky)
     _, store, _ = await run(manifest(url, tmp_path, error_threshold=0.5), tmp_path, data_dir)
-    failed = [r for r in store.records("fake", "mmlu", "qwen@2") if r["error"]]
-    assert failed and all(r["subject"] == "abstract_algebra" for r in failed)
+    failed = [r for r in store.records("fake", "mmlu", "qwen@2") if r.error]
+    assert failed and all(r.subject == "abstract_algebra" for r in failed)
     for r in failed:
-        assert r["attempts"] == 1 and r["status"] == 400 and r["error_kind"] == "fatal"
-        assert r["correct"] is None and r["reply"] is None  # an error, never a wrong answer
+        assert r.attempts == 1 and r.status == 400 and r.error_kind == "fatal"
+        assert r.correct is None and r.reply is None  # an error, never a wrong answer
     agg = build_report(tmp_path / "run")["rows"][0]["tasks"]["mmlu"]
     assert agg["errors"] == len(failed) and agg["n"] == 60 - len(failed)
     # Errored samples are sent again on resume.
@@ -126,7 +126,7 @@ async def test_resume_sends_only_missing(fake_url: Any, tmp_path: Path, data_dir
     path.write_text("".join(lines[:45]) + lines[45][:50])  # 15 lost, one of them a torn line
     await run(m, tmp_path, data_dir)
     assert len(fake.requests) == 75
-    ids = [r["id"] for r in RunStore(tmp_path / "run").records("fake", "mmlu", "qwen@2")]
+    ids = [r.id for r in RunStore(tmp_path / "run").records("fake", "mmlu", "qwen@2")]
     assert len(ids) == len(set(ids)) == 60
 
 
@@ -137,7 +137,7 @@ async def test_stream_keeps_going_without_done(fake_url: Any, tmp_path: Path, da
     url, _ = await fake_url(no_done)
     _, store, outcomes = await run(manifest(url, tmp_path), tmp_path, data_dir)
     assert outcomes[0].errors == 0
-    assert {r["extracted"] for r in store.records("fake", "mmlu", "qwen@2")} == {"A"}
+    assert {r.extracted for r in store.records("fake", "mmlu", "qwen@2")} == {"A"}
 
 
 async def test_rescore_run_without_server(fake_url: Any, tmp_path: Path, data_dir: Path) -> None:
@@ -206,13 +206,13 @@ async def test_ifeval_scored_in_its_own_process(
     assert outcomes[0].errors == 0
     records = store.records("fake", "ifeval", "qwen@2")
     assert len(records) == 40
-    assert {r["id"]: r["score_details"] for r in records} == expected  # the same verdicts as here
+    assert {r.id: r.score_details for r in records} == expected  # the same verdicts as here
     for r in records:
-        d = r["score_details"]
+        d = r.score_details
         assert len(d["strict"]) == len(d["loose"]) == len(d["instruction_id_list"])
-        assert r["correct"] == all(d["strict"]) and r["rule"] == "ifeval"
-    no_comma = [r for r in records if r["score_details"]["instruction_id_list"] == ["punctuation:no_comma"]]
-    assert all(r["correct"] for r in no_comma)
+        assert r.correct == all(d["strict"]) and r.rule == "ifeval"
+    no_comma = [r for r in records if r.score_details["instruction_id_list"] == ["punctuation:no_comma"]]
+    assert all(r.correct for r in no_comma)
     report = build_report(tmp_path / "run")["rows"][0]["tasks"]["ifeval"]
     assert report["n"] == 40 and report["prompt_loose"] >= report["prompt_strict"]
 
@@ -244,6 +244,6 @@ async def test_a_scoring_process_killed_from_outside_loses_no_answer(
     store.close()
     assert outcomes[0].errors == 0 and outcomes[0].failure is None
     records = store.records("fake", "ifeval", "qwen@2")
-    assert len(records) == 40 and all(r["error"] is None for r in records)
-    assert {r["id"]: r["score_details"] for r in records} == expected  # the same verdicts either way
+    assert len(records) == 40 and all(r.error is None for r in records)
+    assert {r.id: r.score_details for r in records} == expected  # the same verdicts either way
     assert any("scoring process died" in n for n in runner.notes)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import timing
+from orchestrator.records import Timing
 from orchestrator.serving import synced
 from orchestrator.store import SYNC_INTERVAL, RunStore, SampleWriter, latest_by_id, read_records
 from orchestrator.tasks import DataError, build_task, stratified_subset
@@ -110,11 +111,11 @@ def test_records_are_fsynced_from_a_thread_within_the_interval(tmp_path: Path, m
 
 
 def test_timing_metrics() -> None:
-    rec = {"wall_send": 0.0, "ttft": 0.1, "chunks": [0.1, 0.15, 0.25], "e2e": 0.3}
-    assert timing.ttft(rec) == 0.1
-    assert timing.tpot(rec, 3) == pytest.approx(0.1)
-    assert timing.itl(rec) == pytest.approx([0.05, 0.1])
-    assert timing.tpot(rec, 1) is None
+    rec = Timing.from_json({"wall_send": 0.0, "ttft": 0.1, "chunks": [0.1, 0.15, 0.25], "e2e": 0.3})
+    assert rec.ttft == 0.1 and rec.wall_end == 0.3
+    assert rec.tpot(3) == pytest.approx(0.1)
+    assert rec.itl == pytest.approx([0.05, 0.1])
+    assert rec.tpot(1) is None
     assert timing.percentile([1, 2, 3, 4], 50) == 2.5
     assert timing.percentile([5], 99) == 5
     assert timing.percentile([], 50) is None

@@ -127,8 +127,8 @@ async def test_runner_backs_off_when_overloaded(
     store.close()
     assert outcomes[0].errors == 0 and outcomes[0].server["info"]["router"] == "text-generation-router"
     records = store.records("tgi", "ceval", "qwen@2")
-    assert len(records) == 60 and records[0]["attempts"] == 4 and records[0]["token_source"] == "tgi-details"
-    assert all(r["request"]["parameters"]["do_sample"] is False for r in records)
+    assert len(records) == 60 and records[0].attempts == 4 and records[0].token_source == "tgi-details"
+    assert all(r.request["parameters"]["do_sample"] is False for r in records)
 
 
 def test_schema_drift_breaks_the_contract(spec: OpenAPI) -> None:

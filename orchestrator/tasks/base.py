@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.errors import DataError
+from orchestrator.records import SampleRecord
 
 __all__ = ["DataError", "Sample", "Score", "Task", "stratified_subset"]
 
@@ -60,7 +61,7 @@ class Task(Protocol):
         """Extract and judge one reply."""
         ...
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Headline accuracy and the other figures from stored records."""
         ...
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.hub import fetch
+from orchestrator.records import SampleRecord
 from orchestrator.setups import SETUPS
 from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
 from orchestrator.tasks.references import (
@@ -299,17 +300,17 @@ class MultipleChoiceTask:
         details = {"think_stripped": True} if self.setup == "robust" and THINK_BLOCK.search(reply) else {}
         return Score(letter, rule, letter == sample.target, details)
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Micro and macro accuracy over answered records (errors are counted, never scored),
         each under the name its reference uses; C-Eval adds Qwen's category breakdown."""
         per_subject: dict[str, list[bool]] = defaultdict(list)
         errors = unparsed = 0
         for r in records:
-            if r.get("error"):
+            if not r.answered:
                 errors += 1
                 continue
-            per_subject[r["subject"]].append(bool(r["correct"]))
-            unparsed += r.get("rule") == "unparsed"
+            per_subject[r.subject].append(bool(r.correct))
+            unparsed += r.rule == "unparsed"
         n = sum(len(v) for v in per_subject.values())
         micro = sum(sum(v) for v in per_subject.values()) / n if n else None
         subject_acc = {s: sum(v) / len(v) for s, v in sorted(per_subject.items())}

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.hub import fetch
+from orchestrator.records import SampleRecord
 from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
 from orchestrator.tasks.ifeval import fastpaths
 from orchestrator.tasks.ifeval.punkt import ensure_punkt
@@ -275,13 +276,11 @@ class IFEvalTask:
         )
         return Score(None, "ifeval", all(v.strict), details)
 
-    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Prompt-level strict is the headline accuracy."""
-        ok = [r for r in records if not r.get("error")]
-        items = [
-            (r["score_details"]["instruction_id_list"], r["score_details"]["strict"], r["score_details"]["loose"])
-            for r in ok
-        ]
+        ok = [r for r in records if r.answered]
+        details = [r.score_details or {} for r in ok]
+        items = [(d["instruction_id_list"], d["strict"], d["loose"]) for d in details]
         metrics = aggregate_verdicts(items)
         return {
             "accuracy": metrics["prompt_strict"],

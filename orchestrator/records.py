@@ -1,0 +1,212 @@
+"""What one request leaves on disk: typed records, their raw timings and every metric derived from them.
+
+A record holds what was measured (the request as sent, the reply as received, the server's own
+words, token counts by source, raw time offsets) and the verdict on it; every latency is a
+property computed from the raw offsets, so a metric added later applies to old runs too. The
+store writes ``to_json()`` and reads ``from_json()``; the keys of a record on disk are its field
+names. Keys a record does not know (written by a newer version, or by a tool's own annotation)
+are kept in ``extra`` and written back, so re-scoring a run never drops them.
+
+``RECORD_SCHEMA`` is stored in run.json. Version 1 (runs before typed records) wrote the same keys,
+only some of them not at all on one side (an error record had no ``timing``, an answered one no
+``error_type``): missing keys read as their defaults. A run with a newer schema is refused, never
+half read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Self
+
+RECORD_SCHEMA = 2
+
+
+def schema_of(meta: dict[str, Any]) -> int:
+    """The record schema a run was written with (runs before it was recorded: 1)."""
+    return int(meta.get("record_schema", 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Raw offsets of one request in seconds, from the moment its body reached the socket.
+
+    ``wall_send`` is that moment on the wall clock (a clock shared across processes and runs);
+    ``send_delay`` the client's own time before it (building the request, a busy loop), kept out
+    of every latency; ``ttft`` the first content chunk (None when the reply was not streamed);
+    ``chunks`` every content chunk's arrival; ``e2e`` the last byte.
+    """
+
+    wall_send: float
+    e2e: float
+    ttft: float | None = None
+    chunks: tuple[float, ...] = ()
+    send_delay: float = 0.0
+
+    @property
+    def wall_end(self) -> float:
+        """Wall-clock time of the reply's last byte."""
+        return self.wall_send + self.e2e
+
+    @property
+    def itl(self) -> list[float]:
+        """Gaps between consecutive content chunks (seconds)."""
+        return [b - a for a, b in itertools.pairwise(self.chunks)]
+
+    def tpot(self, output_tokens: int | None) -> float | None:
+        """Time per output token after the first: (E2E - TTFT) / (tokens - 1)."""
+        if self.ttft is None or output_tokens is None or output_tokens < 2:
+            return None
+        return (self.e2e - self.ttft) / (output_tokens - 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form (microsecond rounding is done when the stamps are taken)."""
+        return {
+            "wall_send": self.wall_send,
+            "send_delay": self.send_delay,
+            "ttft": self.ttft,
+            "chunks": list(self.chunks),
+            "e2e": self.e2e,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Timing:
+        """Read the on-disk form."""
+        ttft = data.get("ttft")
+        return cls(
+            wall_send=float(data["wall_send"]),
+            e2e=float(data["e2e"]),
+            ttft=None if ttft is None else float(ttft),
+            chunks=tuple(float(c) for c in data.get("chunks") or ()),
+            send_delay=float(data.get("send_delay") or 0.0),
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class Exchange:
+    """What any request records: the body sent, how the reply ended, token counts, raw timing, error."""
+
+    request: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    # Which source `completion_tokens` came from ("usage", "tokenizer", "chunks", ...), and the
+    # count of every source that gave one, kept to report disagreement.
+    token_source: str | None = None
+    token_counts: dict[str, int] | None = None
+    timing: Timing | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _nested: ClassVar[dict[str, type[Timing]]] = {"timing": Timing}
+
+    @property
+    def answered(self) -> bool:
+        """The reply arrived whole (an error record is never an answer)."""
+        return self.error is None
+
+    @property
+    def timed(self) -> bool:
+        """Answered, with raw timing to derive latencies from."""
+        return self.error is None and self.timing is not None
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first content token (seconds)."""
+        return None if self.timing is None else self.timing.ttft
+
+    @property
+    def e2e(self) -> float | None:
+        """Send to last byte (seconds)."""
+        return None if self.timing is None else self.timing.e2e
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first (seconds)."""
+        return None if self.timing is None else self.timing.tpot(self.completion_tokens)
+
+    @property
+    def itl(self) -> list[float]:
+        """Gaps between content chunks (seconds)."""
+        return [] if self.timing is None else self.timing.itl
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form: every field by name, then the keys this version does not know."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = value.to_json() if isinstance(value, Timing) else value
+        out.update((k, v) for k, v in self.extra.items() if k not in out)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        """Read the on-disk form; missing keys take their defaults, unknown ones go to ``extra``."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                extra[key] = value
+            elif key in cls._nested and value is not None:
+                kwargs[key] = cls._nested[key].from_json(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs, extra=extra)
+
+
+@dataclass(slots=True, kw_only=True)
+class SampleRecord(Exchange):
+    """One benchmark sample sent to one target: the exchange, and the verdict on its reply."""
+
+    id: str
+    task: str
+    subject: str = ""
+    prompt_digest: str = ""
+    gold: Any = None
+    target: str | None = None
+    setup: str | None = None  # the setup version it was asked under, e.g. "qwen@2"
+    replica: str | None = None  # the replica URL, for a target served by several
+    reply: str | None = None
+    raw: Any = None  # the server's own words (final chunks or the body)
+    extracted: str | None = None
+    rule: str | None = None  # the extraction rule that fired, or "unparsed"
+    correct: bool | None = None
+    score_details: dict[str, Any] | None = None
+    # An error's class: transient or fatal, the transport's kind (connection, timeout, http,
+    # protocol...) and the HTTP status if there was one.
+    error_kind: str | None = None
+    error_type: str | None = None
+    status: int | None = None
+    attempts: int = 0  # every time the request was sent, at-once resends included
+    resends: int = 0
+
+    @property
+    def broken_connection(self) -> bool:
+        """Failed because the connection broke or timed out (the server may have died)."""
+        return self.error is not None and self.error_type in ("connection", "timeout")
+
+
+@dataclass(slots=True, kw_only=True)
+class LoadRecord(Exchange):
+    """One request of a load-test level: the exchange and where it sat in the level."""
+
+    index: int
+    mode: str  # "concurrency" or a rate mode
+    level: float
+    warmup: bool = False
+    cooldown: bool = False
+    dispatch_lag: float | None = None  # a rate mode's lateness against its schedule (seconds)
+    queued: float = 0.0  # waiting for a slot, a late loop, building the request (client-side)
+    post: float | None = None  # from the reply's last byte to its slot being freed
+    prompt_token_counts: dict[str, int] | None = None
+
+    @property
+    def measured(self) -> bool:
+        """Neither warm-up nor cool-down."""
+        return not self.warmup and not self.cooldown
+
+
+__all__ = ["RECORD_SCHEMA", "Exchange", "LoadRecord", "SampleRecord", "Timing", "schema_of"]
