@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import run_async
 from orchestrator.manifest import parse_manifest
 from orchestrator.records import SampleRecord
 from orchestrator.runner import Runner
+from orchestrator.runtime import run_async
 from orchestrator.store import RunStore, read_records
 from orchestrator.tasks import Sample, Score
 

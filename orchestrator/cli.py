@@ -16,7 +16,7 @@ import datetime as dt
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,8 +39,6 @@ from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
 
 if TYPE_CHECKING:  # the commands import what they run, when they run (fast --help)
-    import asyncio
-
     from orchestrator.runner import Runner, TargetOutcome
     from orchestrator.store import RunStore
 
@@ -206,31 +204,6 @@ def _manifest_from_compose(args: argparse.Namespace) -> Manifest:
     return parse_manifest(data, str(path))
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run the client on uvloop when installed: measured 21 % more requests/s and 17 % less CPU per
-    request than asyncio's loop (benchmarks/client_overhead.py, c=256). Ctrl-C behaves as asyncio.run.
-
-    What is alive before the loop starts (modules, datasets, tokenizers) is moved out of the
-    garbage collector's reach (gc.freeze): full collections then walk only what the run creates,
-    and their pauses, which stall every stream being timed, shrink (benchmarks/timing_accuracy.py,
-    c=64: p99 ITL error 3.6 -> 1.5 ms)."""
-    import asyncio
-    import gc
-
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    gc.collect()
-    gc.freeze()
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro)
-    finally:
-        gc.unfreeze()
-
-
 async def _bench_async(runner: Runner) -> list[TargetOutcome]:
     import asyncio
     import signal
@@ -253,6 +226,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from orchestrator.backends.launch import resolve_model
     from orchestrator.report import render_table, write_report
     from orchestrator.runner import Runner
+    from orchestrator.runtime import run_async
     from orchestrator.tasks import SETUP_VERSIONS, build_task
 
     manifest, store, meta = _load_for_bench(args)
@@ -421,6 +395,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     }
     store.write_meta(meta)
     from orchestrator.progress import RichProgress
+    from orchestrator.runtime import run_async
 
     progress = RichProgress(not args.no_progress, console)
     runner = LoadRunner(manifest, profile, store, progress, _tokenizer_path(manifest))

@@ -15,9 +15,9 @@ from orchestrator.backends import Backend, BackendError, ChatRequest
 from orchestrator.backends.launch import LaunchError
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.records import LoadRecord
-from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, synced
+from orchestrator.runtime import Runtime, open_runtime
+from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving
 from orchestrator.store import RunStore
-from orchestrator.timing import LoopPacer
 from orchestrator.tokenizer import load_tokenizer
 
 
@@ -57,7 +57,6 @@ class LoadRunner:
         self.progress = progress or NullProgress()
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.notes: dict[str, list[str]] = {}
-        self.pacer = LoopPacer()  # the run's one pacer (see orchestrator.timing.LoopPacer)
 
     def _size_sessions(self) -> None:
         """The connection pool holds the largest level (a closed loop's concurrency, a rate mode's
@@ -81,9 +80,9 @@ class LoadRunner:
         """Every level of every target, targets one after the other (they would compete otherwise)."""
         self._size_sessions()
         results: list[LevelResult] = []
-        async with synced(self.store):
+        async with open_runtime(self.store) as runtime:
             for target in self.manifest.targets:
-                results += await self._run_target(target)
+                results += await self._run_target(target, runtime)
         return results
 
     def _tokenizer(self, target: TargetConfig) -> Any:
@@ -94,14 +93,14 @@ class LoadRunner:
             )
         return load_tokenizer(source, self.tokenizer_path(target))
 
-    async def _run_target(self, target: TargetConfig) -> list[LevelResult]:
+    async def _run_target(self, target: TargetConfig, runtime: Runtime) -> list[LevelResult]:
         from orchestrator.loadtest import schedule
 
         profile = self.profile
         results: list[LevelResult] = []
         try:
             async with serving(
-                target, self.manifest, self.store, self.progress, self.tokenizer_path, pacer=self.pacer
+                target, self.manifest, self.store, self.progress, self.tokenizer_path, pacer=runtime.pacer
             ) as live:
                 backend = live.backends[0]  # load tests measure one server: the first replica
                 if profile.ignore_eos and not backend.supports_ignore_eos:

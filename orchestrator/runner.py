@@ -23,12 +23,12 @@ from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied
 from orchestrator.errors import StoreError
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.records import SampleRecord
-from orchestrator.scoring import ScoringProcess, ScoringProcessDied
-from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, synced, unless_dead
+from orchestrator.runtime import Runtime, open_runtime
+from orchestrator.scoring import ScoringProcessDied
+from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, unless_dead
 from orchestrator.setups import SETUP_VERSIONS, store_key
 from orchestrator.store import RunStore
 from orchestrator.tasks import DataError, Sample, Task
-from orchestrator.timing import LoopPacer
 
 
 class ErrorBudgetExceeded(Exception):
@@ -74,8 +74,7 @@ class Runner:
         self.store_key = store_key(SETUP_VERSIONS[manifest.run.setup])
         self.model_paths = model_paths or {}  # managed targets' GGUF files, resolved before the run
         self.notes: list[str] = []  # what the run had to adapt to (printed and kept in run.json)
-        # One pacer for the run: every target's adapters take their heavy steps in its turns.
-        self.pacer = LoopPacer()
+        self.runtime: Runtime | None = None  # while the run runs: its pacer, scoring process, fsync ticker
         self.in_flight = 0  # samples sent and not yet written
         self.written = 0  # records written by this session
         self.unwritten = 0  # when the disk failed: answers that could not be written, in flight included
@@ -85,12 +84,6 @@ class Runner:
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.retry_wait_max = retry_wait_max
         self._samples = {task.name: task.samples() for task in tasks}
-        # Heavy scorers (IFEval's checkers: milliseconds of pure Python per reply) run in one
-        # process of their own. In a thread here they would take the GIL from the event loop for
-        # up to 5 ms at a time, and stream stamps due meanwhile would be late: measured at c=64
-        # beside 3.5 ms of scoring every 23.5 ms, p99 TTFT/ITL/E2E error 3.8/4.7/5.3 ms with a
-        # thread, 1.0/2.5/2.1 ms with a process (benchmarks/timing_accuracy.py, 2 cores).
-        self._scoring: ScoringProcess | None = None
 
     @property
     def samples(self) -> dict[str, list[Sample]]:
@@ -117,29 +110,25 @@ class Runner:
     async def run(self) -> list[TargetOutcome]:
         """Run every target (in parallel or in turn, as the manifest says)."""
         self._prepare_files()
+        # Heavy scorers (IFEval's checkers: milliseconds of pure Python per reply) run in one
+        # process of their own. In a thread here they would take the GIL from the event loop for
+        # up to 5 ms at a time, and stream stamps due meanwhile would be late: measured at c=64
+        # beside 3.5 ms of scoring every 23.5 ms, p99 TTFT/ITL/E2E error 3.8/4.7/5.3 ms with a
+        # thread, 1.0/2.5/2.1 ms with a process (benchmarks/timing_accuracy.py, 2 cores).
         heavy = next((t for t in self.tasks if hasattr(t, "score_job") and self._samples[t.name]), None)
-        if heavy is not None:
-            self._scoring = ScoringProcess()
-            await self._scoring.start()
-            # Warm the process up (imports, checkers, NLTK's model) while the first requests run.
-            fn, args = heavy.score_job(self._samples[heavy.name][0], "")
-            warm = self._scoring.submit(fn, *args)
-            warm.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure shows on real jobs
-        try:
-            async with synced(self.store):
-                if self.manifest.load.targets_in_parallel:
-                    try:
-                        async with asyncio.TaskGroup() as tg:
-                            jobs = [tg.create_task(self._run_target(t)) for t in self.manifest.targets]
-                    except* StoreError as group:
-                        raise group.exceptions[0] from None
-                    return [j.result() for j in jobs]
-                return [await self._run_target(t) for t in self.manifest.targets]
-        finally:
-            if self._scoring is not None:
-                await self._scoring.close()
+        warm_up = None if heavy is None else heavy.score_job(self._samples[heavy.name][0], "")
+        async with open_runtime(self.store, warm_up) as runtime:
+            self.runtime = runtime
+            if self.manifest.load.targets_in_parallel:
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        jobs = [tg.create_task(self._run_target(t, runtime)) for t in self.manifest.targets]
+                except* StoreError as group:
+                    raise group.exceptions[0] from None
+                return [j.result() for j in jobs]
+            return [await self._run_target(t, runtime) for t in self.manifest.targets]
 
-    async def _run_target(self, target: TargetConfig) -> TargetOutcome:
+    async def _run_target(self, target: TargetConfig, runtime: Runtime) -> TargetOutcome:
         outcome = TargetOutcome(target.name)
         setup = self.store_key
         work: list[tuple[Task, Sample]] = []
@@ -158,7 +147,7 @@ class Runner:
         try:
             model_path = self.model_paths.get(target.name)
             async with serving(
-                target, self.manifest, self.store, self.progress, self.tokenizer_path, model_path, self.pacer
+                target, self.manifest, self.store, self.progress, self.tokenizer_path, model_path, runtime.pacer
             ) as live:
                 backends = live.backends
                 if live.server is not None:
@@ -334,10 +323,11 @@ class Runner:
                 resends=resends,
             )
         score = None
-        if self._scoring is not None and self._scoring.alive and hasattr(task, "score_job"):
+        scoring = None if self.runtime is None else self.runtime.scoring
+        if scoring is not None and scoring.alive and hasattr(task, "score_job"):
             fn, args = task.score_job(sample, completion.text)
             try:
-                score = await self._scoring.run(fn, *args)
+                score = await scoring.run(fn, *args)
             except ScoringProcessDied:
                 # Killed from outside (the OOM killer, say): score here from now on, timing precision
                 # notwithstanding, rather than lose the answer.

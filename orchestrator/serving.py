@@ -18,7 +18,7 @@ from orchestrator.backends import Backend, open_backends
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_model
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.secrets import split_credentials
-from orchestrator.store import SYNC_INTERVAL, RunStore
+from orchestrator.store import RunStore
 from orchestrator.timing import LoopPacer
 
 
@@ -232,26 +232,3 @@ def fd_capped_concurrency(concurrency: int, sessions: int, notes: list[str]) -> 
         f"concurrency capped to {capped} (raise it with `ulimit -n {need}`)"
     )
     return capped
-
-
-@contextlib.asynccontextmanager
-async def synced(store: RunStore) -> AsyncIterator[None]:
-    """fsync the store's new records every half SYNC_INTERVAL, in a thread, and once at the end.
-
-    In a thread because fsync can take milliseconds on a busy disk, and every stream in flight
-    would be stamped that much late if the event loop waited for it.
-    """
-
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(SYNC_INTERVAL / 2)
-            await asyncio.to_thread(store.sync)
-
-    ticker = asyncio.create_task(tick())
-    try:
-        yield
-    finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        store.sync()  # waits for a sync still running in the thread (the writers' lock)

@@ -231,7 +231,8 @@ async def test_a_scoring_process_killed_from_outside_loses_no_answer(
     async def polite(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         nonlocal answered
         answered += 1
-        scoring = runner_box[0]._scoring
+        runtime = runner_box[0].runtime
+        scoring = None if runtime is None else runtime.scoring
         if answered == 10 and scoring is not None and scoring._proc is not None:
             os.kill(scoring._proc.pid, sig.SIGKILL)
         return await sse(request, [{"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}])

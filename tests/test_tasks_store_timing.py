@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import timing
 from orchestrator.records import Timing
-from orchestrator.serving import synced
+from orchestrator.runtime import synced
 from orchestrator.store import SYNC_INTERVAL, RunStore, SampleWriter, latest_by_id, read_records
 from orchestrator.tasks import DataError, build_task, stratified_subset
 
