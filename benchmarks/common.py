@@ -76,7 +76,7 @@ def run_client(url: str, concurrency: int, requests: int, tokens: int) -> tuple[
             {
                 "run": {"name": "bench", "output_dir": tmp},
                 "tasks": {"mmlu": {}},  # replaced by the synthetic task
-                "load": {"concurrency": concurrency, "retries": 0, "request_timeout": 120},
+                "client": {"concurrency": concurrency, "retries": 0, "request_timeout": 120},
                 "targets": [{"name": "b", "model": "b", "quantization": "-", "backend": "openai", "url": url}],
             }
         )

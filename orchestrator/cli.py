@@ -198,7 +198,7 @@ def _manifest_from_compose(args: argparse.Namespace) -> Manifest:
         "run": {"name": f"{path.stem}-{profile}", "output_dir": str(Path.cwd() / "runs")},
         "tasks": {name: {} for name in TASKS},
         # One server per GPU: measure them side by side; wait for servers still loading weights.
-        "load": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout},
+        "client": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout},
         "targets": targets,
     }
     return parse_manifest(data, str(path))
@@ -227,24 +227,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from orchestrator.report import render_table, write_report
     from orchestrator.runner import Runner
     from orchestrator.runtime import run_async
-    from orchestrator.tasks import SETUP_VERSIONS, build_task
+    from orchestrator.tasks import SETUP_VERSIONS, manifest_tasks
 
     manifest, store, meta = _load_for_bench(args)
     data_dir = _data_dir(manifest, args.data_dir)
     if args.resume and args.data_dir is None and meta.get("data_dir"):
         data_dir = Path(meta["data_dir"])  # resume with everything the run was started with
-    tasks = [
-        build_task(
-            name,
-            data_dir,
-            cfg.limit,
-            cfg.subjects,
-            cfg.shots,
-            cfg.max_tokens or manifest.generation.max_tokens,
-            manifest.run.setup,
-        )
-        for name, cfg in manifest.tasks.items()
-    ]
+    tasks = manifest_tasks(manifest, data_dir)
     # Models are located (or downloaded) before the run exists: a missing file or an unreachable
     # Hub is one line and exit 2, not a run directory full of failed targets.
     model_paths = {
@@ -330,7 +319,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _error(o.failure or "")
     for row in report["rows"]:
         total = sum(t["n"] + t["errors"] for t in row["tasks"].values())
-        if total and row["errors"] / total > manifest.load.error_threshold and not failed:
+        if total and row["errors"] / total > manifest.client.error_threshold and not failed:
             _error(f"{row['target']}: {row['errors']} of {total} samples failed")
             return EXIT_FAILED
     return EXIT_FAILED if failed else 0

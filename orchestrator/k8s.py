@@ -122,7 +122,7 @@ def bench_manifest(checkpoints: list[Checkpoint], options: K8sOptions) -> dict[s
     return {
         "run": {"name": f"k8s-{options.backend}", "output_dir": "/results"},
         "tasks": {t: {} for t in options.tasks},
-        "load": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": 3600},
+        "client": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": 3600},
         "targets": [
             {
                 "name": c.slug,

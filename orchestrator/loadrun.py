@@ -60,7 +60,7 @@ class LoadRunner:
 
     def _size_sessions(self) -> None:
         """The connection pool holds the largest level (a closed loop's concurrency, a rate mode's
-        cap, or no bound), never the accuracy run's ``load.concurrency``, which would otherwise
+        cap, or no bound), never the accuracy run's ``client.concurrency``, which would otherwise
         queue requests in the client and pass that wait off as a lower throughput."""
         profile = self.profile
         if profile.mode == "concurrency" or profile.auto:
@@ -73,8 +73,8 @@ class LoadRunner:
         if notes:
             for target in self.manifest.targets:
                 self.notes.setdefault(target.name, []).extend(notes)
-        load = dataclasses.replace(self.manifest.load, concurrency=need)
-        self.manifest = dataclasses.replace(self.manifest, load=load)
+        client = dataclasses.replace(self.manifest.client, concurrency=need)
+        self.manifest = dataclasses.replace(self.manifest, client=client)
 
     async def run(self) -> list[LevelResult]:
         """Every level of every target, targets one after the other (they would compete otherwise)."""

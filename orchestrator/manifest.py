@@ -58,8 +58,9 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
-class LoadConfig:
-    """How hard the client pushes each target."""
+class ClientConfig:
+    """How the client of an accuracy run pushes each target: requests in flight, timeouts,
+    retries, the error budget. (A load test's pressure is its own type, ``LoadProfile``.)"""
 
     concurrency: int = 16
     request_timeout: float = 300.0
@@ -178,7 +179,7 @@ class Manifest:
     targets: tuple[TargetConfig, ...]
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    load: LoadConfig = field(default_factory=LoadConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     load_test: LoadProfile = field(default_factory=lambda: LoadProfile())
     source: str = ""
 
@@ -335,16 +336,16 @@ def _check_semantics(m: Manifest, source: str) -> None:
         raise ManifestError(source, "generation.temperature", "expected 0 (runs are greedy on every backend)")
     if m.generation.max_tokens is not None and m.generation.max_tokens < 1:
         raise ManifestError(source, "generation.max_tokens", "expected a positive integer")
-    if m.load.concurrency < 1:
-        raise ManifestError(source, "load.concurrency", "expected a positive integer")
-    if m.load.retries < 0:
-        raise ManifestError(source, "load.retries", "expected 0 or more")
-    if m.load.retry_budget < 0:
-        raise ManifestError(source, "load.retry_budget", "expected 0 or more seconds")
-    if m.load.request_timeout <= 0:
-        raise ManifestError(source, "load.request_timeout", "expected a positive number of seconds")
-    if not 0.0 <= m.load.error_threshold <= 1.0:
-        raise ManifestError(source, "load.error_threshold", "expected a fraction between 0 and 1")
+    if m.client.concurrency < 1:
+        raise ManifestError(source, "client.concurrency", "expected a positive integer")
+    if m.client.retries < 0:
+        raise ManifestError(source, "client.retries", "expected 0 or more")
+    if m.client.retry_budget < 0:
+        raise ManifestError(source, "client.retry_budget", "expected 0 or more seconds")
+    if m.client.request_timeout <= 0:
+        raise ManifestError(source, "client.request_timeout", "expected a positive number of seconds")
+    if not 0.0 <= m.client.error_threshold <= 1.0:
+        raise ManifestError(source, "client.error_threshold", "expected a fraction between 0 and 1")
     seen: dict[str, int] = {}
     for i, t in enumerate(m.targets):
         p = f"targets[{i}]"
@@ -404,12 +405,18 @@ def _expand_env(value: Any, path: str, source: str) -> Any:
 
 def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     """Validate plain data (as loaded from YAML) into a frozen Manifest; ``${VAR}`` is expanded."""
+    if isinstance(data, dict) and LEGACY_CLIENT_KEY in data:
+        # Manifests and run.json files written before the rename still load (and resume).
+        if "client" in data:
+            raise ManifestError(source, LEGACY_CLIENT_KEY, "expected either client or its old name load, not both")
+        data = {("client" if k == LEGACY_CLIENT_KEY else k): v for k, v in data.items()}
     m = typing.cast(Manifest, _build(Manifest, _expand_env(data, "", source), "", source))
     m = dataclasses.replace(m, source=source)
     _check_semantics(m, source)
     return m
 
 
+LEGACY_CLIENT_KEY = "load"  # the `client` section's name before it was renamed (it is not a load test)
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a page of YAML; anything this big is not one
 MAX_DEPTH = 32
 
@@ -475,7 +482,7 @@ def with_overrides(m: Manifest, **changes: Any) -> Manifest:
     if changes.get("data_dir") is not None:
         m = dataclasses.replace(m, run=dataclasses.replace(m.run, data_dir=str(changes["data_dir"])))
     if changes.get("concurrency") is not None:
-        m = dataclasses.replace(m, load=dataclasses.replace(m.load, concurrency=changes["concurrency"]))
+        m = dataclasses.replace(m, client=dataclasses.replace(m.client, concurrency=changes["concurrency"]))
     if changes.get("tasks"):
         wanted = set(changes["tasks"])
         unknown = sorted(wanted - set(m.tasks))

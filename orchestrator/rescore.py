@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.manifest import parse_manifest
 from orchestrator.records import SampleRecord
 from orchestrator.setups import SETUP_VERSIONS, run_setup_version, store_key
 from orchestrator.store import RunStore, atomic_write, jsonl_line, read_records
-from orchestrator.tasks import IFEvalTask, Sample, build_task
+from orchestrator.tasks import IFEvalTask, Sample, manifest_tasks
 from orchestrator.tasks.base import DataError
 from orchestrator.tasks.ifeval import aggregate_verdicts
 
@@ -41,9 +42,9 @@ def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
     if data_dir is None and meta.get("data_dir"):
         data_dir = Path(meta["data_dir"])
     counts: dict[str, int] = {}
-    for name, cfg in manifest["tasks"].items():
-        # Every sample of the task (no limit), so any stored id can be found.
-        task = build_task(name, data_dir, None, cfg.get("subjects"), cfg.get("shots"), cfg.get("max_tokens"), setup)
+    # Every sample of each task (no limit), so any stored id can be found.
+    for task in manifest_tasks(parse_manifest(manifest, str(store.run_json)), data_dir, every_sample=True):
+        name = task.name
         samples: dict[str, Sample] = {s.id: s for s in task.samples()}
         counts[name] = 0
         for target in manifest["targets"]:

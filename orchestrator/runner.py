@@ -100,12 +100,12 @@ class Runner:
             for task in self.tasks:
                 if self._samples[task.name]:
                     self.store.writer(target.name, task.name, setup)
-        load = self.manifest.load
-        parallel = len(self.manifest.targets) if load.targets_in_parallel else 1
+        client = self.manifest.client
+        parallel = len(self.manifest.targets) if client.targets_in_parallel else 1
         replicas = max(len(t.urls) or 1 for t in self.manifest.targets)
-        capped = fd_capped_concurrency(load.concurrency, parallel * replicas, self.notes)
-        if capped != load.concurrency:
-            self.manifest = dataclasses.replace(self.manifest, load=dataclasses.replace(load, concurrency=capped))
+        capped = fd_capped_concurrency(client.concurrency, parallel * replicas, self.notes)
+        if capped != client.concurrency:
+            self.manifest = dataclasses.replace(self.manifest, client=dataclasses.replace(client, concurrency=capped))
 
     async def run(self) -> list[TargetOutcome]:
         """Run every target (in parallel or in turn, as the manifest says)."""
@@ -119,7 +119,7 @@ class Runner:
         warm_up = None if heavy is None else heavy.score_job(self._samples[heavy.name][0], "")
         async with open_runtime(self.store, warm_up) as runtime:
             self.runtime = runtime
-            if self.manifest.load.targets_in_parallel:
+            if self.manifest.client.targets_in_parallel:
                 try:
                     async with asyncio.TaskGroup() as tg:
                         jobs = [tg.create_task(self._run_target(t, runtime)) for t in self.manifest.targets]
@@ -197,12 +197,12 @@ class Runner:
         outcome: TargetOutcome,
         server: LlamaCppServer | None,
     ) -> None:
-        load = self.manifest.load
+        client = self.manifest.client
         gen = self.manifest.generation
         setup = self.store_key
         # The run fails once errors exceed the threshold of what this run sends; stop there.
-        budget = load.error_threshold * len(work)
-        sem = asyncio.Semaphore(load.concurrency)
+        budget = client.error_threshold * len(work)
+        sem = asyncio.Semaphore(client.concurrency)
 
         outstanding = [0] * len(backends)
         # A target served by several URLs records which one answered each sample.
@@ -238,7 +238,7 @@ class Runner:
                 if failed and outcome.errors > budget:
                     # The message is written when the target has stopped (see _run_target), so that it
                     # counts every error record on disk, those of requests ending meanwhile too.
-                    raise ErrorBudgetExceeded(len(work), load.error_threshold)
+                    raise ErrorBudgetExceeded(len(work), client.error_threshold)
             finally:
                 outstanding[replica] -= 1
                 self.in_flight -= 1
@@ -257,7 +257,7 @@ class Runner:
         exc = state.outcome.exception() if state.outcome is not None else None
         asked = getattr(exc, "retry_after", None)
         if asked is not None:
-            wait = max(wait, min(float(asked), self.manifest.load.request_timeout))
+            wait = max(wait, min(float(asked), self.manifest.client.request_timeout))
         return wait
 
     async def _attempt(
@@ -265,7 +265,7 @@ class Runner:
     ) -> SampleRecord:
         """Send one sample (retrying what is transient) and build its record, answered or failed."""
         attempts = 0
-        load = self.manifest.load
+        client = self.manifest.client
         ident: dict[str, Any] = {
             "id": sample.id,
             "task": task.name,
@@ -293,13 +293,13 @@ class Runner:
                 attempts = 1
                 completion = await send()
             except BackendError as first:
-                if not first.transient or load.retries == 0:
+                if not first.transient or client.retries == 0:
                     raise
                 # Only a failed request pays for the retry machinery (the hot path stays lean). The
                 # first failure is replayed as tenacity's attempt 1, so backoff starts from it.
                 retrying = AsyncRetrying(
                     retry=retry_if_exception(_is_transient),
-                    stop=stop_after_attempt(load.retries + 1) | stop_before_delay(load.retry_budget),
+                    stop=stop_after_attempt(client.retries + 1) | stop_before_delay(client.retry_budget),
                     wait=self._retry_wait,
                     reraise=True,
                 )

@@ -169,9 +169,9 @@ async def serving(
         if target.launch is not None:
             server = await launch_server(target, manifest, store, progress, model_path)
             urls = [server.url]
-        elif manifest.load.health_timeout > 0:
-            await asyncio.gather(*(wait_healthy(target, u, manifest.load.health_timeout, progress) for u in urls))
-        backends = await open_backends(target, urls, manifest.load, tokenizer_path(target), pacer)
+        elif manifest.client.health_timeout > 0:
+            await asyncio.gather(*(wait_healthy(target, u, manifest.client.health_timeout, progress) for u in urls))
+        backends = await open_backends(target, urls, manifest.client, tokenizer_path(target), pacer)
         yield Serving(backends, urls, server)
     finally:
         if backends:

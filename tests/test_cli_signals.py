@@ -40,7 +40,7 @@ def write_manifest(tmp_path: Path, urls: list[str], data_dir: Path, **load: Any)
     data = {
         "run": {"name": "cli", "output_dir": str(tmp_path / "runs"), "data_dir": str(data_dir)},
         "tasks": {"mmlu": {"limit": 80, "shots": 0}},
-        "load": {"concurrency": 4, "retries": 0, **load},
+        "client": {"concurrency": 4, "retries": 0, **load},
         "targets": [
             {"name": f"t{i}", "model": "M", "quantization": q, "backend": "openai", "url": u}
             for i, (u, q) in enumerate(zip(urls, ["BF16", "Int4"], strict=False))

@@ -58,7 +58,7 @@ def manifest(tmp_path: Path, url: str, data_dir: Path, output_dir: Path, limit: 
         "run": {"name": "disk", "output_dir": str(output_dir), "data_dir": str(data_dir)},
         "tasks": {"mmlu": {"limit": limit, "shots": 0}},
         "generation": {"stream": False},
-        "load": {"concurrency": 8},
+        "client": {"concurrency": 8},
         "targets": [{"name": "t", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
     }
     path = tmp_path / "m.yaml"
@@ -142,7 +142,7 @@ def test_open_file_limit_is_raised_or_the_concurrency_capped(
     answer lost; the soft limit is raised when the hard one allows, else the concurrency capped."""
     path = manifest(tmp_path, server, data_dir, tmp_path / "runs", limit=400)
     data = yaml.safe_load(path.read_text())
-    data["load"]["concurrency"] = 300
+    data["client"]["concurrency"] = 300
     path.write_text(yaml.safe_dump(data))
     done = subprocess.run(
         ["prlimit", f"--nofile={limits}", sys.executable, "-m", "orchestrator.cli", "bench", str(path),

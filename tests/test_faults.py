@@ -72,7 +72,7 @@ async def run_against(
             "run": {"name": "faults", "output_dir": str(tmp_path)},
             "tasks": {"mmlu": {"limit": limit, "shots": 0}},
             "generation": {"stream": stream},
-            "load": {"concurrency": 8, "retries": 2, "request_timeout": 1.0, "error_threshold": 1.0, **load},
+            "client": {"concurrency": 8, "retries": 2, "request_timeout": 1.0, "error_threshold": 1.0, **load},
             "targets": [target],
         }
     )
@@ -182,7 +182,7 @@ async def test_the_retry_window_outlasts_a_server_restart(tmp_path: Path, data_d
         {
             "run": {"name": "outage", "output_dir": str(tmp_path)},
             "tasks": {"mmlu": {"limit": 40, "shots": 0}},
-            "load": {"concurrency": 4, "request_timeout": 5.0},  # default retries and backoff
+            "client": {"concurrency": 4, "request_timeout": 5.0},  # default retries and backoff
             "targets": [target],
         }
     )

@@ -55,7 +55,7 @@ def test_bench_job_targets_service_dns_names() -> None:
     manifest = yaml.safe_load(_by(objects, "ConfigMap", "bench-manifest")["data"]["manifest.yaml"])
     m = parse_manifest(manifest)  # the Job's manifest is valid as it stands
     assert m.targets[0].url == "http://qwen2-7b-bf16.bench.svc.cluster.local:80"
-    assert {t.backend for t in m.targets} == {"tgi"} and m.load.targets_in_parallel
+    assert {t.backend for t in m.targets} == {"tgi"} and m.client.targets_in_parallel
     job = _by(objects, "Job", "bench-tgi")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["orchestrate", "bench"]
 

@@ -48,7 +48,7 @@ async def run_load(
             {
                 "run": {"name": "load", "output_dir": str(tmp_path), "data_dir": str(data_dir)},
                 "tasks": {"mmlu": {}},
-                "load": {"concurrency": accuracy_concurrency},
+                "client": {"concurrency": accuracy_concurrency},
                 "targets": [
                     {
                         "name": "fake",

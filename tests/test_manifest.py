@@ -36,7 +36,7 @@ def error_of(data: Any) -> ManifestError:
 def test_valid_manifest_is_frozen_and_typed() -> None:
     m = parse_manifest(base(), "m.yaml")
     assert m.targets[1].launch is not None and m.targets[1].launch.n_ctx == 4096
-    assert m.load.concurrency == 16 and m.generation.temperature == 0.0
+    assert m.client.concurrency == 16 and m.generation.temperature == 0.0
     with pytest.raises(AttributeError):
         m.run.name = "other"  # type: ignore[misc]
     assert m.to_dict()["targets"][0]["url"] == "http://127.0.0.1:8001"
@@ -51,8 +51,10 @@ def test_valid_manifest_is_frozen_and_typed() -> None:
         (lambda d: d["targets"][0].update(url="http://h:99999"), "targets[0].url", "port"),
         (lambda d: d["targets"][0].pop("model"), "targets[0].model", "missing required key"),
         (
-            lambda d: d["load"].update(concurrency="many") if "load" in d else d.update(load={"concurrency": "x"}),
-            "load.concurrency",
+            lambda d: (
+                d["client"].update(concurrency="many") if "client" in d else d.update(client={"concurrency": "x"})
+            ),
+            "client.concurrency",
             "expected an integer, got str",
         ),
         (lambda d: d["tasks"]["mmlu"].update(limit=True), "tasks.mmlu.limit", "integer"),
@@ -74,6 +76,15 @@ def test_errors_name_key_path_and_expectation(mutate: Any, path: str, words: str
     assert words in str(err)
     assert str(err).startswith(f"m.yaml: {path}: ")
     assert "\n" not in str(err)
+
+
+def test_the_client_section_under_its_old_name_still_reads() -> None:
+    # Manifests and run.json files written when the section was called `load` (resumable runs).
+    old = {**base(), "load": {"concurrency": 3, "retries": 1}}
+    m = parse_manifest(old)
+    assert (m.client.concurrency, m.client.retries) == (3, 1) and "load" not in m.to_dict()
+    both = {**base(), "load": {"concurrency": 3}, "client": {"concurrency": 4}}
+    assert "not both" in str(error_of(both))
 
 
 def test_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:

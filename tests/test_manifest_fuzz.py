@@ -23,7 +23,7 @@ VALID: dict[str, Any] = {
     "run": {"name": "f", "setup": "qwen", "output_dir": "runs", "data_dir": None},
     "tasks": {"mmlu": {"limit": 5, "shots": 0, "max_tokens": 8, "subjects": ["anatomy"]}, "ifeval": {}},
     "generation": {"temperature": 0, "seed": 1, "stream": True},
-    "load": {"concurrency": 4, "retries": 1, "retry_budget": 5.0, "error_threshold": 0.1},
+    "client": {"concurrency": 4, "retries": 1, "retry_budget": 5.0, "error_threshold": 0.1},
     "targets": [
         {"name": "a", "model": "M", "quantization": "BF16", "backend": "vllm", "url": "http://127.0.0.1:1"},
         {"name": "b", "model": "M", "quantization": "Q8_0", "backend": "llamacpp",

@@ -13,9 +13,18 @@ from aiohttp.test_utils import TestServer
 from orchestrator.backends import ChatRequest, FatalError, OpenAIChat, TransientError
 from orchestrator.backends.http import make_session
 from orchestrator.backends.openai import LlamaCppChat, VLLMChat
+from orchestrator.backends.tokens import CountSource, TokenCounting
 from tests.support.fake_openai import FakeOpenAI, Handler, chunk, sse
 
 REQ = ChatRequest((("user", "Question?"),), max_tokens=5, seed=7)
+
+
+async def _words(text: str) -> int:
+    return len(text.split())
+
+
+# A stand-in for the model's tokenizer: counts words, as a cross-check source.
+WORDS = TokenCounting((CountSource("tokenizer", _words, cross_check=True),))
 
 Serve = Callable[..., Awaitable[OpenAIChat]]
 
@@ -86,10 +95,7 @@ async def test_missing_usage_counted_with_tokenizer(serve: Serve) -> None:
     async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         return await sse(request, [chunk("one two three", "stop")])
 
-    async def counter(text: str) -> tuple[int, str]:
-        return (len(text.split()), "tokenizer")
-
-    c = await (await serve(handler, counter=counter)).generate(REQ)
+    c = await (await serve(handler, counting=WORDS)).generate(REQ)
     assert (c.completion_tokens, c.token_source) == (3, "tokenizer")
 
 
@@ -178,10 +184,7 @@ async def test_usage_cross_checked_with_tokenizer(serve: Serve) -> None:
         usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
         return await sse(request, [chunk("one two three", "stop"), usage])
 
-    async def counter(text: str) -> tuple[int, str]:
-        return (len(text.split()), "tokenizer")
-
-    c = await (await serve(handler, counter=counter)).generate(REQ)
+    c = await (await serve(handler, counting=WORDS)).generate(REQ)
     assert (c.completion_tokens, c.token_source) == (4, "usage")  # the server's figure stays primary
     assert c.token_counts == {"usage": 4, "tokenizer": 3}  # and the disagreement is on record
 
@@ -245,3 +248,39 @@ async def test_a_post_on_a_connection_the_server_closed_is_sent_again_once() -> 
         await backend.close()
     assert first.text == second.text == "B"
     assert server.requests == 3 and server.connections == 2
+
+
+async def test_token_counting_strategy_order() -> None:
+    from orchestrator.backends import Completion
+    from orchestrator.timing import Stamps
+
+    asked: list[str] = []
+
+    async def server(text: str) -> int | None:
+        asked.append(text)
+        return None if text == "unknown" else 7
+
+    fallback = CountSource("server-tokenize", server, cross_check=False)
+
+    def reply(text: str, usage: int | None, chunks: int) -> Completion:
+        stamps = Stamps(chunks=[0.0] * chunks)
+        return Completion(text, "stop", None, usage, "usage" if usage is not None else "none", stamps, {})
+
+    # The server's figure stays primary; the cross-check counts beside it; the fallback is not asked.
+    c = reply("a b c", 4, 3)
+    await WORDS.then(fallback).settle(c)
+    assert (c.completion_tokens, c.token_source, c.token_counts) == (4, "usage", {"usage": 4, "tokenizer": 3})
+    assert asked == []
+    # Nothing counted it: the fallback does, one request.
+    c = reply("a b c", None, 3)
+    await TokenCounting().then(fallback).settle(c)
+    assert (c.completion_tokens, c.token_source, c.token_counts) == (7, "server-tokenize", {"server-tokenize": 7})
+    assert asked == ["a b c"]
+    # The fallback could not: the chunk estimate, named as such.
+    c = reply("unknown", None, 2)
+    await TokenCounting().then(fallback).settle(c)
+    assert (c.completion_tokens, c.token_source, c.token_counts) == (2, "chunks", {})
+    # Nothing at all (an empty, unstreamed reply): no count, and no pretended one.
+    c = reply("", None, 0)
+    await TokenCounting().settle(c)
+    assert (c.completion_tokens, c.token_source) == (None, "none")

@@ -46,7 +46,7 @@ async def test_replicas_least_outstanding_first(tmp_path: Path, data_dir: Path) 
             {
                 "run": {"name": "r", "output_dir": str(tmp_path)},
                 "tasks": {"ceval": {"limit": 80}},
-                "load": {"concurrency": 4},
+                "client": {"concurrency": 4},
                 "targets": [{"name": "t", "model": "M", "quantization": "BF16", "backend": "openai", "urls": urls}],
             }
         )
@@ -141,7 +141,7 @@ async def test_bench_from_compose_waits_for_health(tmp_path: Path, data_dir: Pat
     assert len(fake_a.requests) == len(fake_b.requests) == 120  # mmlu + ceval, 60 each
     meta = json.loads((tmp_path / "runs" / "c" / "run.json").read_text())
     assert [t["name"] for t in meta["manifest"]["targets"]] == ["svc-0", "svc-1"]  # no unlabelled service
-    assert meta["manifest"]["load"]["targets_in_parallel"] is True
+    assert meta["manifest"]["client"]["targets_in_parallel"] is True
     assert "Qwen2-7B-Instruct" in out and "AWQ" in out
 
 

@@ -40,7 +40,7 @@ def manifest(url: str, tmp_path: Path, **load: Any) -> Manifest:
         {
             "run": {"name": "t", "output_dir": str(tmp_path)},
             "tasks": {"mmlu": {"limit": 60, "shots": 0}},
-            "load": {"concurrency": 4, "retries": 2, **load},
+            "client": {"concurrency": 4, "retries": 2, **load},
             "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
         }
     )
@@ -175,7 +175,7 @@ def ifeval_run(
         {
             "run": {"name": "t", "output_dir": str(tmp_path)},
             "tasks": {"ifeval": {"limit": 40}},
-            "load": {"concurrency": concurrency, "retries": 0},
+            "client": {"concurrency": concurrency, "retries": 0},
             "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
         }
     )

@@ -130,7 +130,7 @@ def test_no_secret_is_written_or_printed_and_resume_authenticates(
         "run": {"name": "secrets", "output_dir": str(tmp_path / "runs"), "data_dir": str(data_dir)},
         "tasks": {"mmlu": {"limit": 20, "shots": 0}},
         "generation": {"stream": False},
-        "load": {"concurrency": 4, "retries": 0, "error_threshold": 1.0},
+        "client": {"concurrency": 4, "retries": 0, "error_threshold": 1.0},
         "targets": [
             {"name": "one", "model": "M", "quantization": "BF16", "backend": "openai",
              "url": f"http://alice:{PASSWORDS['alice']}@{base}"},
@@ -170,7 +170,7 @@ def test_resume_without_the_manifest_says_how(tmp_path: Path, server: AuthServer
         "run": {"name": "s", "output_dir": str(tmp_path / "runs"), "data_dir": str(data_dir)},
         "tasks": {"mmlu": {"limit": 6, "shots": 0}},
         "generation": {"stream": False},
-        "load": {"retries": 0, "error_threshold": 1.0},
+        "client": {"retries": 0, "error_threshold": 1.0},
         "targets": [{"name": "one", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
     }
     path = tmp_path / "m.yaml"

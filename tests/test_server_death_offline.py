@@ -52,7 +52,7 @@ def managed_manifest(tmp_path: Path, data_dir: Path, python: Path, concurrency: 
         "run": {"name": "death", "output_dir": str(tmp_path / "runs"), "data_dir": str(data_dir)},
         "tasks": {"mmlu": {"limit": 40, "shots": 0}},
         "generation": {"stream": False},
-        "load": {"concurrency": concurrency, "retries": 3},
+        "client": {"concurrency": concurrency, "retries": 3},
         "targets": [
             {
                 "name": "q8_0",

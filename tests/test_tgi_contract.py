@@ -109,7 +109,7 @@ async def test_runner_backs_off_when_overloaded(
         {
             "run": {"name": "t", "output_dir": str(tmp_path)},
             "tasks": {"ceval": {"limit": 60}},
-            "load": {"concurrency": 1, "retries": 3},
+            "client": {"concurrency": 1, "retries": 3},
             "targets": [
                 {
                     "name": "tgi",

@@ -14,12 +14,12 @@ from orchestrator.backends.base import (
     FatalError,
     TransientError,
 )
-from orchestrator.backends.http import TokenCounter, make_session
+from orchestrator.backends.http import make_session
 from orchestrator.backends.openai import LlamaCppChat, OpenAIChat, SGLangChat, TGIChat, VLLMChat
 from orchestrator.backends.tgi import ChatTemplate, TGINative
-from orchestrator.manifest import LoadConfig, TargetConfig
+from orchestrator.backends.tokens import TokenCounting, hf_tokenizer_source
+from orchestrator.manifest import ClientConfig, TargetConfig
 from orchestrator.timing import LoopPacer
-from orchestrator.tokenizer import load_tokenizer
 
 __all__ = [
     "Backend",
@@ -30,36 +30,25 @@ __all__ = [
     "OpenAIChat",
     "TGINative",
     "TransientError",
-    "hf_token_counter",
     "open_backends",
 ]
 
 
-def hf_token_counter(spec: str, resolve: Path | None = None) -> TokenCounter:
-    """Counter from the model's own Hugging Face tokenizer: a local file/folder or a Hub id."""
-    tok = load_tokenizer(spec, resolve)
-
-    async def count(text: str) -> tuple[int, str] | None:
-        return (len(tok.encode(text, add_special_tokens=False).ids), "tokenizer")
-
-    return count
-
-
 async def open_backends(
-    target: TargetConfig, urls: list[str], load: LoadConfig, tokenizer: Path | None, pacer: LoopPacer | None = None
+    target: TargetConfig, urls: list[str], client: ClientConfig, tokenizer: Path | None, pacer: LoopPacer | None = None
 ) -> list[Backend]:
     """One adapter per replica URL of a target, all on the target's one shared session."""
     api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
-    counter = None
+    counting = TokenCounting()
     if target.tokenizer is not None and target.backend != "tgi":
-        counter = await asyncio.to_thread(hf_token_counter, target.tokenizer, tokenizer)
+        counting = counting.then(await asyncio.to_thread(hf_tokenizer_source, target.tokenizer, tokenizer))
     template = None
     if target.backend == "tgi":
         source = str(tokenizer) if tokenizer is not None else (target.tokenizer or target.model_id)
         if source is None:
             raise FatalError(f"{target.name}: backend tgi renders the chat template: set model_id or tokenizer")
         template = await asyncio.to_thread(ChatTemplate.load, source)
-    session = make_session(load.concurrency, load.request_timeout, api_key)
+    session = make_session(client.concurrency, client.request_timeout, api_key)
     backends: list[Backend] = []
     for url in urls:
         if template is not None:
@@ -68,7 +57,7 @@ async def open_backends(
             cls = {"vllm": VLLMChat, "llamacpp": LlamaCppChat, "tgi-chat": TGIChat, "sglang": SGLangChat}.get(
                 target.backend, OpenAIChat
             )
-            backends.append(cls(url, session, model=target.served_model, counter=counter, pacer=pacer))
+            backends.append(cls(url, session, model=target.served_model, counting=counting, pacer=pacer))
     try:
         for backend in backends:
             await backend.start()

@@ -12,7 +12,7 @@ import datetime as dt
 import email.utils
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,6 @@ from orchestrator.secrets import split_credentials
 from orchestrator.timing import LoopPacer, Stamps
 
 # Counts the tokens of a completion text with the model's own tokenizer: (count, source) or None.
-TokenCounter = Callable[[str], Awaitable[tuple[int, str] | None]]
 
 # SSE lines can be long (a whole completion in one chunk from some servers); aiohttp refuses
 # lines above twice its read buffer, so give it room.

@@ -18,11 +18,11 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.http import (
     HTTPBackend,
-    TokenCounter,
     read_json_body,
     read_sse,
     retry_after,
 )
+from orchestrator.backends.tokens import CountSource, TokenCounting
 from orchestrator.timing import LoopPacer, Stamps
 
 
@@ -36,12 +36,12 @@ class OpenAIChat(HTTPBackend):
         base_url: str,
         session: aiohttp.ClientSession,
         model: str | None = None,
-        counter: TokenCounter | None = None,
+        counting: TokenCounting | None = None,
         *,
         pacer: LoopPacer | None = None,
     ) -> None:
         super().__init__(base_url, session, model, pacer=pacer)
-        self.counter = counter
+        self.counting = counting or TokenCounting()
         self._models_answer: dict[str, Any] | None = None
 
     # -- backend-specific knobs -------------------------------------------------------------
@@ -98,10 +98,7 @@ class OpenAIChat(HTTPBackend):
                 completion = await self._read_stream(resp, stamps, body)
             else:
                 completion = await self._read_body(resp, stamps, body)
-        if completion.completion_tokens is not None:
-            completion.token_counts[completion.token_source] = completion.completion_tokens
-        if completion.completion_tokens is None or self.cross_check:
-            await self._count(completion)
+        await self.counting.settle(completion)
         return completion
 
     # -- reading replies --------------------------------------------------------------------
@@ -174,25 +171,6 @@ class OpenAIChat(HTTPBackend):
                 source = "usage"
         return Completion(text, finish_reason, prompt_tokens, completion_tokens, source, stamps, body, raw)
 
-    @property
-    def cross_check(self) -> bool:
-        """Count with the model's HF tokenizer even when the server reports usage (cheap, local)."""
-        return self.counter is not None and self.counter is not self._server_counter
-
-    _server_counter: TokenCounter | None = None
-
-    async def _count(self, completion: Completion) -> None:
-        """Count with the model's tokenizer; without usage that count is the figure, else a cross-check."""
-        counted = await self.counter(completion.text) if self.counter is not None else None
-        if counted is not None:
-            completion.token_counts[counted[1]] = counted[0]
-            if completion.completion_tokens is None:
-                completion.completion_tokens, completion.token_source = counted
-        elif completion.completion_tokens is None and completion.stamps.chunks:
-            # An estimate: servers that stream one token per event make this exact.
-            completion.completion_tokens = len(completion.stamps.chunks)
-            completion.token_source = "chunks"
-
 
 class VLLMChat(OpenAIChat):
     """vLLM's OpenAI server: usage arrives as a separate chunk with empty choices."""
@@ -251,22 +229,23 @@ class LlamaCppChat(OpenAIChat):
         base_url: str,
         session: aiohttp.ClientSession,
         model: str | None = None,
-        counter: TokenCounter | None = None,
+        counting: TokenCounting | None = None,
         *,
         pacer: LoopPacer | None = None,
     ) -> None:
-        super().__init__(base_url, session, model, counter or self._server_count, pacer=pacer)
-        if counter is None:
-            self._server_counter = self.counter  # a request to the server each: only when usage is missing
+        # Its streams carry no usage: without the model's tokenizer, the GGUF's own counts the
+        # reply, one request to the server each.
+        server = CountSource("server-tokenize", self._server_count, cross_check=False)
+        super().__init__(base_url, session, model, (counting or TokenCounting()).then(server), pacer=pacer)
 
     def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
         """temperature 0 alone is not greedy here: the default repeat_penalty 1.1 changes logits."""
         return {**super().greedy_params(request), "repeat_penalty": 1.0, "top_k": 1}
 
-    async def _server_count(self, text: str) -> tuple[int, str] | None:
+    async def _server_count(self, text: str) -> int | None:
         """Count with the GGUF's own tokenizer through the server's tokenize endpoint."""
         if not text:
-            return (0, "server-tokenize")
+            return 0
         try:
             async with self.session.post(
                 f"{self.base_url}/extras/tokenize/count", json={"input": text, "model": self.model}, auth=self.auth
@@ -277,4 +256,4 @@ class LlamaCppChat(OpenAIChat):
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
         count = answer.get("count") if isinstance(answer, dict) else None
-        return (int(count), "server-tokenize") if isinstance(count, int) else None
+        return int(count) if isinstance(count, int) else None

@@ -28,6 +28,7 @@ from orchestrator.backends.base import (
     error_for_status,
 )
 from orchestrator.backends.http import HTTPBackend, read_json_body, read_sse, retry_after
+from orchestrator.backends.tokens import TokenCounting
 from orchestrator.timing import LoopPacer, Stamps
 
 
@@ -163,8 +164,12 @@ class TGINative(HTTPBackend):
                 error.retry_after = retry_after(resp.headers.get("Retry-After"))
                 raise error
             if request.stream:
-                return await self._read_stream(resp, stamps, body)
-            return await self._read_body(resp, stamps, body)
+                completion = await self._read_stream(resp, stamps, body)
+            else:
+                completion = await self._read_body(resp, stamps, body)
+        # TGI counts every reply itself (details, headers); the chunks are the estimate without.
+        await TokenCounting().settle(completion)
+        return completion
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
         parts: list[str] = []
@@ -197,11 +202,10 @@ class TGINative(HTTPBackend):
             finish_reason=details.get("finish_reason"),
             prompt_tokens=details.get("input_length"),
             completion_tokens=details.get("generated_tokens"),
-            token_source="tgi-details" if "generated_tokens" in details else "chunks",
+            token_source="tgi-details" if "generated_tokens" in details else "none",
             stamps=stamps,
             request=body,
             raw={"final_event": final},
-            token_counts={"tgi-details": details["generated_tokens"]} if "generated_tokens" in details else {},
         )
 
     async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
