@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from orchestrator.scoring import ScoringProcessDied
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, unless_dead
 from orchestrator.setups import SETUP_VERSIONS, store_key
 from orchestrator.store import RunStore
-from orchestrator.tasks import DataError, Sample, Task
+from orchestrator.tasks import DataError, Sample, Score, Task
 
 
 class ErrorBudgetExceeded(Exception):
@@ -249,6 +250,20 @@ class Runner:
                 await sem.acquire()
                 tg.create_task(one(task, sample))
 
+    async def _score(self, task: Task, sample: Sample, reply: str) -> Score:
+        """The task's verdict: heavy scorers in the run's scoring process, the others here."""
+        scoring = None if self.runtime is None else self.runtime.scoring
+        if scoring is not None and scoring.alive and hasattr(task, "score_job"):
+            fn, args = task.score_job(sample, reply)
+            try:
+                return typing.cast(Score, await scoring.run(fn, *args))
+            except ScoringProcessDied:
+                # Killed from outside (the OOM killer, say): score here from now on, timing precision
+                # notwithstanding, rather than lose the answer.
+                if "the scoring process died" not in " ".join(self.notes):
+                    self.notes.append("the scoring process died; the rest of the run was scored in the main process")
+        return task.score(sample, reply)
+
     def _retry_wait(self, state: RetryCallState) -> float:
         """Exponential backoff with equal jitter, or what the server's Retry-After asks if longer
         (never past the request timeout)."""
@@ -322,19 +337,7 @@ class Runner:
                 attempts=attempts + resends,
                 resends=resends,
             )
-        score = None
-        scoring = None if self.runtime is None else self.runtime.scoring
-        if scoring is not None and scoring.alive and hasattr(task, "score_job"):
-            fn, args = task.score_job(sample, completion.text)
-            try:
-                score = await scoring.run(fn, *args)
-            except ScoringProcessDied:
-                # Killed from outside (the OOM killer, say): score here from now on, timing precision
-                # notwithstanding, rather than lose the answer.
-                if "the scoring process died" not in " ".join(self.notes):
-                    self.notes.append("the scoring process died; the rest of the run was scored in the main process")
-        if score is None:
-            score = task.score(sample, completion.text)
+        score = await self._score(task, sample, completion.text)
         return SampleRecord(
             **ident,
             request=completion.request,

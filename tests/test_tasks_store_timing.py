@@ -91,10 +91,21 @@ def test_records_are_fsynced_from_a_thread_within_the_interval(tmp_path: Path, m
     store = RunStore(tmp_path / "run")
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        synced_once = asyncio.Event()
+
+        def fsync(fd: int) -> None:
+            threads.append(threading.current_thread())
+            real(fd)
+            if not loop.is_closed():  # store.close() below syncs after the loop is gone
+                loop.call_soon_threadsafe(synced_once.set)
+
+        monkeypatch.setattr(os, "fsync", fsync)
         async with synced(store):
             store.writer("t", "k", "s").write({"id": "a"})
             assert threads == []  # the loop does not wait on the disk for a record
-            await asyncio.sleep(SYNC_INTERVAL)
+            # The ticker syncs every half interval: the record is on disk within one interval.
+            await asyncio.wait_for(synced_once.wait(), SYNC_INTERVAL)
             assert len(threads) == 1 and threads[0] is not threading.main_thread()
             store.writer("t", "k", "s").write({"id": "b"})
         assert len(threads) == 2  # and once more at the end, whatever the ticker's phase
