@@ -86,7 +86,9 @@ def run_client(url: str, concurrency: int, requests: int, tokens: int) -> tuple[
         outcomes = run_async(runner.run())  # the CLI's loop (uvloop when installed)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         store.close()
-        records = list(read_records(store.samples_path("b", "synthetic", "qwen")))
+        records = list(read_records(store.samples_path("b", "synthetic", runner.store_key)))
+    if len(records) != requests:  # a benchmark that measured nothing must not print figures
+        raise SystemExit(f"benchmark run wrote {len(records)} records, not {requests}")
     if outcomes[0].failure or outcomes[0].errors:
         raise SystemExit(f"benchmark run failed: {outcomes[0].failure or outcomes[0].errors} errors")
     return wall, cpu, records
