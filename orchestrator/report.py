@@ -20,9 +20,9 @@ from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
+from orchestrator.verdicts import add_statistics
 
 ACCURACY_COLUMNS = tuple(TASKS.items())
-REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
 
 
 def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
@@ -61,17 +61,19 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     version = run_setup_version(meta)
     key = store_key(version)
     task_names = list(manifest["tasks"])
+    task_objs = {name: build_task(name, None, setup=setup) for name in task_names}
     rows = []
+    by_target: dict[str, dict[str, list[SampleRecord]]] = {}
     for t in manifest["targets"]:
         all_records: list[SampleRecord] = []
         tasks: dict[str, Any] = {}
+        by_target[t["name"]] = {}
         for name in task_names:
             records = store.records(t["name"], name, key)
+            by_target[t["name"]][name] = records
             all_records += records
-            agg = build_task(name, None).aggregate(records)
             # The report never hides records that were not sent: n counts what is on disk.
-            tasks[name] = agg
-        accs = [v["accuracy"] for v in tasks.values() if v["accuracy"] is not None]
+            tasks[name] = task_objs[name].aggregate(records)
         server = meta.get("servers", {}).get(t["name"], {})
         rows.append(
             {
@@ -85,12 +87,12 @@ def build_report(run_dir: Path) -> dict[str, Any]:
                 "served_model": server.get("served_model"),
                 "replicas": _replica_counts(all_records),
                 "tasks": tasks,
-                "average": sum(accs) / len(accs) if accs else None,
                 "errors": sum(v["errors"] for v in tasks.values()),
                 "speed": speed_figures(all_records),
             }
         )
-    _add_deltas(rows)
+    # Intervals, the Average over complete tasks, and each quantization against its reference.
+    add_statistics(rows, by_target, task_objs, meta.get("samples") or {})
     return {
         "run_id": meta.get("run_id", run_dir.name),
         "setup": setup,
@@ -114,23 +116,6 @@ def _backend_cell(row: dict[str, Any]) -> str:
     return f"{row['backend']} {version}" if version else row["backend"]
 
 
-def _add_deltas(rows: list[dict[str, Any]]) -> None:
-    """What each quantization costs: Average minus that of the model's BF16/FP16 row."""
-    by_model: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_model.setdefault(r["model"], []).append(r)
-    for group in by_model.values():
-        ref = next(
-            (r for q in REFERENCE_QUANTS for r in group if r["quantization"].upper() == q and r["average"] is not None),
-            None,
-        )
-        for r in group:
-            r["reference"] = None if ref is None else ref["target"]
-            r["delta_average"] = (
-                None if ref is None or r["average"] is None or r is ref else r["average"] - ref["average"]
-            )
-
-
 def _pct(value: float | None, empty: str = "") -> str:
     return empty if value is None else f"{100 * value:.1f}"
 
@@ -139,12 +124,43 @@ def _num(value: float | None, fmt: str = "{:.2f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
-    if row.get("failure") and row["average"] is None:
+# One mark per verdict, so a column of them reads at a glance (the legend is under every table).
+MARKS = {"loss": "▼", "gain": "▲", "no detectable change": "≈"}
+LEGEND = "▼ loss · ▲ gain · ≈ no detectable change (interval within ±1 pt) · ? inconclusive (n too small)"
+
+
+def _mark(verdict: str) -> str:
+    return MARKS.get(verdict, "?" if verdict.startswith("inconclusive") else "")
+
+
+def _ci(ci: list[float] | tuple[float, float] | None, signed: bool = False) -> str:
+    if ci is None:
+        return ""
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return f"[{fmt.format(100 * ci[0])}, {fmt.format(100 * ci[1])}]"
+
+
+def _delta(p: dict[str, Any] | None) -> str:
+    """A paired difference: Δ in points, its interval and the verdict's mark."""
+    if not p or p.get("delta") is None:
+        return ""
+    return f"{100 * p['delta']:+.1f} {_ci(p['interval'], signed=True)} {_mark(p['verdict'])}".strip()
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f" (×{value:.2f})"
+
+
+def _cells(row: dict[str, Any], sep: str = "\n") -> list[str]:
+    if row.get("failure") and row["average"] is None and not any(a["n"] for a in row["tasks"].values()):
         # Nothing measured: say so instead of a row of blanks or zeros.
         return ["failed", "", *["" for _ in ACCURACY_COLUMNS], "", "", "", "", str(row["errors"])]
-    cells = [_pct(row["average"])]
-    cells.append("" if row["delta_average"] is None else f"{100 * row['delta_average']:+.1f}")
+    cmp = row.get("comparison") or {}
+    if row["average"] is not None:
+        cells = [f"{_pct(row['average'])} {_ci(row.get('average_interval'))}".strip()]
+    else:
+        cells = ["–" if not row.get("average_missing") else f"– ({row['average_missing']})"]
+    cells.append(_delta(cmp.get("average")))
     for key, _title in ACCURACY_COLUMNS:
         agg = row["tasks"].get(key)
         if agg is None or agg["accuracy"] is None:
@@ -153,12 +169,15 @@ def _cells(row: dict[str, Any]) -> list[str]:
         # The unparsed rate stands next to the accuracy it qualifies: a low score with many
         # unparsed replies is an extraction problem, not (only) a model problem.
         unparsed = f", {_pct(agg['unparsed_rate'])}% unparsed" if agg.get("unparsed") else ""
-        cells.append(f"{_pct(agg['accuracy'])} (n={agg['n']}{unparsed})")
+        cell = f"{_pct(agg['accuracy'])} {_ci(agg.get('interval'))} (n={agg['n']}{unparsed})"
+        delta = _delta((cmp.get("tasks") or {}).get(key))
+        cells.append(cell + (f"{sep}Δ {delta}" if delta else ""))
     sp = row["speed"]
+    ratios = row.get("speed_vs_reference") or {}
     cells += [
         _num(sp["requests_per_s"]),
-        _num(sp["output_tokens_per_s"], "{:.1f}"),
-        _num(sp["ttft_p50_ms"], "{:.0f}"),
+        _num(sp["output_tokens_per_s"], "{:.1f}") + _ratio(ratios.get("output_tokens_per_s")),
+        _num(sp["ttft_p50_ms"], "{:.0f}") + _ratio(ratios.get("ttft_p50_ms")),
         _num(sp["tpot_p50_ms"], "{:.1f}"),
         str(row["errors"]),
     ]
@@ -193,8 +212,14 @@ def render_table(report: dict[str, Any]) -> Table:
         table.add_row(model_cell, row["quantization"], _backend_cell(row), *_cells(row))
         last_model = row["model"]
     failed = [row["failure"] for row in report["rows"] if row.get("failure")]  # each names its target
-    if failed:
-        table.caption = "failed: " + " · ".join(failed)
+    notes = [n for n in dict.fromkeys(row.get("comparison_note") for row in report["rows"]) if n]
+    table.caption = "\n".join(
+        [
+            "Δ: paired difference against the model's reference row, 95 % interval; " + LEGEND,
+            *notes,
+            *(["failed: " + " · ".join(failed)] if failed else []),
+        ]
+    )
     return table
 
 
@@ -208,7 +233,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for row in report["rows"]:
-        lines.append("| " + " | ".join([row["model"], row["quantization"], _backend_cell(row), *_cells(row)]) + " |")
+        cells = [row["model"], row["quantization"], _backend_cell(row), *_cells(row, "<br>")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Δ: paired difference against the model's reference row, 95 % interval. {LEGEND}"]
+    lines += _comparisons_markdown(report)
     lines += _averages_markdown(report)
     lines += [
         "",
@@ -228,6 +256,41 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failed targets", "", "| Target | Why |", "|---|---|"]
         lines += [f"| {row['target']} | {_md_cell(row['failure'])} |" for row in failed]
     return "\n".join(lines) + "\n"
+
+
+def _comparisons_markdown(report: dict[str, Any]) -> list[str]:
+    """Each quantized row against its reference: the paired statistics behind every Δ."""
+    lines: list[str] = []
+    head = [
+        "Target", "vs", "Task", "paired n", "one side only (ref / quant)", "Δ pts [95 % CI]", "p (McNemar)",
+        "p (Holm)", "right→wrong", "wrong→right", "changed answers", "recovery", "verdict",
+    ]  # fmt: skip
+    body = []
+    for row in report["rows"]:
+        cmp = row.get("comparison")
+        if row.get("comparison_note"):
+            body.append(f"| {row['target']} | – | – | " + " | ".join([""] * 9) + f" | {row['comparison_note']} |")
+        if not cmp:
+            continue
+        items = [*cmp["tasks"].items(), *([("Average", cmp["average"])] if cmp.get("average") else [])]
+        for name, p in items:
+            cells = [
+                row["target"], row["reference"], name, str(p["n"]),
+                f"{p['only_reference']} / {p['only_quantized']}", _delta(p).rstrip(" ▼▲≈?"),
+                _num(p["p_value"], "{:.3g}"), _num(p["p_holm"], "{:.3g}"),
+                f"{p['right_to_wrong']} ({_pct(p['right_to_wrong'] / p['n'] if p['n'] else None)}%)",
+                f"{p['wrong_to_right']} ({_pct(p['wrong_to_right'] / p['n'] if p['n'] else None)}%)",
+                f"{_pct(p['changed_rate'])}%", f"{_pct(p['recovery'])}%", _md_cell(p["verdict"]),
+            ]  # fmt: skip
+            body.append("| " + " | ".join(cells) + " |")
+    if body:
+        lines += ["", "## What each quantization costs (paired, on the samples both answered)", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|", *body]
+    missing = [row for row in report["rows"] if row.get("average_missing")]
+    if missing:
+        lines += ["", "Average left out (computed only over complete tasks):", ""]
+        lines += [f"- {row['target']}: {row['average_missing']}" for row in missing]
+    return lines
 
 
 def _averages_markdown(report: dict[str, Any]) -> list[str]:

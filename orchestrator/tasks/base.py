@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from orchestrator.errors import DataError
 from orchestrator.records import SampleRecord
+from orchestrator.stats import Outcomes
 
 __all__ = ["DataError", "Sample", "Score", "Task", "stratified_subset"]
 
@@ -63,6 +64,11 @@ class Task(Protocol):
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Headline accuracy and the other figures from stored records."""
+        ...
+
+    def outcomes(self, records: Sequence[SampleRecord], metric: str | None = None) -> Outcomes:
+        """Per-sample outcomes of the headline metric (or another of the task's), for intervals
+        and paired comparisons."""
         ...
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from orchestrator.hub import fetch
 from orchestrator.records import SampleRecord
 from orchestrator.setups import SETUPS
+from orchestrator.stats import Outcomes
 from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
 from orchestrator.tasks.references import (
     QWEN_SYSTEM_PROMPT,
@@ -299,6 +300,12 @@ class MultipleChoiceTask:
         letter, rule = self.extract(sample, reply)
         details = {"think_stripped": True} if self.setup == "robust" and THINK_BLOCK.search(reply) else {}
         return Score(letter, rule, letter == sample.target, details)
+
+    def outcomes(self, records: Sequence[SampleRecord], metric: str | None = None) -> Outcomes:
+        """Each answered sample's right/wrong in its subject, for the headline (or ``metric``:
+        micro, macro) average."""
+        kind = metric or self.bench.headline
+        return Outcomes(kind, {r.id: (r.subject, float(bool(r.correct)), 1.0) for r in records if r.answered})
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Micro and macro accuracy over answered records (errors are counted, never scored),

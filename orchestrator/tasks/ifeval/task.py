@@ -34,6 +34,7 @@ from typing import Any
 
 from orchestrator.hub import fetch
 from orchestrator.records import SampleRecord
+from orchestrator.stats import Outcomes
 from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
 from orchestrator.tasks.ifeval import fastpaths
 from orchestrator.tasks.ifeval.punkt import ensure_punkt
@@ -275,6 +276,20 @@ class IFEvalTask:
             resolved_args=v.resolved_args,
         )
         return Score(None, "ifeval", all(v.strict), details)
+
+    def outcomes(self, records: Sequence[SampleRecord], metric: str | None = None) -> Outcomes:
+        """Per answered prompt: ``prompt_strict`` (the headline) all instructions followed, or
+        ``inst_strict`` the number followed of the prompt's instructions (clustered by prompt)."""
+        values: dict[str, tuple[str, float, float]] = {}
+        for r in records:
+            if not r.answered:
+                continue
+            strict = (r.score_details or {}).get("strict") or []
+            if metric == "inst_strict":
+                values[r.id] = (r.subject, float(sum(strict)), float(len(strict)))
+            else:
+                values[r.id] = (r.subject, float(all(strict)), 1.0)
+        return Outcomes("micro", values)
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Prompt-level strict is the headline accuracy."""

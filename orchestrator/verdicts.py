@@ -1,0 +1,184 @@
+"""What each quantization costs, and how sure we are: intervals, paired comparisons, verdicts.
+
+``add_statistics`` takes the report's rows (one per target) and the records behind them, and adds
+to each row: the 95 % interval of every accuracy and of the Average; whether each task is
+complete (every sample of the run attempted), the Average only over complete tasks; and, for a
+quantized row, its comparison with the model's reference row (BF16/FP16/F16/FP32/F32): per task
+and for the Average the paired difference on the samples both answered, its interval, flips,
+changed answers, McNemar's exact p with Holm's correction across every comparison of the run,
+recovery, the speed ratio, and a verdict in words. Everything comes from the records on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchestrator import stats
+from orchestrator.records import SampleRecord
+from orchestrator.stats import Outcomes, Paired
+from orchestrator.tasks import Task
+
+REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
+# The extra levels shown with an interval beside a task's headline.
+SECONDARY = {"ifeval": ("prompt_strict", "inst_strict"), "mmlu": ("micro", "macro"), "ceval": ("micro", "macro")}
+
+
+def reference_of(group: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row a model's quantizations are compared with: its first full-precision row."""
+    for quant in REFERENCE_QUANTS:
+        for row in group:
+            if row["quantization"].upper() == quant:
+                return row
+    return None
+
+
+def _answers(records: Sequence[SampleRecord]) -> dict[str, Any]:
+    # IFEval extracts nothing: the reply itself is the answer that changed or not.
+    return {r.id: r.extracted if r.extracted is not None else r.reply for r in records if r.answered}
+
+
+def _verdicts(records: Sequence[SampleRecord]) -> dict[str, bool]:
+    return {r.id: bool(r.correct) for r in records if r.answered}
+
+
+def add_statistics(
+    rows: list[dict[str, Any]],
+    records: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
+    tasks: Mapping[str, Task],
+    expected: Mapping[str, int],
+) -> None:
+    """Intervals, completeness, Averages and comparisons, added to ``rows`` in place."""
+    outcomes: dict[tuple[str, str], Outcomes] = {}
+    for row in rows:
+        target = row["target"]
+        for name, agg in row["tasks"].items():
+            recs = records[target][name]
+            out = tasks[name].outcomes(recs)
+            outcomes[(target, name)] = out
+            seed = stats.seed_for(target, name)
+            ci = stats.interval(out, seed)
+            agg["interval"] = None if ci is None else list(ci)
+            agg["intervals"] = {}
+            for metric in SECONDARY.get(name, ()):
+                level = stats.interval(tasks[name].outcomes(recs, metric), seed)
+                agg["intervals"][metric] = None if level is None else list(level)
+            want = expected.get(name)
+            agg["expected"] = want
+            # Complete: every sample of the run was sent and ended (answered or an error record).
+            agg["complete"] = bool(agg["n"]) and (want is None or agg["n"] + agg["errors"] >= want)
+        complete = [n for n, a in row["tasks"].items() if a["complete"]]
+        row["average_tasks"] = complete
+        missing = [n for n in row["tasks"] if n not in complete]
+        if row["tasks"] and not missing:
+            row["average"] = sum(a["accuracy"] for a in row["tasks"].values()) / len(row["tasks"])
+            ci = stats.average_interval([outcomes[(target, n)] for n in complete], stats.seed_for(target, "average"))
+            row["average_interval"] = None if ci is None else list(ci)
+            row["average_missing"] = None
+        else:
+            row["average"] = None
+            row["average_interval"] = None
+            row["average_missing"] = "incomplete: " + ", ".join(
+                f"{n} ({a['n'] + a['errors']}/{a['expected'] if a['expected'] is not None else '?'} sent)"
+                for n, a in row["tasks"].items()
+                if n in missing
+            )
+    _compare(rows, records, outcomes)
+
+
+def _compare(
+    rows: list[dict[str, Any]],
+    records: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
+    outcomes: Mapping[tuple[str, str], Outcomes],
+) -> None:
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+    family: list[tuple[dict[str, Any], Paired]] = []  # every comparison, for Holm's correction
+    for model, group in by_model.items():
+        ref = reference_of(group)
+        for row in group:
+            row["reference"] = None if ref is None else ref["target"]
+            row["comparison"] = None
+            row["comparison_note"] = None
+            if ref is None:
+                row["comparison_note"] = f"no reference row ({'/'.join(REFERENCE_QUANTS)}) for {model}"
+                continue
+            if row is ref:
+                continue
+            cmp: dict[str, Any] = {"tasks": {}, "average": None}
+            parts: list[tuple[Outcomes, Outcomes]] = []
+            pooled = [0, 0, 0, 0]  # n, right->wrong, wrong->right, changed
+            for name in row["tasks"]:
+                if name not in ref["tasks"]:
+                    continue
+                r_out, q_out = outcomes[(ref["target"], name)], outcomes[(row["target"], name)]
+                r_recs, q_recs = records[ref["target"]][name], records[row["target"]][name]
+                p = stats.paired(
+                    r_out, q_out, _answers(r_recs), _answers(q_recs), _verdicts(r_recs), _verdicts(q_recs),
+                    stats.seed_for(ref["target"], row["target"], name),
+                )  # fmt: skip
+                cmp["tasks"][name] = p
+                family.append((cmp["tasks"], p))
+                if name in row["average_tasks"] and name in ref["average_tasks"] and p.n:
+                    parts.append((r_out, q_out))
+                    pooled = [
+                        a + b for a, b in zip(pooled, (p.n, p.right_to_wrong, p.wrong_to_right, p.changed), strict=True)
+                    ]
+            common = [n for n in row["tasks"] if n in row["average_tasks"] and n in ref["average_tasks"]]
+            if parts and len(parts) == len(common):
+                boot = stats.paired_average(parts, stats.seed_for(ref["target"], row["target"], "average"))
+                deltas = [cmp["tasks"][n].delta for n in common]
+                n, r2w, w2r, changed = pooled
+                avg = Paired(
+                    n, 0, 0,
+                    sum(cmp["tasks"][n_].reference for n_ in common) / len(common),
+                    sum(cmp["tasks"][n_].quantized for n_ in common) / len(common),
+                    sum(deltas) / len(deltas),
+                    None if boot is None else boot[0],
+                    r2w, w2r, changed, stats.mcnemar_exact(r2w, w2r),
+                    None if boot is None else (stats.Z + stats.Z_POWER) * boot[1],
+                    extra={"tasks": common},
+                )  # fmt: skip
+                cmp["average"] = avg
+                family.append((cmp, avg))
+            row["comparison"] = cmp
+            row["speed_vs_reference"] = _speed_ratios(row["speed"], ref["speed"])
+    adjusted = stats.holm([p.p_value for _, p in family])
+    for (holder, p), p_holm in zip(family, adjusted, strict=True):
+        final = dataclasses.replace(p, p_holm=p_holm, verdict=stats.verdict(p.delta, p.interval, p_holm, p.n, p.mdd))
+        for key, value in list(holder.items()):
+            if value is p:
+                holder[key] = final
+    for row in rows:
+        done: dict[str, Any] | None = row.get("comparison")
+        if done is None:
+            continue
+        ref_row = next(r for r in rows if r["target"] == row["reference"])
+        tasks_json = {}
+        for name, p in done["tasks"].items():
+            out = p.to_json()
+            ref_acc, acc = ref_row["tasks"][name]["accuracy"], row["tasks"][name]["accuracy"]
+            out["recovery"] = None if not ref_acc or acc is None else acc / ref_acc
+            tasks_json[name] = out
+        done["tasks"] = tasks_json
+        if done["average"] is not None:
+            out = done["average"].to_json()
+            out["recovery"] = out["quantized"] / out["reference"] if out["reference"] else None
+            done["average"] = out
+    for row in rows:
+        row["delta_average"] = ((row.get("comparison") or {}).get("average") or {}).get("delta")
+
+
+def _speed_ratios(speed: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, float | None]:
+    """Throughput and latency as multiples of the reference row's."""
+
+    def ratio(key: str) -> float | None:
+        a, b = speed.get(key), ref.get(key)
+        return None if a is None or not b else a / b
+
+    return {"output_tokens_per_s": ratio("output_tokens_per_s"), "ttft_p50_ms": ratio("ttft_p50_ms")}
+
+
+__all__ = ["REFERENCE_QUANTS", "add_statistics", "reference_of"]

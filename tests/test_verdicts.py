@@ -1,0 +1,128 @@
+"""The report's statistics from the store: intervals, paired comparisons, flips, verdicts, completeness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy.stats import binomtest
+
+from orchestrator.manifest import parse_manifest
+from orchestrator.records import RECORD_SCHEMA, SampleRecord
+from orchestrator.report import build_report, render_markdown, write_report
+from orchestrator.store import RunStore
+
+N = 200
+
+
+def _target(name: str, model: str, quant: str) -> dict[str, Any]:
+    return {"name": name, "model": model, "quantization": quant, "backend": "openai", "url": "http://h:1"}
+
+
+def _write(store: RunStore, target: str, task: str, rights: list[bool | None], subjects: int = 4) -> None:
+    writer = store.writer(target, task, "qwen@2")
+    for i, right in enumerate(rights):
+        common = {"id": f"{task}/{i}", "task": task, "subject": f"s{i % subjects}", "target": target, "gold": "A"}
+        if right is None:
+            writer.write(SampleRecord(**common, error="HTTP 500", error_type="http", attempts=1))
+        else:
+            answer = "A" if right else "B"
+            writer.write(SampleRecord(**common, reply=answer, extracted=answer, rule="r", correct=right, attempts=1))
+
+
+def _run(tmp_path: Path, targets: list[dict[str, Any]], samples: dict[str, int]) -> Path:
+    manifest = parse_manifest(
+        {"run": {"name": "r", "output_dir": str(tmp_path)}, "tasks": {t: {} for t in samples}, "targets": targets}
+    )
+    run = tmp_path / "r"
+    RunStore(run).write_meta(
+        {"run_id": "r", "manifest": manifest.to_dict(), "setup": {"name": "qwen", "version": "qwen@2"},
+         "samples": samples, "record_schema": RECORD_SCHEMA}
+    )  # fmt: skip
+    return run
+
+
+def test_a_quantization_against_its_reference(tmp_path: Path) -> None:
+    run = _run(
+        tmp_path,
+        [_target("bf16", "M", "BF16"), _target("int4", "M", "GPTQ-Int4"), _target("lone", "L", "Q8_0")],
+        {"mmlu": N, "ceval": N},
+    )
+    store = RunStore(run)
+    ref = [i % 3 != 0 for i in range(N)]  # 133 right
+    # The quantized side loses 30 answers the reference had right and gains 5.
+    lost = [i for i in range(N) if ref[i]][:30]
+    gained = [i for i in range(N) if not ref[i]][:5]
+    quant = [(r and i not in lost) or i in gained for i, r in enumerate(ref)]
+    for task in ("mmlu", "ceval"):
+        _write(store, "bf16", task, ref)
+        _write(store, "int4", task, quant)
+        _write(store, "lone", task, ref)
+    store.close()
+    report = build_report(run)
+    rows = {r["target"]: r for r in report["rows"]}
+    cmp = rows["int4"]["comparison"]["tasks"]["mmlu"]
+    assert (cmp["n"], cmp["right_to_wrong"], cmp["wrong_to_right"]) == (N, 30, 5)
+    assert cmp["delta"] == pytest.approx(-25 / N)
+    assert cmp["p_value"] == pytest.approx(binomtest(5, 35, 0.5).pvalue)
+    assert cmp["changed_rate"] == pytest.approx(35 / N)  # every flip changed the extracted letter
+    assert cmp["recovery"] == pytest.approx(sum(quant) / sum(ref))
+    assert cmp["interval"][0] < cmp["delta"] < cmp["interval"][1] < 0
+    assert cmp["verdict"] == "loss" and cmp["p_holm"] >= cmp["p_value"]
+    average = rows["int4"]["comparison"]["average"]
+    assert average["delta"] == pytest.approx(-25 / N) and average["tasks"] == ["mmlu", "ceval"]
+    assert average["verdict"] == "loss"
+    # Every accuracy has its interval; the reference row has no comparison of its own.
+    acc = rows["bf16"]["tasks"]["mmlu"]
+    assert acc["interval"][0] < acc["accuracy"] < acc["interval"][1]
+    assert rows["bf16"]["average_interval"][0] < rows["bf16"]["average"] < rows["bf16"]["average_interval"][1]
+    assert rows["bf16"]["comparison"] is None and rows["int4"]["reference"] == "bf16"
+    assert "no reference row" in rows["lone"]["comparison_note"]
+    md = render_markdown(report)
+    assert "What each quantization costs" in md and "| int4 | bf16 | mmlu | 200 |" in md
+    assert "no reference row" in md
+    # Seeded: the same run, the same report, byte for byte.
+    write_report(run)
+    first = (run / "report.json").read_bytes()
+    write_report(run)
+    assert (run / "report.json").read_bytes() == first
+
+
+def test_no_average_over_unlike_things(tmp_path: Path) -> None:
+    """A target that stopped after one task gets no Average (and says why), and its Δ Average
+    is taken only over the tasks both rows have complete."""
+    run = _run(tmp_path, [_target("bf16", "M", "BF16"), _target("q4", "M", "Q4_K_M")], {"mmlu": N, "ceval": N})
+    store = RunStore(run)
+    _write(store, "bf16", "mmlu", [True] * N)
+    _write(store, "bf16", "ceval", [i % 2 == 0 for i in range(N)])
+    _write(store, "q4", "mmlu", [True] * N)
+    _write(store, "q4", "ceval", [True] * 10)  # interrupted: 10 of 200 sent
+    store.close()
+    rows = {r["target"]: r for r in build_report(run)["rows"]}
+    assert rows["q4"]["average"] is None and "ceval (10/200 sent)" in rows["q4"]["average_missing"]
+    average = rows["q4"]["comparison"]["average"]
+    assert average["tasks"] == ["mmlu"] and average["delta"] == 0.0
+    assert average["verdict"] == "no detectable change"
+    # The ceval comparison still pairs the 10 samples both answered, and counts the rest.
+    ceval = rows["q4"]["comparison"]["tasks"]["ceval"]
+    assert (ceval["n"], ceval["only_reference"], ceval["only_quantized"]) == (10, N - 10, 0)
+    assert ceval["verdict"].startswith("inconclusive — n too small: with 10 samples")
+
+
+def test_errors_are_unpaired_and_a_failed_target_says_so(tmp_path: Path) -> None:
+    run = _run(tmp_path, [_target("bf16", "M", "BF16"), _target("q8", "M", "Q8_0")], {"mmlu": 20})
+    store = RunStore(run)
+    _write(store, "bf16", "mmlu", [True] * 20)
+    _write(store, "q8", "mmlu", [None] * 5 + [True] * 15)  # five error records
+    store.close()
+    meta = json.loads((run / "run.json").read_text())
+    meta["failures"] = {"q8": "q8: the server died (signal 9)"}
+    (run / "run.json").write_text(json.dumps(meta))
+    report = build_report(run)
+    q8 = report["rows"][1]
+    mmlu = q8["comparison"]["tasks"]["mmlu"]
+    assert (mmlu["n"], mmlu["only_reference"]) == (15, 5)  # an error is never paired as a wrong answer
+    assert q8["average"] is not None  # 15 answered + 5 errors: every sample was sent
+    assert q8["failure"] and "the server died" in render_markdown(report)
