@@ -224,7 +224,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
 
     from orchestrator.backends.launch import resolve_model
-    from orchestrator.report import render_table, write_report
+    from orchestrator.report import render_published, render_table, write_report
     from orchestrator.runner import Runner
     from orchestrator.runtime import run_async
     from orchestrator.tasks import SETUP_VERSIONS, manifest_tasks
@@ -311,6 +311,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _disk_failure(disk, runner, store)
     report = write_report(store.root)
     _out().print(render_table(report))
+    if (published := render_published(report)) is not None:
+        _out().print(published)
     console.print(f"report: {store.root / 'report.md'}")
     for note in runner.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -450,13 +452,16 @@ def base_profile(manifest: Manifest) -> dict[str, Any]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render the tables of a run from disk; with a second run, the two side by side."""
-    from orchestrator.report import compare_reports, render_comparison, render_table, write_report
+    from orchestrator.report import compare_reports, render_comparison, render_published, render_table, write_report
     from orchestrator.store import NotARunError
 
-    report = write_report(Path(args.run_dir))
+    reference = Path(args.reference) if args.reference else None
+    report = write_report(Path(args.run_dir), reference)
     _out().print(render_table(report))
+    if (published := render_published(report)) is not None:
+        _out().print(published)
     if getattr(args, "other_run", None):
-        other = write_report(Path(args.other_run))
+        other = write_report(Path(args.other_run), reference)
         _out().print(render_table(other))
         from orchestrator.store import atomic_write, json_document
 
@@ -664,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render a run's tables from disk; two runs: side by side")
     r.add_argument("run_dir")
     r.add_argument("other_run", nargs="?", help="a second run of the same checkpoints (e.g. another backend)")
+    r.add_argument(
+        "--reference", metavar="FILE", help="published figures to compare with (JSON; default: the Qwen docs' table)"
+    )
     r.set_defaults(func=cmd_report)
 
     s = sub.add_parser("score", help="re-score stored replies (no server), or score an IFEval responses file")

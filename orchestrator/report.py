@@ -15,6 +15,7 @@ from rich.table import Table
 
 from orchestrator import timing
 from orchestrator.loadtest import timing_of, token_agreement
+from orchestrator.published import compare_published, load_reference
 from orchestrator.records import SampleRecord
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.setups import run_setup_version, store_key
@@ -52,8 +53,9 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
 
-def build_report(run_dir: Path) -> dict[str, Any]:
-    """Every figure of a run, computed from run.json and the sample records."""
+def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]:
+    """Every figure of a run, computed from run.json and the sample records; ``reference``: a
+    published table to set the measurements against (the shipped Qwen table by default)."""
     store = RunStore(run_dir)
     meta = store.require_meta()
     manifest = meta["manifest"]
@@ -93,13 +95,15 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         )
     # Intervals, the Average over complete tasks, and each quantization against its reference.
     add_statistics(rows, by_target, task_objs, meta.get("samples") or {})
-    return {
+    report = {
         "run_id": meta.get("run_id", run_dir.name),
         "setup": setup,
         "setup_version": version,
         "tasks": task_names,
         "rows": rows,
     }
+    report["published"] = compare_published(report, load_reference(reference), manifest["tasks"])
+    return report
 
 
 def _replica_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
@@ -237,6 +241,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Δ: paired difference against the model's reference row, 95 % interval. {LEGEND}"]
     lines += _comparisons_markdown(report)
+    lines += _published_markdown(report)
     lines += _averages_markdown(report)
     lines += [
         "",
@@ -256,6 +261,48 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failed targets", "", "| Target | Why |", "|---|---|"]
         lines += [f"| {row['target']} | {_md_cell(row['failure'])} |" for row in failed]
     return "\n".join(lines) + "\n"
+
+
+def _published_cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return ""
+    if not cell["comparable"]:
+        return f"{cell['published']:.1f} vs {_num(cell['measured'], '{:.1f}') or '–'} (subset, not comparable)"
+    ci = cell["interval"]
+    within = {True: "inside", False: "outside", None: ""}[cell["inside"]]
+    span = f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
+    return f"{cell['published']:.1f} vs {cell['measured']:.1f}{span} {within}".strip()
+
+
+def render_published(report: dict[str, Any]) -> Table | None:
+    """Published vs measured for the checkpoints the reference table has (None when it has none)."""
+    pub = report.get("published") or {}
+    if not pub.get("rows"):
+        return None
+    columns = ["average", *report["tasks"]]
+    table = Table(title=f"Published vs measured · {pub['title']}", caption=pub.get("note") or pub["source"])
+    table.add_column("Target", style="bold")
+    for c in columns:
+        table.add_column("Average" if c == "average" else TASKS.get(c, c), justify="right")
+    for row in pub["rows"]:
+        table.add_row(row["target"], *(_published_cell(row.get(c)) for c in columns))
+    return table
+
+
+def _published_markdown(report: dict[str, Any]) -> list[str]:
+    """Published vs measured, per matched checkpoint: does the published figure lie in our interval?"""
+    pub = report.get("published") or {}
+    if not pub.get("rows"):
+        return []
+    columns = ["average", *report["tasks"]]
+    head = ["Target", *("Average" if c == "average" else TASKS.get(c, c) for c in columns)]
+    lines = ["", f"## Published vs measured: [{pub['title']}]({pub['source']})", ""]
+    if pub.get("note"):
+        lines += [f"Note: {pub['note']}.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for row in pub["rows"]:
+        lines.append("| " + " | ".join([row["target"], *(_published_cell(row.get(c)) for c in columns)]) + " |")
+    return lines
 
 
 def _comparisons_markdown(report: dict[str, Any]) -> list[str]:
@@ -320,9 +367,9 @@ def _md_cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def write_report(run_dir: Path) -> dict[str, Any]:
+def write_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]:
     """Compute the report and write report.json and report.md into the run dir."""
-    report = build_report(run_dir)
+    report = build_report(run_dir, reference)
     store = RunStore(run_dir)
     store.write_json("report.json", report)
     (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")

@@ -126,3 +126,41 @@ def test_errors_are_unpaired_and_a_failed_target_says_so(tmp_path: Path) -> None
     assert (mmlu["n"], mmlu["only_reference"]) == (15, 5)  # an error is never paired as a wrong answer
     assert q8["average"] is not None  # 15 answered + 5 errors: every sample was sent
     assert q8["failure"] and "the server died" in render_markdown(report)
+
+
+def test_published_figures_against_the_measured_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import main
+
+    # Qwen2-0.5B-Instruct BF16 is published at 37.9 on MMLU: 76/200 right (38 %) holds it.
+    target = _target("bf16", "Qwen/Qwen2-0.5B-Instruct", "BF16")
+    full = _run(tmp_path / "full", [target], {"mmlu": N})
+    _write(RunStore(full), "bf16", "mmlu", [i < 76 for i in range(N)])
+    RunStore(full).close()
+    pub = build_report(full)["published"]
+    assert "qwen.readthedocs.io" in pub["source"]
+    cell = pub["rows"][0]["mmlu"]
+    assert cell["comparable"] and cell["published"] == 37.9 and cell["inside"] is True
+    assert cell["interval"][0] < 38.0 < cell["interval"][1]
+    assert pub["rows"][0]["average"]["comparable"] is False  # the published Average spans three tasks
+    # A limited task is a subset: no pretence of a reproduction.
+    sub = tmp_path / "sub"
+    manifest = json.loads((full / "run.json").read_text())
+    manifest["manifest"]["tasks"]["mmlu"]["limit"] = N
+    sub.mkdir()
+    (sub / "run.json").write_text(json.dumps(manifest))
+    _write(RunStore(sub), "bf16", "mmlu", [i < 10 for i in range(N)])
+    RunStore(sub).close()
+    cell = build_report(sub)["published"]["rows"][0]["mmlu"]
+    assert not cell["comparable"] and cell["note"] == "subset, not comparable"
+    assert "(subset, not comparable)" in render_markdown(build_report(sub))
+    # A user's own reference file, same format; a malformed one is one line, exit 2.
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"title": "mine", "source": "lab notes", "rows": [
+        {"model": "qwen2-0.5b-instruct", "quantization": "bf16", "mmlu": 20.0}]}))  # fmt: skip
+    assert main(["report", str(full), "--reference", str(own)]) == 0
+    report = json.loads((full / "report.json").read_text())
+    assert report["published"]["rows"][0]["mmlu"]["inside"] is False
+    assert "Published vs measured" in capsys.readouterr().out
+    own.write_text(json.dumps({"rows": [{"model": "m"}]}))
+    assert main(["report", str(full), "--reference", str(own)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
