@@ -159,6 +159,7 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         concurrency=args.concurrency,
         tasks=args.tasks.split(",") if args.tasks else None,
         backend=args.backend,
+        noise_floor=args.noise_floor,
     )
     return manifest, RunStore(run_dir), meta
 
@@ -455,7 +456,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import compare_reports, render_comparison, render_published, render_table, write_report
     from orchestrator.store import NotARunError
 
-    reference = Path(args.reference) if args.reference else None
+    reference = Path(args.reference) if getattr(args, "reference", None) else None
     report = write_report(Path(args.run_dir), reference)
     _out().print(render_table(report))
     if (published := render_published(report)) is not None:
@@ -465,7 +466,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _out().print(render_table(other))
         from orchestrator.store import atomic_write, json_document
 
-        cmp = compare_reports(report, other)
+        cmp = compare_reports(report, other, Path(args.run_dir), Path(args.other_run))
         if not cmp["rows"]:
             raise NotARunError("the two runs share no checkpoint (model and quantization)")
         _out().print(render_comparison(cmp))
@@ -621,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, help="per-task limit (deterministic, stratified by subject)")
     b.add_argument("--data-dir", help=f"local data root with mmlu/ and ceval/ (also ${DATA_DIR_ENV})")
     b.add_argument("--concurrency", type=int, help="in-flight requests per target")
+    b.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="send each reference target's samples twice more (at the run's concurrency and at 1): what serving "
+        "alone changes, the floor the quantization deltas are read against (also run.noise_floor)",
+    )
     b.add_argument("--tasks", help="comma-separated subset of the manifest's tasks")
     b.add_argument("--compose", metavar="FILE", help="discover targets from a Compose file's labelled services")
     b.add_argument("--profile", action="append", help="with --compose: only services of this profile (repeatable)")

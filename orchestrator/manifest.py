@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import yaml
 
 from orchestrator.errors import LoadConfigError, UserError
-from orchestrator.registry import LOAD_PROMPTS, TASKS, BackendKind, LoadPrompts
+from orchestrator.registry import LOAD_PROMPTS, REFERENCE_QUANTS, TASKS, BackendKind, LoadPrompts
 from orchestrator.setups import SETUPS
 
 KNOWN_TASKS = tuple(TASKS)
@@ -159,6 +159,11 @@ class TargetConfig:
     tokenizer: str | None = None
     api_key_env: str | None = None
     launch: LaunchConfig | None = None
+    # Requests in flight for this target alone (default: client.concurrency).
+    concurrency: int | None = None
+    # Set by the orchestrator for the noise floor: this target sends that reference target's
+    # samples again, to measure what serving alone changes.
+    noise_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,9 @@ class RunConfig:
     setup: str = "qwen"
     output_dir: str = "runs"
     data_dir: str | None = None
+    # Send each model's reference target's samples twice more (at the run's concurrency and at 1):
+    # reference-vs-itself flips and Δ, the noise floor the quantization deltas are read against.
+    noise_floor: bool = False
 
 
 @dataclass(frozen=True)
@@ -338,6 +346,9 @@ def _check_semantics(m: Manifest, source: str) -> None:
         raise ManifestError(source, "generation.max_tokens", "expected a positive integer")
     if m.client.concurrency < 1:
         raise ManifestError(source, "client.concurrency", "expected a positive integer")
+    for i, t in enumerate(m.targets):
+        if t.concurrency is not None and t.concurrency < 1:
+            raise ManifestError(source, f"targets[{i}].concurrency", "expected a positive integer")
     if m.client.retries < 0:
         raise ManifestError(source, "client.retries", "expected 0 or more")
     if m.client.retry_budget < 0:
@@ -474,6 +485,32 @@ def load_manifest(path: str | Path) -> Manifest:
     return parse_manifest(data, source)
 
 
+NOISE_SUFFIXES = (("noise", None), ("noise-c1", 1))  # name suffix, requests in flight (None: the run's)
+
+
+def with_noise_floor(m: Manifest) -> Manifest:
+    """When ``run.noise_floor`` is set: after each model's reference target, two targets that send
+    its samples again, at the run's concurrency and at concurrency 1 (idempotent: a resumed run
+    already has them)."""
+    if not m.run.noise_floor:
+        return m
+    names = {t.name for t in m.targets}
+    by_model: dict[str, list[TargetConfig]] = {}
+    for t in m.targets:
+        if t.noise_of is None:
+            by_model.setdefault(t.model, []).append(t)
+    added: list[TargetConfig] = []
+    for group in by_model.values():
+        ref = next((t for q in REFERENCE_QUANTS for t in group if t.quantization.upper() == q), None)
+        if ref is None:
+            continue
+        for suffix, concurrency in NOISE_SUFFIXES:
+            name = f"{ref.name}.{suffix}"
+            if name not in names:
+                added.append(dataclasses.replace(ref, name=name, noise_of=ref.name, concurrency=concurrency))
+    return dataclasses.replace(m, targets=(*m.targets, *added))
+
+
 def with_overrides(m: Manifest, **changes: Any) -> Manifest:
     """Apply command-line overrides (``limit``, ``data_dir``, ``concurrency``) to a manifest."""
     if changes.get("limit") is not None:
@@ -483,6 +520,8 @@ def with_overrides(m: Manifest, **changes: Any) -> Manifest:
         m = dataclasses.replace(m, run=dataclasses.replace(m.run, data_dir=str(changes["data_dir"])))
     if changes.get("concurrency") is not None:
         m = dataclasses.replace(m, client=dataclasses.replace(m.client, concurrency=changes["concurrency"]))
+    if changes.get("noise_floor"):
+        m = dataclasses.replace(m, run=dataclasses.replace(m.run, noise_floor=True))
     if changes.get("tasks"):
         wanted = set(changes["tasks"])
         unknown = sorted(wanted - set(m.tasks))
@@ -498,4 +537,4 @@ def with_overrides(m: Manifest, **changes: Any) -> Manifest:
         targets = tuple(dataclasses.replace(t, backend=changes["backend"]) for t in m.targets)
         m = dataclasses.replace(m, targets=targets)
     _check_semantics(m, m.source or "<command line>")
-    return m
+    return with_noise_floor(m)

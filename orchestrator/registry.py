@@ -13,6 +13,10 @@ from typing import Literal, get_args
 TASKS: dict[str, str] = {"mmlu": "MMLU", "ceval": "C-Eval", "ifeval": "IFEval"}
 MULTIPLE_CHOICE_TASKS = ("mmlu", "ceval")
 
+# Quantization names of a full-precision row: each model's quantizations are compared with the first
+# of its rows named one of these, in this order.
+REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
+
 # The backends a target can name (an adapter each in orchestrator/backends).
 BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
 BACKENDS: tuple[str, ...] = get_args(BackendKind)

@@ -203,7 +203,7 @@ class Runner:
         setup = self.store_key
         # The run fails once errors exceed the threshold of what this run sends; stop there.
         budget = client.error_threshold * len(work)
-        sem = asyncio.Semaphore(client.concurrency)
+        sem = asyncio.Semaphore(target.concurrency or client.concurrency)
 
         outstanding = [0] * len(backends)
         # A target served by several URLs records which one answered each sample.

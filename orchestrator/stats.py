@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -125,21 +126,30 @@ def _replicates(
     """(b, len(sides)) bootstrap replicates of the metric on each side, resampling samples together."""
     strata = _strata(ids, sides)
     width = 2 * len(sides)
-    nums = np.zeros((b, len(sides)))
-    dens = np.zeros((b, len(sides)))
-    macro = np.zeros((b, len(sides)))
-    for rows in strata.values():
-        distinct, counts = np.unique(np.asarray(rows, dtype=float).reshape(-1, width), axis=0, return_counts=True)
-        draws = rng.multinomial(len(rows), counts / counts.sum(), size=b)  # (b, distinct)
-        sums = draws @ distinct  # (b, width): Σnum, Σden per side
-        s_num, s_den = sums[:, 0::2], sums[:, 1::2]
-        nums += s_num
-        dens += s_den
-        with np.errstate(invalid="ignore", divide="ignore"):
-            macro += np.where(s_den > 0, s_num / np.where(s_den > 0, s_den, 1), 0.0)
-    if kind == "macro":
-        return np.asarray(macro / max(1, len(strata)))
+    if not strata:
+        return np.full((b, len(sides)), np.nan)
+    # Every stratum in one draw: its distinct outcome tuples (padded to the widest stratum with
+    # probability 0) and their frequencies; counts (b, strata, distinct) times values (strata,
+    # distinct, width) give each replicate's Σnum and Σden per stratum and side.
+    tallies = [Counter(rows) for rows in strata.values()]
+    k = max(len(t) for t in tallies)
+    values = np.zeros((len(tallies), k, width))
+    probs = np.zeros((len(tallies), k))
+    sizes = np.zeros(len(tallies), dtype=np.int64)
+    for i, tally in enumerate(tallies):
+        values[i, : len(tally)] = np.asarray(list(tally), dtype=float).reshape(-1, width)
+        counts = np.fromiter(tally.values(), dtype=float, count=len(tally))
+        probs[i, : len(tally)] = counts / counts.sum()
+        sizes[i] = counts.sum()
+    draws = rng.multinomial(sizes, probs, size=(b, len(tallies)))  # (b, strata, distinct)
+    # A batched product per stratum: (strata, b, distinct) @ (strata, distinct, width).
+    sums = np.matmul(draws.transpose(1, 0, 2).astype(float), values).transpose(1, 0, 2)  # (b, strata, width)
+    s_num, s_den = sums[..., 0::2], sums[..., 1::2]  # (b, strata, sides)
     with np.errstate(invalid="ignore", divide="ignore"):
+        if kind == "macro":
+            per_stratum = np.where(s_den > 0, s_num / np.where(s_den > 0, s_den, 1), 0.0)
+            return np.asarray(per_stratum.mean(axis=1))
+        nums, dens = s_num.sum(axis=1), s_den.sum(axis=1)
         return np.asarray(np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan))
 
 
@@ -148,8 +158,16 @@ def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
-def interval(outcomes: Outcomes, seed: int, b: int = RESAMPLES) -> tuple[float, float] | None:
-    """95 % interval of one side's metric: Wilson for a micro accuracy, else the stratified bootstrap."""
+def replicates(outcomes: Outcomes, seed: int, b: int = RESAMPLES) -> np.ndarray:
+    """(b,) bootstrap replicates of one side's metric, stratified."""
+    return _replicates(outcomes.kind, list(outcomes.values), [outcomes], np.random.default_rng(seed), b)[:, 0]
+
+
+def interval(
+    outcomes: Outcomes, seed: int, b: int = RESAMPLES, reps: np.ndarray | None = None
+) -> tuple[float, float] | None:
+    """95 % interval of one side's metric: Wilson for a micro accuracy, else the stratified
+    bootstrap (``reps``: its replicates, when already drawn)."""
     ids = list(outcomes.values)
     if not ids:
         return None
@@ -157,17 +175,20 @@ def interval(outcomes: Outcomes, seed: int, b: int = RESAMPLES) -> tuple[float, 
     if outcomes.kind == "micro" and all(d == 1 for d in dens):
         k = sum(int(v[1]) for v in outcomes.values.values())
         return wilson(k, len(ids))
-    reps = _replicates(outcomes.kind, ids, [outcomes], np.random.default_rng(seed), b)
-    return _percentile_interval(reps[:, 0])
+    return _percentile_interval(replicates(outcomes, seed, b) if reps is None else reps)
 
 
-def average_interval(tasks: Sequence[Outcomes], seed: int, b: int = RESAMPLES) -> tuple[float, float] | None:
-    """95 % interval of the mean of task metrics (the Average column): tasks resampled independently."""
+def average_interval(
+    tasks: Sequence[Outcomes], seed: int, b: int = RESAMPLES, reps: Sequence[np.ndarray] | None = None
+) -> tuple[float, float] | None:
+    """95 % interval of the mean of task metrics (the Average column): tasks resampled
+    independently (``reps``: each task's replicates, when already drawn)."""
     if not tasks or any(not t.values for t in tasks):
         return None
-    rng = np.random.default_rng(seed)
-    reps = sum(_replicates(t.kind, list(t.values), [t], rng, b)[:, 0] for t in tasks)
-    return _percentile_interval(np.asarray(reps) / len(tasks))
+    if reps is None:
+        rng = np.random.default_rng(seed)
+        reps = [_replicates(t.kind, list(t.values), [t], rng, b)[:, 0] for t in tasks]
+    return _percentile_interval(np.sum(reps, axis=0) / len(tasks))
 
 
 @dataclass(frozen=True)
@@ -189,10 +210,12 @@ class Paired:
     p_holm: float | None = None
     verdict: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The bootstrap replicates of the difference (for the Average's; not written anywhere).
+    diffs: Any = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for report.json."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("extra", "diffs")}
         out["flip_rate"] = (self.right_to_wrong + self.wrong_to_right) / self.n if self.n else None
         out["changed_rate"] = self.changed / self.n if self.n else None
         return {**out, **self.extra}
@@ -225,33 +248,51 @@ def paired(
     ref_point = reference.point(common)
     quant_point = quantized.point(common)
     delta = None if ref_point is None or quant_point is None else quant_point - ref_point
-    reps = _replicates(reference.kind, common, [reference, quantized], np.random.default_rng(seed), b)
-    diffs = reps[:, 1] - reps[:, 0]
+    rng = np.random.default_rng(seed)
+    whole = all(reference.values[s][2] == 1 and quantized.values[s][2] == 1 for s in common)
+    if whole:
+        # One outcome per sample (right or wrong): each stratum's difference is Σ(q - r) / n, so
+        # resampling the per-sample difference (-1, 0, +1) gives the same replicates as both sides
+        # together, at two binomial draws per stratum instead of three.
+        change = {s: (reference.values[s][0], quantized.values[s][1] - reference.values[s][1], 1.0) for s in common}
+        diffs = _replicates(reference.kind, common, [Outcomes(reference.kind, change)], rng, b)[:, 0]
+    else:
+        reps = _replicates(reference.kind, common, [reference, quantized], rng, b)
+        diffs = reps[:, 1] - reps[:, 0]
     ci = _percentile_interval(diffs)
-    binary = reference.kind == "micro" and all(v[2] == 1 for v in reference.values.values())
+    binary = reference.kind == "micro" and whole
     # A binary metric: the paired test's standard error for this n and the observed discordance
     # (at least one discordant pair, so that no discordance yet is not "any change would show").
     discordance = max(r2w + w2r, 1) / len(common)
     se = math.sqrt(discordance / len(common)) if binary else float(np.nanstd(diffs))
     mdd = (Z + Z_POWER) * se
-    return Paired(len(common), only_ref, only_quant, ref_point, quant_point, delta, ci, r2w, w2r, changed, p, mdd)
+    return Paired(
+        len(common), only_ref, only_quant, ref_point, quant_point, delta, ci, r2w, w2r, changed, p, mdd, diffs=diffs
+    )
 
 
 def paired_average(
-    parts: Sequence[tuple[Outcomes, Outcomes]], seed: int, b: int = RESAMPLES
+    parts: Sequence[tuple[Outcomes, Outcomes]],
+    seed: int,
+    b: int = RESAMPLES,
+    diffs: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[tuple[float, float], float] | None:
     """Interval (and bootstrap standard error) of the paired difference of the Average over tasks,
-    each task paired on its common samples and resampled independently of the others."""
-    rng = np.random.default_rng(seed)
-    total = np.zeros(b)
-    for ref, quant in parts:
-        common = [sid for sid in ref.values if sid in quant.values]
-        if not common:
-            return None
-        reps = _replicates(ref.kind, common, [ref, quant], rng, b)
-        total += reps[:, 1] - reps[:, 0]
+    each task paired on its common samples and resampled independently of the others (``diffs``:
+    each task's replicates of its difference, when ``paired`` drew them already)."""
     if not parts:
         return None
+    rng = np.random.default_rng(seed)
+    total = np.zeros(b)
+    for i, (ref, quant) in enumerate(parts):
+        drawn = None if diffs is None else diffs[i]
+        if drawn is None:
+            common = [sid for sid in ref.values if sid in quant.values]
+            if not common:
+                return None
+            reps = _replicates(ref.kind, common, [ref, quant], rng, b)
+            drawn = reps[:, 1] - reps[:, 0]
+        total = total + drawn
     mean = total / len(parts)
     return _percentile_interval(mean), float(np.nanstd(mean))
 
@@ -280,6 +321,7 @@ __all__ = [
     "mcnemar_exact",
     "paired",
     "paired_average",
+    "replicates",
     "seed_for",
     "verdict",
     "wilson",

@@ -17,10 +17,10 @@ from typing import Any
 
 from orchestrator import stats
 from orchestrator.records import SampleRecord
+from orchestrator.registry import REFERENCE_QUANTS
 from orchestrator.stats import Outcomes, Paired
 from orchestrator.tasks import Task
 
-REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
 # The extra levels shown with an interval beside a task's headline.
 SECONDARY = {"ifeval": ("prompt_strict", "inst_strict"), "mmlu": ("micro", "macro"), "ceval": ("micro", "macro")}
 
@@ -29,7 +29,7 @@ def reference_of(group: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The row a model's quantizations are compared with: its first full-precision row."""
     for quant in REFERENCE_QUANTS:
         for row in group:
-            if row["quantization"].upper() == quant:
+            if row["quantization"].upper() == quant and not row.get("noise_of"):
                 return row
     return None
 
@@ -51,6 +51,7 @@ def add_statistics(
 ) -> None:
     """Intervals, completeness, Averages and comparisons, added to ``rows`` in place."""
     outcomes: dict[tuple[str, str], Outcomes] = {}
+    drawn: dict[tuple[str, str], Any] = {}  # each headline's bootstrap replicates, drawn once
     for row in rows:
         target = row["target"]
         for name, agg in row["tasks"].items():
@@ -58,10 +59,15 @@ def add_statistics(
             out = tasks[name].outcomes(recs)
             outcomes[(target, name)] = out
             seed = stats.seed_for(target, name)
-            ci = stats.interval(out, seed)
+            if out.values:
+                drawn[(target, name)] = stats.replicates(out, seed)
+            ci = stats.interval(out, seed, reps=drawn.get((target, name)))
             agg["interval"] = None if ci is None else list(ci)
             agg["intervals"] = {}
             for metric in SECONDARY.get(name, ()):
+                if metric == agg.get("headline"):
+                    agg["intervals"][metric] = agg["interval"]  # the headline's own, not drawn again
+                    continue
                 level = stats.interval(tasks[name].outcomes(recs, metric), seed)
                 agg["intervals"][metric] = None if level is None else list(level)
             want = expected.get(name)
@@ -73,7 +79,11 @@ def add_statistics(
         missing = [n for n in row["tasks"] if n not in complete]
         if row["tasks"] and not missing:
             row["average"] = sum(a["accuracy"] for a in row["tasks"].values()) / len(row["tasks"])
-            ci = stats.average_interval([outcomes[(target, n)] for n in complete], stats.seed_for(target, "average"))
+            ci = stats.average_interval(
+                [outcomes[(target, n)] for n in complete],
+                stats.seed_for(target, "average"),
+                reps=[drawn[(target, n)] for n in complete],
+            )
             row["average_interval"] = None if ci is None else list(ci)
             row["average_missing"] = None
         else:
@@ -96,9 +106,12 @@ def _compare(
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
     family: list[tuple[dict[str, Any], Paired]] = []  # every comparison, for Holm's correction
+    by_name = {row["target"]: row for row in rows}
     for model, group in by_model.items():
-        ref = reference_of(group)
+        model_ref = reference_of(group)
         for row in group:
+            # A noise-floor row repeats its reference target: compared with that one, like a quantization.
+            ref = by_name.get(row["noise_of"]) if row.get("noise_of") else model_ref
             row["reference"] = None if ref is None else ref["target"]
             row["comparison"] = None
             row["comparison_note"] = None
@@ -128,7 +141,11 @@ def _compare(
                     ]
             common = [n for n in row["tasks"] if n in row["average_tasks"] and n in ref["average_tasks"]]
             if parts and len(parts) == len(common):
-                boot = stats.paired_average(parts, stats.seed_for(ref["target"], row["target"], "average"))
+                boot = stats.paired_average(
+                    parts,
+                    stats.seed_for(ref["target"], row["target"], "average"),
+                    diffs=[cmp["tasks"][n].diffs for n in common],
+                )
                 deltas = [cmp["tasks"][n].delta for n in common]
                 n, r2w, w2r, changed = pooled
                 avg = Paired(
@@ -147,7 +164,7 @@ def _compare(
             row["speed_vs_reference"] = _speed_ratios(row["speed"], ref["speed"])
     adjusted = stats.holm([p.p_value for _, p in family])
     for (holder, p), p_holm in zip(family, adjusted, strict=True):
-        final = dataclasses.replace(p, p_holm=p_holm, verdict=stats.verdict(p.delta, p.interval, p_holm, p.n, p.mdd))
+        final = _judged(p, p_holm)
         for key, value in list(holder.items()):
             if value is p:
                 holder[key] = final
@@ -169,6 +186,42 @@ def _compare(
             done["average"] = out
     for row in rows:
         row["delta_average"] = ((row.get("comparison") or {}).get("average") or {}).get("delta")
+    _noise_floor(rows)
+
+
+def _noise_floor(rows: list[dict[str, Any]]) -> None:
+    """Per model, the span of the reference-vs-itself intervals (each task and the Average); a
+    quantization's Δ inside it is not told apart from what serving alone changes."""
+    for model in {row["model"] for row in rows}:
+        noise = [r for r in rows if r["model"] == model and r.get("noise_of") and r.get("comparison")]
+        if not noise:
+            continue
+        bands: dict[str, list[float]] = {}
+        for r in noise:
+            cmp = r["comparison"]
+            for name, p in [*cmp["tasks"].items(), ("average", cmp.get("average"))]:
+                if p and p.get("interval"):
+                    lo, hi = p["interval"]
+                    band = bands.setdefault(name, [lo, hi])
+                    band[0], band[1] = min(band[0], lo), max(band[1], hi)
+        for r in rows:
+            cmp = r.get("comparison")
+            if r["model"] != model or r.get("noise_of") or not cmp:
+                continue
+            r["noise_floor"] = bands
+            for name, p in [*cmp["tasks"].items(), ("average", cmp.get("average"))]:
+                span = bands.get(name)
+                if p is None or span is None or p.get("delta") is None:
+                    continue
+                p["noise_band"] = span
+                p["inside_noise_floor"] = span[0] <= p["delta"] <= span[1]
+                if p["inside_noise_floor"]:
+                    p["verdict"] += " (inside the noise floor)"
+
+
+def _judged(p: Paired, p_holm: float) -> Paired:
+    """The comparison with its Holm-corrected p-value and its verdict in words."""
+    return dataclasses.replace(p, p_holm=p_holm, verdict=stats.verdict(p.delta, p.interval, p_holm, p.n, p.mdd))
 
 
 def _speed_ratios(speed: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, float | None]:
@@ -181,4 +234,50 @@ def _speed_ratios(speed: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str,
     return {"output_tokens_per_s": ratio("output_tokens_per_s"), "ttft_p50_ms": ratio("ttft_p50_ms")}
 
 
-__all__ = ["REFERENCE_QUANTS", "add_statistics", "reference_of"]
+def _digests(records: Sequence[SampleRecord]) -> dict[str, str]:
+    return {r.id: r.prompt_digest for r in records if r.answered}
+
+
+def paired_runs(
+    pairs: Sequence[tuple[str, str]],
+    records_a: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
+    records_b: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
+    tasks: Mapping[str, Task],
+) -> list[dict[str, Any]]:
+    """Two runs of the same checkpoints (e.g. two backends): per matched (target in A, target in B)
+    and task, B against A paired on the samples both answered with the same prompt (same id and
+    prompt digest; the others are counted as one side only), Holm-corrected across all of them."""
+    found: list[dict[str, Paired]] = []
+    for ta, tb in pairs:
+        per_task: dict[str, Paired] = {}
+        for name, task in tasks.items():
+            ra, rb = records_a.get(ta, {}).get(name), records_b.get(tb, {}).get(name)
+            if not ra or not rb:
+                continue
+            da, db = _digests(ra), _digests(rb)
+            same = {sid for sid in da if db.get(sid) == da[sid]}
+            oa = task.outcomes([r for r in ra if r.id in same])
+            ob = task.outcomes([r for r in rb if r.id in same])
+            p = stats.paired(
+                oa, ob, _answers(ra), _answers(rb), _verdicts(ra), _verdicts(rb), stats.seed_for(ta, tb, name)
+            )
+            per_task[name] = dataclasses.replace(
+                p, only_reference=len(da) - len(same), only_quantized=len(db) - len(same)
+            )
+        found.append(per_task)
+    flat = [p for per in found for p in per.values()]
+    adjusted = iter(stats.holm([p.p_value for p in flat]))
+    out = []
+    for per in found:
+        row = {}
+        for name, p in per.items():
+            p_holm = next(adjusted)
+            final = dataclasses.replace(
+                p, p_holm=p_holm, verdict=stats.verdict(p.delta, p.interval, p_holm, p.n, p.mdd)
+            )
+            row[name] = final.to_json()
+        out.append(row)
+    return out
+
+
+__all__ = ["add_statistics", "paired_runs", "reference_of"]

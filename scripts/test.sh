@@ -11,6 +11,11 @@ bash scripts/install.sh local,test,dev
 # The qwen setup's MMLU extraction is checked against OpenCompass's own post-processor, as
 # released in 0.2.6; only that module is loaded, so none of OpenCompass's dependencies.
 "$VENV/bin/pip" install -q --no-deps 'opencompass==0.2.6'
+# report.html is opened in a real headless browser by the tests: Chromium from Debian's packages.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
+fi
 ORCHESTRATOR_VLLM_PYTHON="$(bash scripts/setup_vllm.sh | tail -n 1)"
 export ORCHESTRATOR_VLLM_PYTHON
 "$VENV/bin/python" -m pytest "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,102 @@ def test_published_figures_against_the_measured_interval(tmp_path: Path, capsys:
     own.write_text(json.dumps({"rows": [{"model": "m"}]}))
     assert main(["report", str(full), "--reference", str(own)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+async def test_noise_floor_sends_the_reference_again_and_reads_deltas_against_it(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """--noise-floor: each reference target's samples twice more (at the run's concurrency and
+    at 1); the report shows reference-vs-itself flips, and a quantization Δ inside that floor says so."""
+    import random
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from orchestrator.manifest import with_overrides
+    from orchestrator.runner import Runner
+    from orchestrator.tasks import manifest_tasks
+    from tests.support.fake_openai import FakeOpenAI, chunk, sse
+
+    noise = random.Random(7)
+
+    async def wobbly(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        # A server whose batching changes ~15 % of its answers from one send to the next.
+        return await sse(request, [chunk("B" if noise.random() > 0.15 else "C", "stop")])
+
+    servers = []
+    for handler in (wobbly, wobbly):
+        server = TestServer(FakeOpenAI(handler).app(), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+    try:
+        urls = [str(s.make_url("")).rstrip("/") for s in servers]
+        m = parse_manifest(
+            {
+                "run": {"name": "n", "output_dir": str(tmp_path), "data_dir": str(data_dir)},
+                "tasks": {"mmlu": {"limit": 120, "shots": 0}},
+                "client": {"concurrency": 8, "retries": 0},
+                "targets": [
+                    {"name": "bf16", "model": "M", "quantization": "BF16", "backend": "openai", "url": urls[0]},
+                    {"name": "int8", "model": "M", "quantization": "GPTQ-Int8", "backend": "openai", "url": urls[1]},
+                ],
+            }
+        )
+        m = with_overrides(m, noise_floor=True)
+        assert [t.name for t in m.targets] == ["bf16", "int8", "bf16.noise", "bf16.noise-c1"]
+        assert [t.concurrency for t in m.targets[2:]] == [None, 1] and m.targets[3].noise_of == "bf16"
+        assert with_overrides(m, noise_floor=True).targets == m.targets  # a resumed run keeps its two
+        store = RunStore(tmp_path / "n")
+        tasks = manifest_tasks(m, data_dir)
+        store.write_meta({"run_id": "n", "manifest": m.to_dict(), "samples": {"mmlu": len(tasks[0].samples())}})
+        await Runner(m, tasks, store).run()
+        store.close()
+    finally:
+        for s in servers:
+            await s.close()
+    # Concurrency 1: no two requests of that target overlapped.
+    c1 = sorted(
+        (r.timing.wall_send, r.timing.wall_end) for r in store.records("bf16.noise-c1", "mmlu", "qwen@2") if r.timing
+    )
+    assert len(c1) == 120 and all(b[0] >= a[1] - 1e-3 for a, b in itertools.pairwise(c1))
+    report = build_report(tmp_path / "n")
+    rows = {r["target"]: r for r in report["rows"]}
+    floor = rows["bf16.noise"]["comparison"]["tasks"]["mmlu"]
+    assert rows["bf16.noise"]["reference"] == "bf16" and floor["right_to_wrong"] + floor["wrong_to_right"] > 0
+    quant = rows["int8"]["comparison"]["tasks"]["mmlu"]
+    assert rows["int8"]["reference"] == "bf16"  # never a noise row
+    # The band spans both repeats' intervals; the int8 Δ is read against it, and its verdict says where it fell.
+    band = quant["noise_band"]
+    repeats = [rows[n]["comparison"]["tasks"]["mmlu"]["interval"] for n in ("bf16.noise", "bf16.noise-c1")]
+    assert band == [min(i[0] for i in repeats), max(i[1] for i in repeats)]
+    inside = band[0] <= quant["delta"] <= band[1]
+    assert quant["inside_noise_floor"] is inside
+    assert quant["verdict"].endswith("(inside the noise floor)") is inside
+    md = render_markdown(report)
+    assert "BF16 (repeat, c=1)" in md and "BF16 (repeat)" in md
+
+
+def test_two_runs_get_paired_statistics_per_matched_row(tmp_path: Path) -> None:
+    from orchestrator.report import compare_reports
+
+    a = _run(tmp_path / "a", [_target("int4", "M", "GPTQ-Int4")], {"mmlu": N})
+    b = _run(tmp_path / "b", [_target("int4-vllm", "M", "GPTQ-Int4")], {"mmlu": N})
+    _write(RunStore(a), "int4", "mmlu", [i % 2 == 0 for i in range(N)])
+    RunStore(a).close()
+    writer = RunStore(b).writer("int4-vllm", "mmlu", "qwen@2")
+    for i in range(N):
+        right = i % 2 == 0 and i % 10 != 0  # B loses every tenth sample A had right
+        writer.write(
+            SampleRecord(
+                id=f"mmlu/{i}", task="mmlu", subject=f"s{i % 4}", gold="A", reply="A" if right else "B",
+                extracted="A" if right else "B", correct=right, attempts=1,
+                prompt_digest="other" if i >= N - 4 else "",  # the last four were asked differently
+            )
+        )  # fmt: skip
+    writer.close()
+    cmp = compare_reports(build_report(a), build_report(b), a, b)
+    paired = cmp["rows"][0]["paired"]["mmlu"]
+    assert (paired["n"], paired["only_reference"], paired["only_quantized"]) == (N - 4, 4, 4)
+    lost = sum(1 for i in range(N - 4) if i % 2 == 0 and i % 10 == 0)
+    assert (paired["right_to_wrong"], paired["wrong_to_right"]) == (lost, 0)
+    assert paired["p_value"] == pytest.approx(binomtest(0, lost, 0.5).pvalue) and paired["p_holm"] is not None
