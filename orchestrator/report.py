@@ -528,6 +528,11 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
         "client": meta.get("client", {}),
         "roofline": meta.get("roofline", {}),
         "targets": targets,
+        # Each model's checkpoints (target, quantization), for the chart that compares them.
+        "models": {
+            model: [(t["name"], t["quantization"]) for t in meta["manifest"]["targets"] if t["model"] == model]
+            for model in dict.fromkeys(t["model"] for t in meta["manifest"]["targets"])
+        },
     }
 
 
@@ -628,8 +633,44 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
         if target in images:
             data = base64.b64encode(images[target].read_bytes()).decode()
             parts.append(f"<img alt='{html.escape(target)}' src='data:image/png;base64,{data}'>")
+    for i, (model, checkpoints) in enumerate((report.get("models") or {}).items()):
+        measured = [(name, quant) for name, quant in checkpoints if report["targets"].get(name)]
+        if len(measured) < 2:
+            continue
+        png = run_dir / f"load_model_{i}.png"
+        _plot_quantizations(model, [(quant, report["targets"][name]) for name, quant in measured], png)
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(model)}: its quantizations</h2>")
+        parts.append(f"<img alt='{html.escape(model)}' src='data:image/png;base64,{data}'>")
     (run_dir / "load_report.html").write_text("\n".join(parts) + "\n", encoding="utf-8")
     return report
+
+
+def _plot_quantizations(model: str, series: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
+    """Throughput against TTFT p50 and E2E p50, one line per checkpoint of a model, points
+    labelled by level."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("ttft_ms", "e2el_ms"), strict=True):
+        for quant, levels in series:
+            xs = [m["output_throughput"] or 0.0 for m in levels]
+            ys = [m[metric].get("p50") for m in levels]
+            ys_f = [y if y is not None else float("nan") for y in ys]
+            ax.plot(xs, ys_f, marker="o", label=quant)
+            for x, y, m in zip(xs, ys_f, levels, strict=True):
+                ax.annotate(f"{m['level']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xlabel("output tokens/s")
+        ax.set_ylabel(f"{metric.removesuffix('_ms').upper()} p50 (ms)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{model}: throughput vs latency per quantization (points: level)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_curve(target: str, levels: list[dict[str, Any]], path: Path) -> None:

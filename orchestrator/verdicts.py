@@ -162,6 +162,8 @@ def _compare(
                 family.append((cmp, avg))
             row["comparison"] = cmp
             row["speed_vs_reference"] = _speed_ratios(row["speed"], ref["speed"])
+            if not any(p.n for p in cmp["tasks"].values()):
+                row["comparison_note"] = f"shares no answered sample with {ref['target']}: nothing to compare"
     adjusted = stats.holm([p.p_value for _, p in family])
     for (holder, p), p_holm in zip(family, adjusted, strict=True):
         final = _judged(p, p_holm)

@@ -38,7 +38,12 @@ def paced(ttft: float, itl: float) -> Any:
 
 
 async def run_load(
-    tmp_path: Path, data_dir: Path, handler: Any, accuracy_concurrency: int = 16, **profile: Any
+    tmp_path: Path,
+    data_dir: Path,
+    handler: Any,
+    accuracy_concurrency: int = 16,
+    quants: tuple[str, ...] = ("BF16",),
+    **profile: Any,
 ) -> tuple[Path, Any, FakeOpenAI]:
     fake = FakeOpenAI(handler)
     server = TestServer(fake.app(), host="127.0.0.1")
@@ -51,13 +56,14 @@ async def run_load(
                 "client": {"concurrency": accuracy_concurrency},
                 "targets": [
                     {
-                        "name": "fake",
+                        "name": "fake" if i == 0 else f"fake-{quant.lower()}",
                         "model": "M",
-                        "quantization": "BF16",
+                        "quantization": quant,
                         "backend": "vllm",
                         "url": str(server.make_url("")).rstrip("/"),
                         "tokenizer": str(data_dir.parent / "data" / "qwen2-tokenizer"),
                     }
+                    for i, quant in enumerate(quants)
                 ],
             }
         )
@@ -247,3 +253,15 @@ async def test_a_level_shorter_than_its_requests_is_one_wave(tmp_path: Path, dat
     )
     [m] = write_load_report(run_dir)["targets"]["fake"]
     assert m["one_wave"] is True
+
+
+async def test_load_report_compares_the_quantizations_of_a_model(tmp_path: Path, data_dir: Path) -> None:
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, paced(0.01, 0.001), quants=("BF16", "Q4_K_M"), levels=(1, 2), requests=6, warmup=0,
+        output_tokens=4,
+    )  # fmt: skip
+    report = write_load_report(run_dir)
+    assert report["models"] == {"M": [("fake", "BF16"), ("fake-q4_k_m", "Q4_K_M")]}
+    assert (run_dir / "load_model_0.png").stat().st_size > 0
+    page = (run_dir / "load_report.html").read_text()
+    assert "M: its quantizations" in page and page.count("data:image/png;base64,") == 3  # 2 targets + the model

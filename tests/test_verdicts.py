@@ -129,6 +129,19 @@ def test_errors_are_unpaired_and_a_failed_target_says_so(tmp_path: Path) -> None
     assert q8["failure"] and "the server died" in render_markdown(report)
 
 
+def test_rows_that_share_no_sample_say_so(tmp_path: Path) -> None:
+    run = _run(tmp_path, [_target("bf16", "M", "BF16"), _target("q8", "M", "Q8_0")], {"mmlu": 20})
+    store = RunStore(run)
+    _write(store, "bf16", "mmlu", [True] * 20)
+    _write(store, "q8", "mmlu", [None] * 20)  # every request failed
+    store.close()
+    report = build_report(run)
+    q8 = report["rows"][1]
+    assert q8["comparison_note"] == "shares no answered sample with bf16: nothing to compare"
+    assert q8["comparison"]["tasks"]["mmlu"]["verdict"] == "not compared" and q8["delta_average"] is None
+    assert "nothing to compare" in render_markdown(report)
+
+
 def test_published_figures_against_the_measured_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from orchestrator.cli import main
 
