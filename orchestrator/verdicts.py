@@ -21,9 +21,6 @@ from orchestrator.registry import REFERENCE_QUANTS
 from orchestrator.stats import Outcomes, Paired
 from orchestrator.tasks import Task
 
-# The extra levels shown with an interval beside a task's headline.
-SECONDARY = {"ifeval": ("prompt_strict", "inst_strict"), "mmlu": ("micro", "macro"), "ceval": ("micro", "macro")}
-
 
 def reference_of(group: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The row a model's quantizations are compared with: its first full-precision row."""
@@ -64,7 +61,7 @@ def add_statistics(
             ci = stats.interval(out, seed, reps=drawn.get((target, name)))
             agg["interval"] = None if ci is None else list(ci)
             agg["intervals"] = {}
-            for metric in SECONDARY.get(name, ()):
+            for metric in tasks[name].metrics:
                 if metric == agg.get("headline"):
                     agg["intervals"][metric] = agg["interval"]  # the headline's own, not drawn again
                     continue

@@ -53,6 +53,8 @@ class Task(Protocol):
     name: str
     setup: str
     max_tokens: int
+    # The levels the report gives an interval each (the headline is one of them), by ``outcomes`` name.
+    metrics: tuple[str, ...]
 
     def samples(self) -> list[Sample]:
         """All samples of this task under its options (limit, subjects, shots)."""

@@ -235,6 +235,7 @@ class MultipleChoiceTask:
             raise ValueError(f"unknown setup {setup!r}")
         self.bench = bench
         self.name = bench.name
+        self.metrics: tuple[str, ...] = ("micro", "macro")
         self.setup = setup
         self.data_dir = data_dir
         self.limit = limit

@@ -212,6 +212,7 @@ class IFEvalTask:
     """IFEval as a task of the runner: the prompt is the single user turn."""
 
     name = "ifeval"
+    metrics: tuple[str, ...] = ("prompt_strict", "inst_strict")
 
     def __init__(
         self,
