@@ -646,50 +646,53 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
     return report
 
 
-def _plot_quantizations(model: str, series: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
-    """Throughput against TTFT p50 and E2E p50, one line per checkpoint of a model, points
-    labelled by level."""
+def _latency_panels(title: str, xlabel: str, path: Path, draw: Callable[[Any, str], str], width: float = 10) -> None:
+    """Two panels, TTFT and E2E latency against throughput; ``draw(ax, metric)`` plots one and
+    returns its y label."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(width, 4))
     for ax, metric in zip(axes, ("ttft_ms", "e2el_ms"), strict=True):
-        for quant, levels in series:
-            xs = [m["output_throughput"] or 0.0 for m in levels]
-            ys = [m[metric].get("p50") for m in levels]
-            ys_f = [y if y is not None else float("nan") for y in ys]
-            ax.plot(xs, ys_f, marker="o", label=quant)
-            for x, y, m in zip(xs, ys_f, levels, strict=True):
-                ax.annotate(f"{m['level']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-        ax.set_xlabel("output tokens/s")
-        ax.set_ylabel(f"{metric.removesuffix('_ms').upper()} p50 (ms)")
+        ax.set_ylabel(draw(ax, metric))
+        ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{model}: throughput vs latency per quantization (points: level)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _nan(values: list[Any]) -> list[float]:
+    return [v if v is not None else float("nan") for v in values]
+
+
+def _plot_quantizations(model: str, series: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
+    """Output throughput against TTFT and E2E p50, one line per checkpoint of a model, points
+    labelled by level."""
+
+    def draw(ax: Any, metric: str) -> str:
+        for quant, levels in series:
+            xs = [m["output_throughput"] or 0.0 for m in levels]
+            ys = _nan([m[metric].get("p50") for m in levels])
+            ax.plot(xs, ys, marker="o", label=quant)
+            for x, y, m in zip(xs, ys, levels, strict=True):
+                ax.annotate(f"{m['level']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        return f"{metric.removesuffix('_ms').upper()} p50 (ms)"
+
+    title = f"{model}: throughput vs latency per quantization (points: level)"
+    _latency_panels(title, "output tokens/s", path, draw, width=11)
 
 
 def _plot_curve(target: str, levels: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
     xs = [m["request_throughput"] or 0.0 for m in levels]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("ttft_ms", "e2el_ms"), strict=True):
+
+    def draw(ax: Any, metric: str) -> str:
         for q in ("p50", "p99"):
-            ys = [m[metric].get(q) for m in levels]
-            ax.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", label=q)
-        ax.set_xlabel("request throughput (req/s)")
-        ax.set_ylabel(f"{metric.removesuffix('_ms').upper()} (ms)")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{target}: throughput vs latency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            ax.plot(xs, _nan([m[metric].get(q) for m in levels]), marker="o", label=q)
+        return f"{metric.removesuffix('_ms').upper()} (ms)"
+
+    _latency_panels(f"{target}: throughput vs latency", "request throughput (req/s)", path, draw)
