@@ -16,7 +16,7 @@ half read.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Self
 
 RECORD_SCHEMA = 2
@@ -83,18 +83,32 @@ class Timing:
         )
 
 
-_FIELDS: dict[type, frozenset[str]] = {}
+@dataclass(frozen=True)
+class _Layout:
+    """A record class's on-disk keys, the ones a record cannot lack, and the defaults of the rest."""
+
+    known: frozenset[str]
+    required: frozenset[str]
+    defaults: dict[str, Any]  # every default is immutable (None, 0, "", False) but extra's
 
 
-def _known_fields(cls: type) -> frozenset[str]:
-    """A record class's on-disk keys (cached: dataclasses.fields is slow per record)."""
-    known = _FIELDS.get(cls)
-    if known is None:
-        known = _FIELDS[cls] = frozenset(f.name for f in fields(cls)) - {"extra"}
-    return known
+_LAYOUTS: dict[type, _Layout] = {}
 
 
-@dataclass(slots=True, kw_only=True)
+def _layout(cls: type) -> _Layout:
+    """Built once per class: dataclasses.fields is slow per record."""
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        fs = [f for f in fields(cls) if f.name != "extra"]
+        layout = _LAYOUTS[cls] = _Layout(
+            known=frozenset(f.name for f in fs),
+            required=frozenset(f.name for f in fs if f.default is MISSING),
+            defaults={f.name: f.default for f in fs if f.default is not MISSING},
+        )
+    return layout
+
+
+@dataclass(kw_only=True)
 class Exchange:
     """What any request records: the body sent, how the reply ended, token counts, raw timing, error."""
 
@@ -154,20 +168,26 @@ class Exchange:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
         """Read the on-disk form; missing keys take their defaults, unknown ones go to ``extra``."""
-        known = _known_fields(cls)
-        if known.issuperset(data):  # the common case, checked in C: no copy
-            record = cls(**data)
-        else:
-            record = cls(
-                **{k: v for k, v in data.items() if k in known},
-                extra={k: v for k, v in data.items() if k not in known},
-            )
+        layout = _layout(cls)
+        if not data.keys() >= layout.required:
+            raise KeyError(f"record without {', '.join(sorted(layout.required - data.keys()))}")
+        # Filled through its __dict__, in C: the generated __init__ matches some 35 keywords by
+        # name, ~10 µs a record, which was most of a report's time over a few hundred thousand
+        # records. (No __post_init__ exists to be skipped.)
+        record = object.__new__(cls)
+        state = record.__dict__
+        state.update(layout.defaults)
+        state.update(data)
+        state["extra"] = {}
+        if not layout.known.issuperset(data):
+            for key in data.keys() - layout.known:
+                state["extra"][key] = state.pop(key)
         if record.timing is not None:
             record.timing = Timing.from_json(record.timing)  # type: ignore[arg-type]  # its JSON until here
         return record
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(kw_only=True)
 class SampleRecord(Exchange):
     """One benchmark sample sent to one target: the exchange, and the verdict on its reply."""
 
@@ -199,7 +219,7 @@ class SampleRecord(Exchange):
         return self.error is not None and self.error_type in ("connection", "timeout")
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(kw_only=True)
 class LoadRecord(Exchange):
     """One request of a load-test level: the exchange and where it sat in the level."""
 

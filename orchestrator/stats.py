@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -109,14 +109,20 @@ def _combine(kind: str, sums: Sequence[tuple[float, float]]) -> float | None:
 
 def _strata(ids: Sequence[str], sides: Sequence[Outcomes]) -> dict[str, list[tuple[float, ...]]]:
     """Per stratum, each sample's (num_a, den_a, num_b, den_b, ...) across sides."""
-    out: dict[str, list[tuple[float, ...]]] = {}
+    out: defaultdict[str, list[tuple[float, ...]]] = defaultdict(list)
+    if len(sides) == 1:  # the common case, kept to one lookup per sample
+        values = sides[0].values
+        for sid in ids:
+            stratum, num, den = values[sid]
+            out[stratum].append((num, den))
+        return out
     for sid in ids:
         stratum = sides[0].values[sid][0]
         row: list[float] = []
         for side in sides:
             _, num, den = side.values[sid]
             row += [num, den]
-        out.setdefault(stratum, []).append(tuple(row))
+        out[stratum].append(tuple(row))
     return out
 
 
@@ -124,10 +130,18 @@ def _replicates(
     kind: str, ids: Sequence[str], sides: Sequence[Outcomes], rng: np.random.Generator, b: int
 ) -> np.ndarray:
     """(b, len(sides)) bootstrap replicates of the metric on each side, resampling samples together."""
+    return _replicates_by_kind(ids, sides, rng, b)[kind]
+
+
+def _replicates_by_kind(
+    ids: Sequence[str], sides: Sequence[Outcomes], rng: np.random.Generator, b: int
+) -> dict[str, np.ndarray]:
+    """The micro and the macro replicates of one draw (the same resampled samples)."""
     strata = _strata(ids, sides)
     width = 2 * len(sides)
     if not strata:
-        return np.full((b, len(sides)), np.nan)
+        empty = np.full((b, len(sides)), np.nan)
+        return {"micro": empty, "macro": empty}
     # Every stratum in one draw: its distinct outcome tuples (padded to the widest stratum with
     # probability 0) and their frequencies; counts (b, strata, distinct) times values (strata,
     # distinct, width) give each replicate's Σnum and Σden per stratum and side.
@@ -146,11 +160,12 @@ def _replicates(
     sums = np.matmul(draws.transpose(1, 0, 2).astype(float), values).transpose(1, 0, 2)  # (b, strata, width)
     s_num, s_den = sums[..., 0::2], sums[..., 1::2]  # (b, strata, sides)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if kind == "macro":
-            per_stratum = np.where(s_den > 0, s_num / np.where(s_den > 0, s_den, 1), 0.0)
-            return np.asarray(per_stratum.mean(axis=1))
+        per_stratum = np.where(s_den > 0, s_num / np.where(s_den > 0, s_den, 1), 0.0)
         nums, dens = s_num.sum(axis=1), s_den.sum(axis=1)
-        return np.asarray(np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan))
+        return {
+            "micro": np.asarray(np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan)),
+            "macro": np.asarray(per_stratum.mean(axis=1)),
+        }
 
 
 def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
@@ -158,9 +173,10 @@ def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
-def replicates(outcomes: Outcomes, seed: int, b: int = RESAMPLES) -> np.ndarray:
-    """(b,) bootstrap replicates of one side's metric, stratified."""
-    return _replicates(outcomes.kind, list(outcomes.values), [outcomes], np.random.default_rng(seed), b)[:, 0]
+def replicates(outcomes: Outcomes, seed: int, b: int = RESAMPLES) -> dict[str, np.ndarray]:
+    """(b,) bootstrap replicates of one side's metric, stratified: micro and macro of the same draw."""
+    drawn = _replicates_by_kind(list(outcomes.values), [outcomes], np.random.default_rng(seed), b)
+    return {kind: reps[:, 0] for kind, reps in drawn.items()}
 
 
 def interval(
@@ -175,7 +191,7 @@ def interval(
     if outcomes.kind == "micro" and all(d == 1 for d in dens):
         k = sum(int(v[1]) for v in outcomes.values.values())
         return wilson(k, len(ids))
-    return _percentile_interval(replicates(outcomes, seed, b) if reps is None else reps)
+    return _percentile_interval(replicates(outcomes, seed, b)[outcomes.kind] if reps is None else reps)
 
 
 def average_interval(

@@ -33,11 +33,11 @@ def reference_of(group: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _answers(records: Sequence[SampleRecord]) -> dict[str, Any]:
     # IFEval extracts nothing: the reply itself is the answer that changed or not.
-    return {r.id: r.extracted if r.extracted is not None else r.reply for r in records if r.answered}
+    return {r.id: r.extracted if r.extracted is not None else r.reply for r in records if r.error is None}
 
 
 def _verdicts(records: Sequence[SampleRecord]) -> dict[str, bool]:
-    return {r.id: bool(r.correct) for r in records if r.answered}
+    return {r.id: bool(r.correct) for r in records if r.error is None}
 
 
 def add_statistics(
@@ -58,14 +58,18 @@ def add_statistics(
             seed = stats.seed_for(target, name)
             if out.values:
                 drawn[(target, name)] = stats.replicates(out, seed)
-            ci = stats.interval(out, seed, reps=drawn.get((target, name)))
+            both = drawn.get((target, name)) or {}
+            ci = stats.interval(out, seed, reps=both.get(out.kind))
             agg["interval"] = None if ci is None else list(ci)
             agg["intervals"] = {}
             for metric in tasks[name].metrics:
                 if metric == agg.get("headline"):
                     agg["intervals"][metric] = agg["interval"]  # the headline's own, not drawn again
                     continue
-                level = stats.interval(tasks[name].outcomes(recs, metric), seed)
+                alt = tasks[name].outcomes(recs, metric)
+                # The same samples under the other average: the same draw serves (no second one).
+                shared = both.get(alt.kind) if alt.values == out.values else None
+                level = stats.interval(alt, seed, reps=shared)
                 agg["intervals"][metric] = None if level is None else list(level)
             want = expected.get(name)
             agg["expected"] = want
@@ -79,7 +83,7 @@ def add_statistics(
             ci = stats.average_interval(
                 [outcomes[(target, n)] for n in complete],
                 stats.seed_for(target, "average"),
-                reps=[drawn[(target, n)] for n in complete],
+                reps=[drawn[(target, n)][outcomes[(target, n)].kind] for n in complete],
             )
             row["average_interval"] = None if ci is None else list(ci)
             row["average_missing"] = None
@@ -103,6 +107,15 @@ def _compare(
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
     family: list[tuple[dict[str, Any], Paired]] = []  # every comparison, for Holm's correction
+    sides: dict[tuple[str, str], tuple[dict[str, Any], dict[str, bool]]] = {}
+
+    def side(target: str, name: str) -> tuple[dict[str, Any], dict[str, bool]]:
+        """A target's answers and verdicts on a task (a reference's are used once per quantization)."""
+        if (target, name) not in sides:
+            recs = records[target][name]
+            sides[(target, name)] = (_answers(recs), _verdicts(recs))
+        return sides[(target, name)]
+
     by_name = {row["target"]: row for row in rows}
     for model, group in by_model.items():
         model_ref = reference_of(group)
@@ -124,11 +137,11 @@ def _compare(
                 if name not in ref["tasks"]:
                     continue
                 r_out, q_out = outcomes[(ref["target"], name)], outcomes[(row["target"], name)]
-                r_recs, q_recs = records[ref["target"]][name], records[row["target"]][name]
+                r_ans, r_ver = side(ref["target"], name)
+                q_ans, q_ver = side(row["target"], name)
                 p = stats.paired(
-                    r_out, q_out, _answers(r_recs), _answers(q_recs), _verdicts(r_recs), _verdicts(q_recs),
-                    stats.seed_for(ref["target"], row["target"], name),
-                )  # fmt: skip
+                    r_out, q_out, r_ans, q_ans, r_ver, q_ver, stats.seed_for(ref["target"], row["target"], name)
+                )
                 cmp["tasks"][name] = p
                 family.append((cmp["tasks"], p))
                 if name in row["average_tasks"] and name in ref["average_tasks"] and p.n:

@@ -306,7 +306,7 @@ class MultipleChoiceTask:
         """Each answered sample's right/wrong in its subject, for the headline (or ``metric``:
         micro, macro) average."""
         kind = metric or self.bench.headline
-        return Outcomes(kind, {r.id: (r.subject, float(bool(r.correct)), 1.0) for r in records if r.answered})
+        return Outcomes(kind, {r.id: (r.subject, float(bool(r.correct)), 1.0) for r in records if r.error is None})
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Micro and macro accuracy over answered records (errors are counted, never scored),
