@@ -156,13 +156,13 @@ class Exchange:
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form: every field by name, then the keys this version does not know."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = value.to_json() if isinstance(value, Timing) else value
-        out.update((k, v) for k, v in self.extra.items() if k not in out)
+        # The instance's own dict, in field order (one record per request is written on the loop).
+        out = dict(self.__dict__)
+        extra = out.pop("extra")
+        if self.timing is not None:
+            out["timing"] = self.timing.to_json()
+        if extra:
+            out.update((k, v) for k, v in extra.items() if k not in out)
         return out
 
     @classmethod
