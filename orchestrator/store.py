@@ -14,18 +14,21 @@ record and is sent again on resume. The last record of a sample id wins.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 
-from orchestrator.errors import StoreError, UserError
+from orchestrator.errors import DataError, StoreError, UserError
 from orchestrator.records import RECORD_SCHEMA, Exchange, LoadRecord, SampleRecord, schema_of
 from orchestrator.secrets import redact
+
+T = TypeVar("T")
 
 SYNC_INTERVAL = 1.0  # seconds: bound on what a power loss can take
 
@@ -159,6 +162,15 @@ def latest_by_id(path: Path) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in read_records(path)}
 
 
+def _typed(path: Path, read: Callable[[], list[T]]) -> list[T]:
+    """Records read back typed; a line that is JSON but not a record (edited by hand, another
+    tool's file) is one line naming the file, not a traceback."""
+    try:
+        return read()
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: a line is not a record of this run ({type(exc).__name__}: {exc})") from None
+
+
 class NotARunError(UserError, RuntimeError):
     """A directory that holds no run (no run.json)."""
 
@@ -231,15 +243,20 @@ class RunStore:
 
     def records(self, target: str, task: str, setup: str) -> list[SampleRecord]:
         """The current record of every sample of a target x task."""
-        return [SampleRecord.from_json(r) for r in latest_by_id(self.samples_path(target, task, setup)).values()]
+        path = self.samples_path(target, task, setup)
+        return _typed(path, lambda: [SampleRecord.from_json(r) for r in latest_by_id(path).values()])
 
     def load_levels(self, target: str) -> list[list[LoadRecord]]:
         """The records of each load-test level of a target (load requests are never retried: every
         record is final), levels in file order, empty levels left out."""
         folder = self.root / "samples" / target
         paths = sorted(folder.glob("load-*.load.jsonl")) if folder.is_dir() else []
-        levels = [[LoadRecord.from_json(r) for r in read_records(p)] for p in paths]
-        return [level for level in levels if level]
+
+        def level(path: Path) -> list[LoadRecord]:
+            return [LoadRecord.from_json(r) for r in read_records(path)]
+
+        levels = [_typed(p, functools.partial(level, p)) for p in paths]
+        return [lv for lv in levels if lv]
 
     def writer(self, target: str, task: str, setup: str) -> SampleWriter:
         """The (single) writer of a target x task x setup."""

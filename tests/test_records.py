@@ -156,3 +156,15 @@ def test_a_newer_schema_is_refused_in_one_line(
         assert len(err.splitlines()) == 1 and f"schema {RECORD_SCHEMA + 1}" in err, err
     # Nothing was rewritten by the refusals.
     assert json.loads((run / "run.json").read_text())["record_schema"] == RECORD_SCHEMA + 1
+
+
+def test_a_line_that_is_not_a_record_is_one_line(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = _run(tmp_path, data_dir, {"record_schema": RECORD_SCHEMA})
+    path = RunStore(run).samples_path("t", "mmlu", "qwen@2")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"id": "x/1", "note": "hand-written, no task"}\n')
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a record" in err and "Traceback" not in err
