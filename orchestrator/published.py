@@ -89,4 +89,17 @@ def _cell(published: float, measured: float | None, ci: list[float] | None, comp
             "comparable": True, "note": None}  # fmt: skip
 
 
-__all__ = ["DEFAULT_REFERENCE", "ReferenceFileError", "compare_published", "load_reference"]
+def cell_text(cell: dict[str, Any] | None) -> str:
+    """One compared cell as text: published vs measured [interval], inside or outside it."""
+    if cell is None:
+        return ""
+    measured = "–" if cell["measured"] is None else f"{cell['measured']:.1f}"
+    if not cell["comparable"]:
+        return f"{cell['published']:.1f} vs {measured} (subset, not comparable)"
+    ci = cell["interval"]
+    within = {True: "inside", False: "outside", None: ""}[cell["inside"]]
+    span = f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
+    return f"{cell['published']:.1f} vs {measured}{span} {within}".strip()
+
+
+__all__ = ["DEFAULT_REFERENCE", "ReferenceFileError", "cell_text", "compare_published", "load_reference"]

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from orchestrator import timing
 from orchestrator.loadtest import timing_of, token_agreement
-from orchestrator.published import compare_published, load_reference
+from orchestrator.published import cell_text, compare_published, load_reference
 from orchestrator.records import SampleRecord
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.setups import run_setup_version, store_key
@@ -291,17 +291,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _published_cell(cell: dict[str, Any] | None) -> str:
-    if cell is None:
-        return ""
-    if not cell["comparable"]:
-        return f"{cell['published']:.1f} vs {_num(cell['measured'], '{:.1f}') or '–'} (subset, not comparable)"
-    ci = cell["interval"]
-    within = {True: "inside", False: "outside", None: ""}[cell["inside"]]
-    span = f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
-    return f"{cell['published']:.1f} vs {cell['measured']:.1f}{span} {within}".strip()
-
-
 def render_published(report: dict[str, Any]) -> Table | None:
     """Published vs measured for the checkpoints the reference table has (None when it has none)."""
     pub = report.get("published") or {}
@@ -313,7 +302,7 @@ def render_published(report: dict[str, Any]) -> Table | None:
     for c in columns:
         table.add_column("Average" if c == "average" else TASKS.get(c, c), justify="right")
     for row in pub["rows"]:
-        table.add_row(row["target"], *(_published_cell(row.get(c)) for c in columns))
+        table.add_row(row["target"], *(cell_text(row.get(c)) for c in columns))
     return table
 
 
@@ -329,7 +318,7 @@ def _published_markdown(report: dict[str, Any]) -> list[str]:
         lines += [f"Note: {pub['note']}.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in pub["rows"]:
-        lines.append("| " + " | ".join([row["target"], *(_published_cell(row.get(c)) for c in columns)]) + " |")
+        lines.append("| " + " | ".join([row["target"], *(cell_text(row.get(c)) for c in columns)]) + " |")
     return lines
 
 

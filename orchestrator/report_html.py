@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.published import cell_text
 from orchestrator.registry import TASKS
 
 if TYPE_CHECKING:
@@ -224,18 +224,7 @@ def render_html(report: dict[str, Any], table_rows: list[list[str]], headers: li
         cols = ["average", *report["tasks"]]
         body = []
         for prow in pub["rows"]:
-            cells = [esc(prow["target"])]
-            for c in cols:
-                cell = prow.get(c)
-                if cell is None:
-                    cells.append("")
-                elif not cell["comparable"]:
-                    cells.append(f"{cell['published']:.1f} (subset, not comparable)")
-                else:
-                    ci = cell["interval"] or [math.nan, math.nan]
-                    mark = "inside" if cell["inside"] else "outside"
-                    cells.append(f"{cell['published']:.1f} vs {cell['measured']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] {mark}")
-            body.append(cells)
+            body.append([esc(prow["target"]), *(esc(cell_text(prow.get(c))) for c in cols)])
         heads = ["target", *("Average" if c == "average" else TASKS.get(c, c) for c in cols)]
         src = f"<a href='{esc(pub['source'])}'>{esc(pub['title'])}</a>"
         parts += [f"<h2>Published vs measured: {src}</h2>", _table(heads, body)]
