@@ -183,9 +183,10 @@ def token_agreement(counted: Iterable[tuple[dict[str, int] | None, str | None]])
     """
     pairs: dict[str, list[int]] = {}
     for counts_or_none, primary in counted:
-        counts = counts_or_none or {}
-        if primary is None or primary not in counts:
+        # One source alone (the common case) has nothing to agree with.
+        if counts_or_none is None or len(counts_or_none) < 2 or primary not in counts_or_none:
             continue
+        counts = counts_or_none
         for source, n in counts.items():
             if source != primary:
                 pairs.setdefault(f"{primary} vs {source}", []).append(n - counts[primary])
