@@ -98,9 +98,13 @@ def main() -> None:
         report = write_report(run)
         elapsed = time.perf_counter() - t0
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # Targets are summarised in worker processes: the largest of them (the generator above
+        # included, so this is an upper bound), and at most one per core alive at once.
+        worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         compared = sum(1 for r in report["rows"] if r.get("comparison"))
         print(
-            f"write_report: {elapsed:.2f} s, peak RSS {rss_mb:.0f} MB ({len(report['rows'])} rows, {compared} "
+            f"write_report: {elapsed:.2f} s, peak RSS {rss_mb:.0f} MB, largest child {worker_mb:.0f} MB "
+            f"({len(report['rows'])} rows, {compared} "
             f"compared, {stats.RESAMPLES} resamples, report.html {(run / 'report.html').stat().st_size / 1e3:.0f} kB)"
         )
 

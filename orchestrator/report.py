@@ -6,7 +6,6 @@ quantization, Average | MMLU | C-Eval | IFEval, then speed columns from the same
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,82 +13,33 @@ from typing import Any
 
 from rich.table import Table
 
-from orchestrator import timing
-from orchestrator.loadtest import timing_of, token_agreement
 from orchestrator.published import cell_text, compare_published, load_reference
-from orchestrator.records import SampleRecord
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.store import RunStore, atomic_write
+from orchestrator.summary import summarize_run
 from orchestrator.tasks import build_task
-from orchestrator.verdicts import add_statistics, paired_runs
+from orchestrator.verdicts import compare, paired_runs
 
 ACCURACY_COLUMNS = tuple(TASKS.items())
-
-
-def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
-    """Throughput and latency of a target's answered requests (all its tasks)."""
-    ok = [r for r in records if r.timed]
-    busy = timing.busy_seconds((timing_of(r).wall_send, timing_of(r).wall_end) for r in ok)
-    out_tokens = [r.completion_tokens for r in ok if r.completion_tokens is not None]
-    ttfts = [t for r in ok if (t := r.ttft) is not None]
-    tpots = [t for r in ok if (t := r.tpot) is not None]
-    e2es = [timing_of(r).e2e for r in ok]
-    sources = sorted({r.token_source or "none" for r in ok})
-    return {
-        "requests": len(ok),
-        "busy_seconds": busy,
-        "requests_per_s": len(ok) / busy if busy > 0 else None,
-        "output_tokens": sum(out_tokens),
-        "output_tokens_per_s": sum(out_tokens) / busy if busy > 0 else None,
-        "ttft_p50_ms": _ms(timing.percentile(ttfts, 50)),
-        "tpot_p50_ms": _ms(timing.percentile(tpots, 50)),
-        "e2e_p50_ms": _ms(timing.percentile(e2es, 50)),
-        "token_sources": sources,
-        "token_count_agreement": token_agreement((r.token_counts, r.token_source) for r in ok),
-    }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000.0
 
 
 def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]:
     """Every figure of a run, computed from run.json and the sample records; ``reference``: a
     published table to set the measurements against (the shipped Qwen table by default)."""
-    # Records hold no reference cycles: a collection while hundreds of thousands of them are
-    # built only walks them again (measured: 3.3 of 8 s reading 254,864 records).
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        return _build_report(run_dir, reference)
-    finally:
-        if paused:
-            gc.enable()
-
-
-def _build_report(run_dir: Path, reference: Path | None) -> dict[str, Any]:
     store = RunStore(run_dir)
     meta = store.require_meta()
     manifest = meta["manifest"]
     setup = manifest["run"]["setup"]
     version = run_setup_version(meta)
-    key = store_key(version)
     task_names = list(manifest["tasks"])
-    task_objs = {name: build_task(name, None, setup=setup) for name in task_names}
+    names = [t["name"] for t in manifest["targets"]]
+    summaries = summarize_run(run_dir, names, task_names, setup, store_key(version), meta.get("samples") or {})
     rows = []
-    by_target: dict[str, dict[str, list[SampleRecord]]] = {}
-    for t in manifest["targets"]:
-        all_records: list[SampleRecord] = []
-        tasks: dict[str, Any] = {}
-        by_target[t["name"]] = {}
-        for name in task_names:
-            records = store.records(t["name"], name, key)
-            by_target[t["name"]][name] = records
-            all_records += records
-            # The report never hides records that were not sent: n counts what is on disk.
-            tasks[name] = task_objs[name].aggregate(records)
+    sides = {}
+    for t, summary in zip(manifest["targets"], summaries, strict=True):
         server = meta.get("servers", {}).get(t["name"], {})
+        sides.update({(t["name"], name): side for name, side in summary.sides.items()})
         rows.append(
             {
                 "target": t["name"],
@@ -102,14 +52,16 @@ def _build_report(run_dir: Path, reference: Path | None) -> dict[str, Any]:
                 "backend": t["backend"],
                 "server_version": server.get("version"),
                 "served_model": server.get("served_model"),
-                "replicas": _replica_counts(all_records),
-                "tasks": tasks,
-                "errors": sum(v["errors"] for v in tasks.values()),
-                "speed": speed_figures(all_records),
+                "replicas": summary.replicas,
+                # The report never hides records that were not sent: n counts what is on disk.
+                "tasks": summary.tasks,
+                "errors": sum(v["errors"] for v in summary.tasks.values()),
+                "speed": summary.speed,
+                **summary.average,
             }
         )
-    # Intervals, the Average over complete tasks, and each quantization against its reference.
-    add_statistics(rows, by_target, task_objs, meta.get("samples") or {})
+    # Each quantization against its reference.
+    compare(rows, sides)
     report = {
         "run_id": meta.get("run_id", run_dir.name),
         "setup": setup,
@@ -119,15 +71,6 @@ def _build_report(run_dir: Path, reference: Path | None) -> dict[str, Any]:
     }
     report["published"] = compare_published(report, load_reference(reference), manifest["tasks"])
     return report
-
-
-def _replica_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
-    """Answered requests per replica URL (targets with several URLs)."""
-    counts: dict[str, int] = {}
-    for r in records:
-        if r.replica and r.answered:
-            counts[r.replica] = counts.get(r.replica, 0) + 1
-    return counts
 
 
 def _quant_cell(row: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """What each quantization costs, and how sure we are: intervals, paired comparisons, verdicts.
 
-``add_statistics`` takes the report's rows (one per target) and the records behind them, and adds
-to each row: the 95 % interval of every accuracy and of the Average; whether each task is
-complete (every sample of the run attempted), the Average only over complete tasks; and, for a
-quantized row, its comparison with the model's reference row (BF16/FP16/F16/FP32/F32): per task
+``target_statistics`` gives one target, from its records: the 95 % interval of every accuracy and
+of the Average; whether each task is complete (every sample of the run attempted), the Average
+only over complete tasks. ``compare`` then adds to each quantized row of the report its
+comparison with the model's reference row (BF16/FP16/F16/FP32/F32): per task
 and for the Average the paired difference on the samples both answered, its interval, flips,
 changed answers, McNemar's exact p with Holm's correction across every comparison of the run,
 recovery, the speed ratio, and a verdict in words. Everything comes from the records on disk.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator import stats
 from orchestrator.records import SampleRecord
@@ -31,90 +31,93 @@ def reference_of(group: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def _answers(records: Sequence[SampleRecord]) -> dict[str, Any]:
-    # IFEval extracts nothing: the reply itself is the answer that changed or not.
+def answers_of(records: Sequence[SampleRecord]) -> dict[str, Any]:
+    """Each answered sample's extracted answer (IFEval extracts nothing: the reply itself is the
+    answer that changed or not)."""
     return {r.id: r.extracted if r.extracted is not None else r.reply for r in records if r.error is None}
 
 
-def _verdicts(records: Sequence[SampleRecord]) -> dict[str, bool]:
+def verdicts_of(records: Sequence[SampleRecord]) -> dict[str, bool]:
+    """Each answered sample's right/wrong."""
     return {r.id: bool(r.correct) for r in records if r.error is None}
 
 
-def add_statistics(
-    rows: list[dict[str, Any]],
-    records: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
+def target_statistics(
+    target: str,
+    aggregates: Mapping[str, dict[str, Any]],
+    records: Mapping[str, Sequence[SampleRecord]],
     tasks: Mapping[str, Task],
     expected: Mapping[str, int],
-) -> None:
-    """Intervals, completeness, Averages and comparisons, added to ``rows`` in place."""
-    outcomes: dict[tuple[str, str], Outcomes] = {}
-    drawn: dict[tuple[str, str], Any] = {}  # each headline's bootstrap replicates, drawn once
-    for row in rows:
-        target = row["target"]
-        for name, agg in row["tasks"].items():
-            recs = records[target][name]
-            out = tasks[name].outcomes(recs)
-            outcomes[(target, name)] = out
-            seed = stats.seed_for(target, name)
-            if out.values:
-                drawn[(target, name)] = stats.replicates(out, seed)
-            both = drawn.get((target, name)) or {}
-            ci = stats.interval(out, seed, reps=both.get(out.kind))
-            agg["interval"] = None if ci is None else list(ci)
-            agg["intervals"] = {}
-            for metric in tasks[name].metrics:
-                if metric == agg.get("headline"):
-                    agg["intervals"][metric] = agg["interval"]  # the headline's own, not drawn again
-                    continue
-                alt = tasks[name].outcomes(recs, metric)
-                # The same samples under the other average: the same draw serves (no second one).
-                shared = both.get(alt.kind) if alt.values == out.values else None
-                level = stats.interval(alt, seed, reps=shared)
-                agg["intervals"][metric] = None if level is None else list(level)
-            want = expected.get(name)
-            agg["expected"] = want
-            # Complete: every sample of the run was sent and ended (answered or an error record).
-            agg["complete"] = bool(agg["n"]) and (want is None or agg["n"] + agg["errors"] >= want)
-        complete = [n for n, a in row["tasks"].items() if a["complete"]]
-        row["average_tasks"] = complete
-        missing = [n for n in row["tasks"] if n not in complete]
-        if row["tasks"] and not missing:
-            row["average"] = sum(a["accuracy"] for a in row["tasks"].values()) / len(row["tasks"])
-            ci = stats.average_interval(
-                [outcomes[(target, n)] for n in complete],
-                stats.seed_for(target, "average"),
-                reps=[drawn[(target, n)][outcomes[(target, n)].kind] for n in complete],
-            )
-            row["average_interval"] = None if ci is None else list(ci)
-            row["average_missing"] = None
-        else:
-            row["average"] = None
-            row["average_interval"] = None
-            row["average_missing"] = "incomplete: " + ", ".join(
-                f"{n} ({a['n'] + a['errors']}/{a['expected'] if a['expected'] is not None else '?'} sent)"
-                for n, a in row["tasks"].items()
-                if n in missing
-            )
-    _compare(rows, records, outcomes)
+) -> tuple[dict[str, Outcomes], dict[str, Any]]:
+    """One target's own statistics: each task's intervals and completeness, added to its
+    aggregate in place, and the Average over its complete tasks. Returns each task's headline
+    outcomes and the Average's fields."""
+    outcomes: dict[str, Outcomes] = {}
+    drawn: dict[str, Any] = {}  # each headline's bootstrap replicates, drawn once
+    for name, agg in aggregates.items():
+        recs = records[name]
+        out = tasks[name].outcomes(recs)
+        outcomes[name] = out
+        seed = stats.seed_for(target, name)
+        if len(out):
+            drawn[name] = stats.replicates(out, seed)
+        both = drawn.get(name) or {}
+        ci = stats.interval(out, seed, reps=both.get(out.kind))
+        agg["interval"] = None if ci is None else list(ci)
+        agg["intervals"] = {}
+        for metric in tasks[name].metrics:
+            if metric == agg.get("headline"):
+                agg["intervals"][metric] = agg["interval"]  # the headline's own, not drawn again
+                continue
+            alt = tasks[name].outcomes(recs, metric)
+            # The same samples under the other average: the same draw serves (no second one).
+            shared = both.get(alt.kind) if alt.same_samples(out) else None
+            level = stats.interval(alt, seed, reps=shared)
+            agg["intervals"][metric] = None if level is None else list(level)
+        want = expected.get(name)
+        agg["expected"] = want
+        # Complete: every sample of the run was sent and ended (answered or an error record).
+        agg["complete"] = bool(agg["n"]) and (want is None or agg["n"] + agg["errors"] >= want)
+    complete = [n for n, a in aggregates.items() if a["complete"]]
+    missing = [n for n in aggregates if n not in complete]
+    average: dict[str, Any] = {"average_tasks": complete, "average": None, "average_interval": None}
+    if aggregates and not missing:
+        average["average"] = sum(a["accuracy"] for a in aggregates.values()) / len(aggregates)
+        ci = stats.average_interval(
+            [outcomes[n] for n in complete],
+            stats.seed_for(target, "average"),
+            reps=[drawn[n][outcomes[n].kind] for n in complete],
+        )
+        average["average_interval"] = None if ci is None else list(ci)
+        average["average_missing"] = None
+    else:
+        average["average_missing"] = "incomplete: " + ", ".join(
+            f"{n} ({a['n'] + a['errors']}/{a['expected'] if a['expected'] is not None else '?'} sent)"
+            for n, a in aggregates.items()
+            if n in missing
+        )
+    return outcomes, average
 
 
-def _compare(
-    rows: list[dict[str, Any]],
-    records: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
-    outcomes: Mapping[tuple[str, str], Outcomes],
-) -> None:
+class Side(Protocol):
+    """What a comparison needs of one target's task (``summary.TaskSide``)."""
+
+    @property
+    def outcomes(self) -> Outcomes: ...
+    @property
+    def answers(self) -> Mapping[str, Any]: ...
+    @property
+    def verdicts(self) -> Mapping[str, bool]: ...
+
+
+def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -> None:
+    """Each row against its model's reference row (a noise-floor row against the target it
+    repeats): per task and for the Average, added to ``rows`` in place, Holm-corrected across the
+    run; then the noise floor. ``sides``: each (target, task)'s outcomes, answers and verdicts."""
     by_model: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
     family: list[tuple[dict[str, Any], Paired]] = []  # every comparison, for Holm's correction
-    sides: dict[tuple[str, str], tuple[dict[str, Any], dict[str, bool]]] = {}
-
-    def side(target: str, name: str) -> tuple[dict[str, Any], dict[str, bool]]:
-        """A target's answers and verdicts on a task (a reference's are used once per quantization)."""
-        if (target, name) not in sides:
-            recs = records[target][name]
-            sides[(target, name)] = (_answers(recs), _verdicts(recs))
-        return sides[(target, name)]
 
     by_name = {row["target"]: row for row in rows}
     for model, group in by_model.items():
@@ -136,11 +139,16 @@ def _compare(
             for name in row["tasks"]:
                 if name not in ref["tasks"]:
                     continue
-                r_out, q_out = outcomes[(ref["target"], name)], outcomes[(row["target"], name)]
-                r_ans, r_ver = side(ref["target"], name)
-                q_ans, q_ver = side(row["target"], name)
+                r_side, q_side = sides[(ref["target"], name)], sides[(row["target"], name)]
+                r_out, q_out = r_side.outcomes, q_side.outcomes
                 p = stats.paired(
-                    r_out, q_out, r_ans, q_ans, r_ver, q_ver, stats.seed_for(ref["target"], row["target"], name)
+                    r_out,
+                    q_out,
+                    r_side.answers,
+                    q_side.answers,
+                    r_side.verdicts,
+                    q_side.verdicts,
+                    stats.seed_for(ref["target"], row["target"], name),
                 )
                 cmp["tasks"][name] = p
                 family.append((cmp["tasks"], p))
@@ -271,7 +279,7 @@ def paired_runs(
             oa = task.outcomes([r for r in ra if r.id in same])
             ob = task.outcomes([r for r in rb if r.id in same])
             p = stats.paired(
-                oa, ob, _answers(ra), _answers(rb), _verdicts(ra), _verdicts(rb), stats.seed_for(ta, tb, name)
+                oa, ob, answers_of(ra), answers_of(rb), verdicts_of(ra), verdicts_of(rb), stats.seed_for(ta, tb, name)
             )
             per_task[name] = dataclasses.replace(
                 p, only_reference=len(da) - len(same), only_quantized=len(db) - len(same)
@@ -292,4 +300,4 @@ def paired_runs(
     return out
 
 
-__all__ = ["add_statistics", "paired_runs", "reference_of"]
+__all__ = ["Side", "answers_of", "compare", "paired_runs", "reference_of", "target_statistics", "verdicts_of"]

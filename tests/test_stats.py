@@ -51,7 +51,7 @@ def _paired_data(rng: np.random.Generator, n: int, p_ref: float, delta: float, s
     q = np.where(r, u >= 0.08 - min(0.0, delta) / p, u < (0.08 * p + max(0.0, delta)) / (1 - p))
     ref = {str(i): (f"s{s[i]}", float(r[i]), 1.0) for i in range(n)}
     quant = {str(i): (f"s{s[i]}", float(q[i]), 1.0) for i in range(n)}
-    return Outcomes("micro", ref), Outcomes("micro", quant)
+    return Outcomes.from_values("micro", ref), Outcomes.from_values("micro", quant)
 
 
 def test_paired_interval_covers_the_true_difference_95_percent_of_the_time() -> None:
@@ -64,7 +64,7 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time() -> 
         ref, quant = _paired_data(rng, n, 0.6, delta, 6)
         # The true difference of this simulation's expected accuracies, per metric.
         for kind in ("micro", "macro"):
-            r, q = Outcomes(kind, ref.values), Outcomes(kind, quant.values)
+            r, q = Outcomes.from_values(kind, ref.values), Outcomes.from_values(kind, quant.values)
             reps = stats._replicates(kind, list(r.values), [r, q], np.random.default_rng(t), 400)
             lo, hi = np.percentile(reps[:, 1] - reps[:, 0], [2.5, 97.5])
             covered[kind] += lo <= delta <= hi
@@ -73,8 +73,8 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time() -> 
 
 
 def test_paired_counts_flips_and_unpaired_samples() -> None:
-    ref = Outcomes("micro", {str(i): ("s", float(i % 2 == 0), 1.0) for i in range(10)})
-    quant = Outcomes("micro", {str(i): ("s", float(i < 5), 1.0) for i in range(2, 12)})
+    ref = Outcomes.from_values("micro", {str(i): ("s", float(i % 2 == 0), 1.0) for i in range(10)})
+    quant = Outcomes.from_values("micro", {str(i): ("s", float(i < 5), 1.0) for i in range(2, 12)})
     verdict_r = {k: bool(v[1]) for k, v in ref.values.items()}
     verdict_q = {k: bool(v[1]) for k, v in quant.values.items()}
     answers_r = {k: "A" if v[1] else "B" for k, v in ref.values.items()}
@@ -91,8 +91,8 @@ def test_paired_counts_flips_and_unpaired_samples() -> None:
 def test_same_inputs_same_intervals() -> None:
     rng = np.random.default_rng(5)
     ref, quant = _paired_data(rng, 500, 0.5, -0.02, 10)
-    ref = Outcomes("macro", ref.values)
-    quant = Outcomes("macro", quant.values)
+    ref = Outcomes.from_values("macro", ref.values)
+    quant = Outcomes.from_values("macro", quant.values)
     one = stats.paired(ref, quant, {}, {}, _v(ref), _v(quant), seed=stats.seed_for("a", "b"))
     two = stats.paired(ref, quant, {}, {}, _v(ref), _v(quant), seed=stats.seed_for("a", "b"))
     assert one == two and one.interval is not None
@@ -107,7 +107,7 @@ def test_clustered_instruction_level_interval_is_wider_than_pretending_independe
     # 100 prompts of 4 instructions each, all followed or none: the instruction level is really
     # 100 observations, not 400. Resampling prompts keeps that; Wilson on 400 would not.
     values = {str(i): ("g", 4.0 if i % 2 else 0.0, 4.0) for i in range(100)}
-    ci = stats.interval(Outcomes("micro", values), seed=3)
+    ci = stats.interval(Outcomes.from_values("micro", values), seed=3)
     assert ci is not None
     naive = stats.wilson(200, 400)
     assert naive is not None and (ci[1] - ci[0]) > 1.5 * (naive[1] - naive[0])
@@ -133,3 +133,34 @@ def test_mdd_shrinks_with_n() -> None:
 def _pair(n: int) -> tuple[Outcomes, Outcomes, dict[str, str], dict[str, str], dict[str, bool], dict[str, bool]]:
     ref, quant = _paired_data(np.random.default_rng(n), n, 0.6, 0.0, 4)
     return ref, quant, {}, {}, _v(ref), _v(quant)
+
+
+@pytest.mark.parametrize(("n", "p"), [(1, 0.5), (7, 0.01), (250, 0.6), (1534, 0.97), (40, 1.0), (30, 0.0), (0, 0.3)])
+def test_inverse_cdf_binomial_has_the_binomial_distribution(n: int, p: float) -> None:
+    from scipy.stats import binom, chisquare
+
+    draws = stats._binomial(np.random.default_rng(n), np.array([n, n]), np.array([p, p]), 20000)
+    assert draws.shape == (20000, 2) and draws.min() >= 0 and draws.max() <= n
+    if p in (0.0, 1.0) or n == 0:
+        assert (draws == round(n * p)).all()
+        return
+    # Goodness of fit over the bins holding 99.9 % of the mass (tails pooled).
+    lo, hi = (int(x) for x in binom.ppf([0.0005, 0.9995], n, p))
+    edges = np.arange(lo, hi + 2)
+    observed = np.histogram(np.clip(draws[:, 0], lo, hi), bins=edges)[0]
+    expected = binom.pmf(np.arange(lo, hi + 1), n, p)
+    expected[0], expected[-1] = binom.cdf(lo, n, p), binom.sf(hi - 1, n, p)
+    assert chisquare(observed, expected / expected.sum() * len(draws)).pvalue > 1e-4
+    assert draws[:, 0].mean() == pytest.approx(n * p, abs=4 * math.sqrt(n * p * (1 - p) / len(draws)) + 1e-9)
+
+
+def test_three_outcome_counts_match_the_multinomial() -> None:
+    rng = np.random.default_rng(4)
+    sizes = np.array([200, 31, 5])
+    probs = np.array([[0.05, 0.9, 0.05], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    counts = stats._counts(rng, sizes, probs, 20000)
+    assert (counts.sum(axis=-1) == sizes).all()
+    mean, cov = counts.mean(axis=0), np.stack([np.cov(counts[:, s].T) for s in range(3)])
+    assert mean == pytest.approx(sizes[:, None] * probs, abs=0.15)
+    expected_cov = [n * (np.diag(p) - np.outer(p, p)) for n, p in zip(sizes, probs, strict=True)]
+    assert cov == pytest.approx(np.stack(expected_cov), abs=0.4)

@@ -277,3 +277,71 @@ def test_two_runs_get_paired_statistics_per_matched_row(tmp_path: Path) -> None:
     lost = sum(1 for i in range(N - 4) if i % 2 == 0 and i % 10 == 0)
     assert (paired["right_to_wrong"], paired["wrong_to_right"]) == (lost, 0)
     assert paired["p_value"] == pytest.approx(binomtest(0, lost, 0.5).pvalue) and paired["p_holm"] is not None
+
+
+def _three_targets(tmp_path: Path) -> Path:
+    run = _run(
+        tmp_path,
+        [_target("bf16", "M", "BF16"), _target("int8", "M", "GPTQ-Int8"), _target("int4", "M", "GPTQ-Int4")],
+        {"mmlu": N, "ceval": N},
+    )
+    store = RunStore(run)
+    for k, target in enumerate(("bf16", "int8", "int4")):
+        for task in ("mmlu", "ceval"):
+            _write(store, target, task, [(i * (k + 3)) % 7 > k for i in range(N)] + [None])
+    store.close()
+    return run
+
+
+def test_targets_summarised_in_workers_or_here_give_the_same_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestrator.summary as summary
+
+    run = _three_targets(tmp_path)
+    pools: list[int] = []
+
+    class Counted(summary.ProcessPoolExecutor):
+        def __init__(self, workers: int, **kwargs: Any) -> None:
+            pools.append(workers)
+            super().__init__(workers, **kwargs)
+
+    monkeypatch.setattr(summary, "_cores", lambda: 2)
+    monkeypatch.setattr(summary, "PARALLEL_BYTES", 0)  # a small run, summarised as a big one is
+    monkeypatch.setattr(summary, "ProcessPoolExecutor", Counted)
+    workers = json.dumps(build_report(run), sort_keys=True)
+    assert pools == [2]  # really summarised in two workers
+    monkeypatch.undo()
+
+    monkeypatch.setattr(summary, "_cores", lambda: 1)
+    assert json.dumps(build_report(run), sort_keys=True) == workers
+
+    # Another thread alive (fork would copy its locks mid-use): fresh interpreters, the same report.
+    monkeypatch.setattr(summary, "_cores", lambda: 2)
+    monkeypatch.setattr(summary, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(summary.threading, "active_count", lambda: 2)
+    assert json.dumps(build_report(run), sort_keys=True) == workers
+    monkeypatch.undo()
+
+    # A machine where no worker can start (no semaphores, a sandbox): the same report, here.
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(summary, "_cores", lambda: 2)
+    monkeypatch.setattr(summary, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(summary, "ProcessPoolExecutor", refused)
+    assert json.dumps(build_report(run), sort_keys=True) == workers
+
+
+def test_a_malformed_record_in_a_worker_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.summary as summary
+    from orchestrator.errors import DataError
+
+    monkeypatch.setattr(summary, "_cores", lambda: 2)
+    monkeypatch.setattr(summary, "PARALLEL_BYTES", 0)
+    run = _three_targets(tmp_path)
+    path = RunStore(run).samples_path("int8", "ceval", "qwen@2")
+    with path.open("a") as f:
+        f.write('{"not": "a record"}\n')
+    with pytest.raises(DataError, match="is not a record of this run"):
+        build_report(run)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from orchestrator.hub import fetch
 from orchestrator.records import SampleRecord
 from orchestrator.setups import SETUPS
@@ -306,7 +308,9 @@ class MultipleChoiceTask:
         """Each answered sample's right/wrong in its subject, for the headline (or ``metric``:
         micro, macro) average."""
         kind = metric or self.bench.headline
-        return Outcomes(kind, {r.id: (r.subject, float(bool(r.correct)), 1.0) for r in records if r.error is None})
+        answered = [r for r in records if r.error is None]
+        right = np.fromiter((bool(r.correct) for r in answered), dtype=float, count=len(answered))
+        return Outcomes(kind, [r.id for r in answered], [r.subject for r in answered], right, np.ones(len(answered)))
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Micro and macro accuracy over answered records (errors are counted, never scored),

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from orchestrator.hub import fetch
 from orchestrator.records import SampleRecord
 from orchestrator.stats import Outcomes
@@ -281,16 +283,15 @@ class IFEvalTask:
     def outcomes(self, records: Sequence[SampleRecord], metric: str | None = None) -> Outcomes:
         """Per answered prompt: ``prompt_strict`` (the headline) all instructions followed, or
         ``inst_strict`` the number followed of the prompt's instructions (clustered by prompt)."""
-        values: dict[str, tuple[str, float, float]] = {}
-        for r in records:
-            if not r.answered:
-                continue
-            strict = (r.score_details or {}).get("strict") or []
-            if metric == "inst_strict":
-                values[r.id] = (r.subject, float(sum(strict)), float(len(strict)))
-            else:
-                values[r.id] = (r.subject, float(all(strict)), 1.0)
-        return Outcomes("micro", values)
+        answered = [r for r in records if r.answered]
+        strict = [(r.score_details or {}).get("strict") or [] for r in answered]
+        if metric == "inst_strict":
+            num, den = [float(sum(s)) for s in strict], [float(len(s)) for s in strict]
+        else:
+            num, den = [float(all(s)) for s in strict], [1.0] * len(strict)
+        return Outcomes(
+            "micro", [r.id for r in answered], [r.subject for r in answered], np.asarray(num), np.asarray(den)
+        )
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """Prompt-level strict is the headline accuracy."""

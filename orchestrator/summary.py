@@ -1,0 +1,175 @@
+"""One target's records reduced to what a report needs: read, summarised and dropped, on every core.
+
+A report of 16 targets x (MMLU + C-Eval + IFEval) reads 254,864 records; holding them all cost most
+of its memory and reading them most of its time. So each target's records are read, reduced to a
+``TargetSummary`` (its task aggregates with their intervals and completeness, the Average, speed
+figures, replica counts, and per task the outcomes, answers and verdicts that comparisons with
+other targets need) and dropped. With several cores the targets are summarised in worker
+processes; when no worker can be started (a sandbox without semaphores, one core) it is done
+here, target by target, with the same result.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from orchestrator import timing
+from orchestrator.loadtest import timing_of, token_agreement
+from orchestrator.records import SampleRecord
+from orchestrator.stats import Outcomes
+from orchestrator.store import RunStore
+from orchestrator.tasks import Task, build_task
+from orchestrator.verdicts import answers_of, target_statistics, verdicts_of
+
+
+@dataclass(frozen=True)
+class TaskSide:
+    """One target's side of a task's comparisons: the headline outcomes, answers and verdicts."""
+
+    outcomes: Outcomes
+    answers: dict[str, Any]  # sample id -> extracted answer (the reply when nothing is extracted)
+    verdicts: dict[str, bool]  # sample id -> right
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    """Everything a report row holds of one target, computed from its records."""
+
+    target: str
+    tasks: dict[str, dict[str, Any]]  # task -> aggregate, with its intervals and completeness
+    average: dict[str, Any]  # average, average_interval, average_missing, average_tasks
+    sides: dict[str, TaskSide]
+    speed: dict[str, Any]
+    replicas: dict[str, int]
+
+
+# Below this much of records (~15,000) starting workers costs more than it saves.
+PARALLEL_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class _Job:
+    run_dir: Path
+    target: str
+    tasks: tuple[str, ...]
+    setup: str
+    key: str
+    expected: tuple[tuple[str, int], ...]
+
+
+def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
+    """Throughput and latency of a target's answered requests (all its tasks)."""
+    ok = [r for r in records if r.timed]
+    # One pass over the timings (a report reads hundreds of thousands): each record's once.
+    timings = [(timing_of(r), r.completion_tokens) for r in ok]
+    busy = timing.busy_seconds((t.wall_send, t.wall_send + t.e2e) for t, _ in timings)
+    out_tokens = [n for _, n in timings if n is not None]
+    ttfts = [t.ttft for t, _ in timings if t.ttft is not None]
+    tpots = [v for t, n in timings if (v := t.tpot(n)) is not None]
+    e2es = [t.e2e for t, _ in timings]
+    sources = sorted({r.token_source or "none" for r in ok})
+    return {
+        "requests": len(ok),
+        "busy_seconds": busy,
+        "requests_per_s": len(ok) / busy if busy > 0 else None,
+        "output_tokens": sum(out_tokens),
+        "output_tokens_per_s": sum(out_tokens) / busy if busy > 0 else None,
+        "ttft_p50_ms": _ms(timing.percentile(ttfts, 50)),
+        "tpot_p50_ms": _ms(timing.percentile(tpots, 50)),
+        "e2e_p50_ms": _ms(timing.percentile(e2es, 50)),
+        "token_sources": sources,
+        "token_count_agreement": token_agreement((r.token_counts, r.token_source) for r in ok),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def replica_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
+    """Answered requests per replica URL (targets with several URLs)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.replica and r.answered:
+            counts[r.replica] = counts.get(r.replica, 0) + 1
+    return counts
+
+
+@cache
+def _task(name: str, setup: str) -> Task:
+    return build_task(name, None, setup=setup)
+
+
+def summarize(
+    store: RunStore, target: str, tasks: Mapping[str, Task], key: str, expected: Mapping[str, int]
+) -> TargetSummary:
+    """One target's summary, from its records in ``store`` under the setup ``key``."""
+    records = {name: store.records(target, name, key) for name in tasks}
+    aggregates = {name: task.aggregate(records[name]) for name, task in tasks.items()}
+    outcomes, average = target_statistics(target, aggregates, records, tasks, expected)
+    everything = [r for recs in records.values() for r in recs]
+    return TargetSummary(
+        target=target,
+        tasks=aggregates,
+        average=average,
+        sides={name: TaskSide(outcomes[name], answers_of(records[name]), verdicts_of(records[name])) for name in tasks},
+        speed=speed_figures(everything),
+        replicas=replica_counts(everything),
+    )
+
+
+def _run_job(job: _Job) -> TargetSummary:
+    # Records hold no reference cycles: a collection while a target's tens of thousands of them
+    # are built only walks them again.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        tasks = {name: _task(name, job.setup) for name in job.tasks}
+        return summarize(RunStore(job.run_dir), job.target, tasks, job.key, dict(job.expected))
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _bytes(store: RunStore, targets: Sequence[str], tasks: Sequence[str], key: str) -> int:
+    paths = (store.samples_path(t, name, key) for t in targets for name in tasks)
+    return sum(p.stat().st_size for p in paths if p.exists())
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def summarize_run(
+    run_dir: Path, targets: Sequence[str], tasks: Sequence[str], setup: str, key: str, expected: Mapping[str, int]
+) -> list[TargetSummary]:
+    """Every target's summary, in ``targets`` order: in worker processes when there are several
+    targets and cores, else here."""
+    jobs = [_Job(run_dir, t, tuple(tasks), setup, key, tuple(expected.items())) for t in targets]
+    workers = min(_cores(), len(jobs))
+    if workers > 1 and _bytes(RunStore(run_dir), targets, tasks, key) >= PARALLEL_BYTES:
+        # fork is cheap but only safe while this process runs one thread; else a fresh interpreter.
+        method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+                return list(pool.map(_run_job, jobs))
+        except (OSError, BrokenProcessPool, NotImplementedError):
+            pass  # no worker could run here: the same work, in this process
+    return [_run_job(job) for job in jobs]
+
+
+__all__ = ["TargetSummary", "TaskSide", "replica_counts", "speed_figures", "summarize", "summarize_run"]
