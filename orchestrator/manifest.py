@@ -24,6 +24,8 @@ from orchestrator.setups import SETUPS
 
 KNOWN_TASKS = tuple(TASKS)
 KNOWN_SETUPS = tuple(SETUPS)
+# The most top-k log-probabilities asked for: OpenAI's limit and vLLM's default (--max-logprobs).
+MAX_LOGPROBS = 20
 
 
 class ManifestError(UserError, ValueError):
@@ -45,6 +47,7 @@ class TaskConfig:
     subjects: tuple[str, ...] | None = None
     shots: int | None = None
     max_tokens: int | None = None
+    logprobs: int | None = None  # this task's top-k log-probabilities; None: the generation's
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class GenerationConfig:
     seed: int = 1234
     max_tokens: int | None = None  # default for tasks without their own; else the task's default
     stream: bool = True
+    # > 0: ask every backend for the top-k log-probabilities of each generated token, stored per
+    # sample, for the divergence of each quantization from its reference (0: not asked).
+    logprobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -336,14 +342,18 @@ def _check_semantics(m: Manifest, source: str) -> None:
     for name, task in m.tasks.items():
         if name not in KNOWN_TASKS:
             raise ManifestError(source, f"tasks.{name}", f"unknown task (expected one of: {', '.join(KNOWN_TASKS)})")
-        for key in ("limit", "shots", "max_tokens"):
+        for key in ("limit", "shots", "max_tokens", "logprobs"):
             value = getattr(task, key)
-            if value is not None and value < (0 if key == "shots" else 1):
+            if value is not None and value < (0 if key in ("shots", "logprobs") else 1):
                 raise ManifestError(source, f"tasks.{name}.{key}", f"expected a positive integer, got {value}")
+        if task.logprobs is not None and task.logprobs > MAX_LOGPROBS:
+            raise ManifestError(source, f"tasks.{name}.logprobs", f"expected at most {MAX_LOGPROBS}")
     if m.generation.temperature != 0.0:
         raise ManifestError(source, "generation.temperature", "expected 0 (runs are greedy on every backend)")
     if m.generation.max_tokens is not None and m.generation.max_tokens < 1:
         raise ManifestError(source, "generation.max_tokens", "expected a positive integer")
+    if not 0 <= m.generation.logprobs <= MAX_LOGPROBS:
+        raise ManifestError(source, "generation.logprobs", f"expected 0 (off) to {MAX_LOGPROBS}")
     if m.client.concurrency < 1:
         raise ManifestError(source, "client.concurrency", "expected a positive integer")
     for i, t in enumerate(m.targets):

@@ -89,6 +89,10 @@ class RichProgress:
         """Status line (server start-up and the like)."""
         self.bars.update(self._status, description=f"[dim]{escape(text)}")
 
+    def note(self, text: str) -> None:
+        """A line printed above the bars, where it stays."""
+        self.bars.console.print(f"note: {escape(text)}", soft_wrap=True, highlight=False)
+
     def abort(self, key: str, reason: str) -> None:
         """A bar whose target stopped early: it says so, and stops its clock."""
         if key in self._ids:

@@ -198,6 +198,9 @@ class SampleRecord(Exchange):
     replica: str | None = None  # the replica URL, for a target served by several
     reply: str | None = None
     raw: Any = None  # the server's own words (final chunks or the body)
+    # When the run asked for them (`logprobs: k`): per generated token [token, logprob,
+    # [[token, logprob], ...]], the server's top alternatives (backends/logprobs.py).
+    logprobs: list[Any] | None = None
     extracted: str | None = None
     rule: str | None = None  # the extraction rule that fired, or "unparsed"
     correct: bool | None = None

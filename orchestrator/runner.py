@@ -26,7 +26,7 @@ from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.records import SampleRecord
 from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.scoring import ScoringProcessDied
-from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving, unless_dead
+from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, probe_logprobs, serving, unless_dead
 from orchestrator.setups import SETUP_VERSIONS, store_key
 from orchestrator.store import RunStore
 from orchestrator.tasks import DataError, Sample, Score, Task
@@ -75,6 +75,7 @@ class Runner:
         self.store_key = store_key(SETUP_VERSIONS[manifest.run.setup])
         self.model_paths = model_paths or {}  # managed targets' GGUF files, resolved before the run
         self.notes: list[str] = []  # what the run had to adapt to (printed and kept in run.json)
+        self._logprobs_cap: dict[str, int] = {}  # per target: the top-k its server really gives
         self.runtime: Runtime | None = None  # while the run runs: its pacer, scoring process, fsync ticker
         self.in_flight = 0  # samples sent and not yet written
         self.written = 0  # records written by this session
@@ -165,6 +166,14 @@ class Runner:
                     # llama-cpp-python's server does not say its version; the launcher knows it.
                     outcome.server["version"] = f"llama-cpp-python {live.server.build.version}"
                 outcome.server["replicas"] = [b.base_url for b in backends]
+                asked = max((self._top_k(task) for task in self.tasks), default=0)
+                if asked:
+                    got, why = await probe_logprobs(backends[0], asked, self.manifest.generation.seed)
+                    outcome.server["logprobs"] = {"asked": asked, "got": got}
+                    self._logprobs_cap[target.name] = got
+                    if why:
+                        self.notes.append(f"{target.name}: {why}")
+                        self.progress.note(f"{target.name}: {why}")
                 # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
                 outcome.server["metrics_before"] = await backends[0].scrape_metrics()
                 if live.server is None:
@@ -214,8 +223,11 @@ class Runner:
             replica = min(range(len(backends)), key=outstanding.__getitem__)
             outstanding[replica] += 1
             self.in_flight += 1
+            top_k = min(self._top_k(task), self._logprobs_cap.get(target.name, 0))
             try:
-                request = ChatRequest(sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream)
+                request = ChatRequest(
+                    sample.messages, task.max_tokens, gen.seed, gen.temperature, stream=gen.stream, logprobs=top_k
+                )
                 self.progress.started(f"{target.name}/{task.name}")
                 record = await self._attempt(
                     backends[replica], task, sample, request, target.name, replica_url=urls[replica]
@@ -274,6 +286,11 @@ class Runner:
         if asked is not None:
             wait = max(wait, min(float(asked), self.manifest.client.request_timeout))
         return wait
+
+    def _top_k(self, task: Task) -> int:
+        """The top-k logprobs the manifest asks for on ``task``: its own, else the generation's."""
+        own = self.manifest.tasks.get(task.name)
+        return own.logprobs if own is not None and own.logprobs is not None else self.manifest.generation.logprobs
 
     async def _attempt(
         self, backend: Backend, task: Task, sample: Sample, request: ChatRequest, target: str, replica_url: str | None
@@ -348,6 +365,7 @@ class Runner:
             completion_tokens=completion.completion_tokens,
             token_source=completion.token_source,
             token_counts=completion.token_counts,
+            logprobs=completion.logprobs,
             timing=completion.stamps.to_timing(),
             extracted=score.extracted,
             resends=resends,

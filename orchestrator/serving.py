@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from orchestrator.backends import Backend, open_backends
+from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
 from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_model
+from orchestrator.backends.logprobs import returned_k
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.secrets import split_credentials
 from orchestrator.store import RunStore
@@ -40,6 +41,9 @@ class Progress(Protocol):
     def abort(self, key: str, reason: str) -> None:
         """A bar whose target stopped early (its server died, its error budget ran out)."""
 
+    def note(self, text: str) -> None:
+        """A line that stays: what the run had to adapt to, said when it happens."""
+
 
 class NullProgress:
     """Progress that shows nothing (tests, scripts)."""
@@ -57,6 +61,9 @@ class NullProgress:
         """Ignore."""
 
     def abort(self, key: str, reason: str) -> None:
+        """Ignore."""
+
+    def note(self, text: str) -> None:
         """Ignore."""
 
 
@@ -179,6 +186,31 @@ async def serving(
         if server is not None:
             progress.status(f"stopping llama.cpp server of {target.name}")
             await server.stop()
+
+
+async def probe_logprobs(backend: Backend, asked: int, seed: int) -> tuple[int, str | None]:
+    """The top-k log-probabilities this server really gives when ``asked`` for: one short request,
+    then smaller k where it refuses (a server's cap, e.g. TGI's --max-top-n-tokens). A few tokens,
+    not one: llama-cpp-python merges alternatives whose text is the same, so one position may show
+    fewer than it gave. Returns the k to ask for (0: none) and, when that is not ``asked``, the
+    line that says why."""
+    name = backend.base_url
+    refused = ""
+    for k in [asked, *(c for c in (10, 5, 1) if c < asked)]:
+        try:
+            reply = await backend.generate(ChatRequest((("user", "Hi"),), max_tokens=8, seed=seed, logprobs=k))
+        except BackendError as exc:
+            if exc.transient:
+                raise
+            refused = str(exc)
+            continue
+        if not reply.logprobs:
+            return 0, f"{name} returns no logprobs (asked for top-{asked}): divergence is not measured for it"
+        got = min(k, returned_k(reply.logprobs))
+        if got < asked:
+            return got, f"{name} gives top-{got} logprobs, not the top-{asked} asked for: its divergence is top-{got}"
+        return got, None
+    return 0, f"{name} refuses logprobs (asked for top-{asked}: {refused[:200]}): divergence is not measured for it"
 
 
 async def unless_dead(work: Coroutine[Any, Any, None], server: LlamaCppServer) -> None:

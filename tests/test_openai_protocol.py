@@ -128,6 +128,19 @@ async def test_non_streaming(serve: Serve) -> None:
 
     c = await (await serve(handler)).generate(ChatRequest((("user", "q"),), 5, 1, stream=False))
     assert (c.text, c.completion_tokens, c.stamps.t_first) == ("C", 1, None)
+    assert c.logprobs is None and "logprobs" not in c.request and "top_logprobs" not in c.request
+
+
+async def test_non_streaming_logprobs(serve: Serve) -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        assert body["logprobs"] is True and body["top_logprobs"] == 2 and body["temperature"] == 0.0
+        top = [{"token": "C", "logprob": -0.1, "bytes": [67]}, {"token": "D", "logprob": -2.5, "bytes": [68]}]
+        logprobs = {"content": [{"token": "C", "logprob": -0.1, "bytes": [67], "top_logprobs": top}]}
+        choice = {"message": {"role": "assistant", "content": "C"}, "finish_reason": "stop", "logprobs": logprobs}
+        return web.json_response({"choices": [choice], "usage": {"prompt_tokens": 4, "completion_tokens": 1}})
+
+    c = await (await serve(handler)).generate(ChatRequest((("user", "q"),), 5, 1, stream=False, logprobs=2))
+    assert c.logprobs == [["C", -0.1, [["C", -0.1], ["D", -2.5]]]]
 
 
 @pytest.mark.parametrize(("status", "kind"), [(429, TransientError), (503, TransientError), (400, FatalError)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from orchestrator.runner import Runner
 from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
 from orchestrator.tasks.ifeval.task import IFEvalTask
-from tests.support.fake_openai import FakeOpenAI, Handler, answer_b, sse
+from tests.support.fake_openai import FakeOpenAI, Handler, answer_b, chunk, sse
 
 
 @pytest.fixture
@@ -248,3 +249,41 @@ async def test_a_scoring_process_killed_from_outside_loses_no_answer(
     assert len(records) == 40 and all(r.error is None for r in records)
     assert {r.id: r.score_details for r in records} == expected  # the same verdicts either way
     assert any("scoring process died" in n for n in runner.notes)
+
+
+def _with_logprobs(cap: int) -> Handler:
+    """Answers "B" with the OpenAI chat logprobs of it, at most ``cap`` alternatives (a server's limit)."""
+
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        final = chunk("B", "stop")
+        if body.get("logprobs"):
+            k = min(body["top_logprobs"], cap)
+            top = [{"token": t, "logprob": lp} for t, lp in [("B", -0.2), ("A", -1.9), ("C", -3.0), ("D", -4.0)][:k]]
+            final["choices"][0]["logprobs"] = {"content": [{"token": "B", "logprob": -0.2, "top_logprobs": top}]}
+        usage = {
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 1},
+        }
+        return await sse(request, [chunk(role=True, content=""), final, usage])
+
+    return handler
+
+
+@pytest.mark.parametrize(("asked", "cap"), [(3, 4), (4, 2)])
+async def test_logprobs_are_asked_stored_per_sample_and_capped_at_start(
+    fake_url: Any, tmp_path: Path, data_dir: Path, asked: int, cap: int
+) -> None:
+    url, fake = await fake_url(_with_logprobs(cap))
+    m = manifest(url, tmp_path)
+    m = dataclasses.replace(m, generation=dataclasses.replace(m.generation, logprobs=asked))
+    runner, store, outcomes = await run(m, tmp_path, data_dir)
+    got = min(asked, cap)
+    assert outcomes[0].server["logprobs"] == {"asked": asked, "got": got}
+    assert (f"gives top-{got} logprobs, not the top-{asked} asked for" in " ".join(runner.notes)) == (cap < asked)
+    # Every sample asked for what the server gives (the probe found it), greedy as ever.
+    sent = fake.requests[1:]  # after the probe
+    assert len(sent) == 60 and all(b["top_logprobs"] == got and b["temperature"] == 0.0 for b in sent)
+    records = store.records("fake", "mmlu", "qwen@2")
+    assert all(r.logprobs == [["B", -0.2, [[t, lp] for t, lp in [("B", -0.2), ("A", -1.9), ("C", -3.0)][:got]]]]
+               for r in records)  # fmt: skip

@@ -164,3 +164,26 @@ def test_chat_template_equals_transformers(template: ChatTemplate, data_dir: Pat
     ours = [template.render(chat) for chat in CHATS]
     assert ours == reference
     assert ours[0].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_top_n_tokens_come_back_as_logprobs(tgi: tuple[TGINative, FakeTGI, str], stream: bool) -> None:
+    backend, fake, _ = tgi
+    c = await backend.generate(ChatRequest((("user", "x"),), max_tokens=3, seed=1, stream=stream, logprobs=4))
+    assert fake.requests[-1]["parameters"]["top_n_tokens"] == 4
+    assert c.logprobs is not None and [p[0] for p in c.logprobs] == ["The", " answer", " is"]
+    assert all(p[1] == -0.1 and len(p[2]) == 4 and p[2][0] == [p[0], -0.1] for p in c.logprobs)
+    plain = await backend.generate(ChatRequest((("user", "x"),), max_tokens=3, seed=1, stream=stream))
+    assert "top_n_tokens" not in fake.requests[-1]["parameters"] and plain.logprobs is None
+
+
+async def test_a_cap_below_the_k_asked_is_found_and_said_at_start(tgi: tuple[TGINative, FakeTGI, str]) -> None:
+    from orchestrator.serving import probe_logprobs
+
+    backend, fake, url = tgi
+    assert await probe_logprobs(backend, 5, seed=1) == (5, None)
+    got, why = await probe_logprobs(backend, 20, seed=1)  # TGI refuses more than --max-top-n-tokens (5)
+    assert got == 5 and why is not None and "top-5" in why and "top-20" in why and url in why
+    fake.max_top_n_tokens = 0  # logprobs refused altogether
+    got, why = await probe_logprobs(backend, 3, seed=1)
+    assert got == 0 and why is not None and "refuses logprobs" in why and "top_n_tokens" in why

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator.backends.logprobs import Position
 from orchestrator.timing import Stamps
 
 
@@ -63,6 +64,8 @@ class ChatRequest:
     stream: bool = True
     # Load tests: generate exactly max_tokens (where the backend can), so lengths are as requested.
     ignore_eos: bool = False
+    # > 0: the top-k log-probabilities of every generated token (greedy decoding is unchanged).
+    logprobs: int = 0
 
 
 @dataclass
@@ -80,6 +83,9 @@ class Completion:
     # Output token counts by every source that gave one (usage, tgi-details, tokenizer, ...):
     # `completion_tokens` is the first of them; the others are kept to report disagreement.
     token_counts: dict[str, int] = field(default_factory=dict)
+    # Asked for (request.logprobs > 0): per generated token [token, logprob, [[token, logprob], ...]]
+    # with the server's top alternatives, compact (see backends/logprobs.py).
+    logprobs: list[Position] | None = None
 
 
 class Backend(Protocol):

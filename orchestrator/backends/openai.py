@@ -22,6 +22,7 @@ from orchestrator.backends.http import (
     read_sse,
     retry_after,
 )
+from orchestrator.backends.logprobs import Position, from_openai
 from orchestrator.backends.tokens import CountSource, TokenCounting
 from orchestrator.timing import LoopPacer, Stamps
 
@@ -83,6 +84,9 @@ class OpenAIChat(HTTPBackend):
         if request.ignore_eos and self.supports_ignore_eos:
             body["ignore_eos"] = True
             body["min_tokens"] = request.max_tokens
+        if request.logprobs > 0:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.logprobs
         return body
 
     async def generate(self, request: ChatRequest) -> Completion:
@@ -110,6 +114,7 @@ class OpenAIChat(HTTPBackend):
         usage_chunk: dict[str, Any] | None = None
         body_events = await read_sse(resp, self.pacer)
         any_choice = False
+        positions: list[Position] | None = [] if body.get("logprobs") else None
         for stamp, chunk in body_events.decoded():
             if "error" in chunk:
                 raise FatalError(f"server error in stream: {json.dumps(chunk['error'])[:300]}", kind="server_error")
@@ -124,6 +129,8 @@ class OpenAIChat(HTTPBackend):
                     # Only chunks carrying text count: a role-only or empty chunk is not a token.
                     stamps.add_chunk(stamp)
                     parts.append(content)
+                if positions is not None and (lp := choice.get("logprobs")):
+                    positions += from_openai(lp.get("content") or ())
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
                     last_choice_chunk = chunk
@@ -140,7 +147,9 @@ class OpenAIChat(HTTPBackend):
         raw: dict[str, Any] = {"final_chunk": last_choice_chunk}
         if usage_chunk is not None and usage_chunk is not last_choice_chunk:
             raw["usage_chunk"] = usage_chunk
-        return self._completion("".join(parts), finish_reason, usage, stamps, body, raw)
+        completion = self._completion("".join(parts), finish_reason, usage, stamps, body, raw)
+        completion.logprobs = positions
+        return completion
 
     async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
         payload = await read_json_body(resp, stamps)
@@ -151,7 +160,10 @@ class OpenAIChat(HTTPBackend):
             text = choice["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise FatalError(f"unexpected reply shape: {json.dumps(payload)[:300]}", kind="bad_shape") from exc
-        return self._completion(text, choice.get("finish_reason"), payload.get("usage"), stamps, body, payload)
+        completion = self._completion(text, choice.get("finish_reason"), payload.get("usage"), stamps, body, payload)
+        if body.get("logprobs"):
+            completion.logprobs = from_openai((choice.get("logprobs") or {}).get("content") or ())
+        return completion
 
     @staticmethod
     def _completion(

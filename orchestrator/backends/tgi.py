@@ -28,6 +28,7 @@ from orchestrator.backends.base import (
     error_for_status,
 )
 from orchestrator.backends.http import HTTPBackend, read_json_body, read_sse, retry_after
+from orchestrator.backends.logprobs import Position, from_tgi
 from orchestrator.backends.tokens import TokenCounting
 from orchestrator.timing import LoopPacer, Stamps
 
@@ -147,6 +148,9 @@ class TGINative(HTTPBackend):
         }
         if request.stop:
             parameters["stop"] = list(request.stop)
+        if request.logprobs > 0:
+            # Each token's logprob is in the details already; its top alternatives are asked for.
+            parameters["top_n_tokens"] = request.logprobs
         return {"inputs": self.template.render(request.messages), "parameters": parameters}
 
     async def generate(self, request: ChatRequest) -> Completion:
@@ -176,10 +180,13 @@ class TGINative(HTTPBackend):
         final: dict[str, Any] | None = None
         generated_text: str | None = None
         body_events = await read_sse(resp, self.pacer)
+        positions: list[Position] | None = [] if body["parameters"].get("top_n_tokens") else None
         for stamp, event in body_events.decoded():
             if "error" in event:
                 raise error_from_tgi(None, event)
             token = event.get("token") or {}
+            if positions is not None and token:
+                positions.append(from_tgi(token, event.get("top_tokens") or ()))
             # One token per event; special tokens (the end-of-turn marker) are not content.
             if token.get("text") and not token.get("special"):
                 stamps.add_chunk(stamp)
@@ -206,6 +213,7 @@ class TGINative(HTTPBackend):
             stamps=stamps,
             request=body,
             raw={"final_event": final},
+            logprobs=positions,
         )
 
     async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
@@ -218,6 +226,12 @@ class TGINative(HTTPBackend):
         header_prompt = resp.headers.get("x-prompt-tokens")
         header_generated = resp.headers.get("x-generated-tokens")
         generated = details.get("generated_tokens")
+        positions = None
+        if body["parameters"].get("top_n_tokens"):
+            tops = details.get("top_tokens") or []
+            positions = [
+                from_tgi(tok, tops[i] if i < len(tops) else ()) for i, tok in enumerate(details.get("tokens") or ())
+            ]
         source = "tgi-details"
         if generated is None and header_generated is not None:
             generated, source = int(header_generated), "tgi-headers"
@@ -230,4 +244,5 @@ class TGINative(HTTPBackend):
             stamps=stamps,
             request=body,
             raw={"response": payload, "headers": {k: v for k, v in resp.headers.items() if k.startswith("x-")}},
+            logprobs=positions,
         )

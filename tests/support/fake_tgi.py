@@ -51,6 +51,7 @@ class FakeTGI:
     fail: list[tuple[int, str]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     input_length: int = 42
+    max_top_n_tokens: int = 5  # TGI's launcher default (--max-top-n-tokens)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -71,6 +72,23 @@ class FakeTGI:
         self.spec.validate(self.spec.response_schema(route, status), payload)
         return web.json_response(payload, status=status)
 
+    def _refused_top_n(self, route: str, body: dict[str, Any]) -> web.Response | None:
+        asked = body["parameters"].get("top_n_tokens") or 0
+        if asked <= self.max_top_n_tokens:
+            return None
+        # TGI's validation error for it (router/src/validation.rs).
+        payload = {
+            "error": f"`top_n_tokens` must be >= 0 and <= {self.max_top_n_tokens}. Given: {asked}",
+            "error_type": "validation",
+        }
+        self.spec.validate(self.spec.response_schema(route, 422), payload)
+        return web.json_response(payload, status=422)
+
+    def _top(self, token: dict[str, Any], n: int) -> list[dict[str, Any]]:
+        """The token and n - 1 less likely alternatives."""
+        alts = [{"id": 900 + j, "text": f"alt{j}", "logprob": -3.0 - j, "special": False} for j in range(n - 1)]
+        return [token, *alts][:n]
+
     def _tokens(self, n: int) -> list[dict[str, Any]]:
         out = [{"id": 100 + i, "text": t, "logprob": -0.1, "special": False} for i, t in enumerate(self.tokens[:n])]
         if len(out) < n:  # stopped: TGI streams the end-of-turn token as special
@@ -81,6 +99,8 @@ class FakeTGI:
         body = await self._request(request)
         if self.fail:
             return self._error("/generate", *self.fail.pop(0), stream=False)
+        if (refused := self._refused_top_n("/generate", body)) is not None:
+            return refused
         n = body["parameters"]["max_new_tokens"]
         tokens = self._tokens(n)
         text = "".join(t["text"] for t in tokens if not t["special"])
@@ -90,6 +110,8 @@ class FakeTGI:
             "details": {"finish_reason": finish, "generated_tokens": len(tokens), "prefill": [], "tokens": tokens,
                         "seed": body["parameters"].get("seed")},
         }  # fmt: skip
+        if top_n := body["parameters"].get("top_n_tokens"):
+            payload["details"]["top_tokens"] = [self._top(t, top_n) for t in tokens]
         self.spec.validate(self.spec.response_schema("/generate", 200), payload)
         headers = {"x-prompt-tokens": str(self.input_length), "x-generated-tokens": str(len(tokens))}
         return web.json_response(payload, headers=headers)
@@ -98,12 +120,16 @@ class FakeTGI:
         body = await self._request(request)
         if self.fail:
             return self._error("/generate_stream", *self.fail.pop(0), stream=True)
+        if (refused := self._refused_top_n("/generate_stream", body)) is not None:
+            return refused
         n = body["parameters"]["max_new_tokens"]
         tokens = self._tokens(n)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for i, token in enumerate(tokens):
             event: dict[str, Any] = {"index": i, "token": token, "generated_text": None, "details": None}
+            if top_n := body["parameters"].get("top_n_tokens"):
+                event["top_tokens"] = self._top(token, top_n)
             if i == len(tokens) - 1:
                 event["generated_text"] = "".join(t["text"] for t in tokens if not t["special"])
                 finish = "length" if len(self.tokens) >= n else "eos_token"
