@@ -69,14 +69,18 @@ class Server:
         self.proc.wait()
 
 
-def run_client(url: str, concurrency: int, requests: int, tokens: int) -> tuple[float, float, list[dict[str, Any]]]:
-    """(wall seconds, client CPU seconds, records) of the orchestrator's runner on the synthetic task."""
+def run_client(
+    url: str, concurrency: int, requests: int, tokens: int, logprobs: int = 0
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """(wall seconds, client CPU seconds, records) of the orchestrator's runner on the synthetic
+    task (``logprobs``: the top-k asked for)."""
     with tempfile.TemporaryDirectory() as tmp:
         manifest = parse_manifest(
             {
                 "run": {"name": "bench", "output_dir": tmp},
                 "tasks": {"mmlu": {}},  # replaced by the synthetic task
                 "client": {"concurrency": concurrency, "retries": 0, "request_timeout": 120},
+                "generation": {"logprobs": logprobs},
                 "targets": [{"name": "b", "model": "b", "quantization": "-", "backend": "openai", "url": url}],
             }
         )

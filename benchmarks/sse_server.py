@@ -14,7 +14,7 @@ is read with recvmsg and the kernel's receive timestamp (SO_TIMESTAMPING, softwa
 is when the request reached the server's socket, not when a busy event loop got to it. Each chunk
 is one non-blocking send from a timer callback, with no per-chunk coroutine.
 
-Usage: python benchmarks/sse_server.py PORT TOKENS [--ttft-ms X --itl-ms Y]
+Usage: python benchmarks/sse_server.py PORT TOKENS [--ttft-ms X --itl-ms Y] [--logprobs K]
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ Config = argparse.Namespace
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-def chunk(text: str | None, finish: str | None, rid: str = "chatcmpl-bench") -> bytes:
-    """One SSE event of an OpenAI chat stream (text None: the role-only first chunk)."""
+def chunk(text: str | None, finish: str | None, rid: str = "chatcmpl-bench", logprobs: int = 0) -> bytes:
+    """One SSE event of an OpenAI chat stream (text None: the role-only first chunk); ``logprobs``:
+    the token's top alternatives, as vLLM sends them when asked."""
     delta = {"content": text} if text is not None else {"role": "assistant", "content": ""}
-    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    if logprobs and text is not None:
+        top = [{"token": f" t{j}", "logprob": -0.5 - j, "bytes": [32, 116, 48 + j % 10]} for j in range(logprobs)]
+        choice["logprobs"] = {"content": [{"token": text, "logprob": -0.5, "bytes": [32, 116], "top_logprobs": top}]}
     payload = {"id": rid, "object": "chat.completion.chunk", "choices": [choice]}
     return f"data: {json.dumps(payload)}\n\n".encode()
 
@@ -55,10 +59,10 @@ def fixed_response(body: bytes, content_type: str) -> bytes:
     return head.encode() + body
 
 
-def zero_latency_reply(tokens: int) -> bytes:
+def zero_latency_reply(tokens: int, logprobs: int = 0) -> bytes:
     """The whole zero-latency reply, prebuilt: the server spends nothing per token."""
     parts = [chunk(None, None)]
-    parts += [chunk(" tok", "length" if i == tokens - 1 else None) for i in range(tokens)]
+    parts += [chunk(" tok", "length" if i == tokens - 1 else None, logprobs=logprobs) for i in range(tokens)]
     parts.append(USAGE_TAIL % tokens)
     return fixed_response(b"".join(parts), "text/event-stream")
 
@@ -223,7 +227,7 @@ class Connection:
 
 async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
-    zero = zero_latency_reply(cfg.tokens)
+    zero = zero_latency_reply(cfg.tokens, cfg.logprobs)
     listener = socket.create_server(("127.0.0.1", cfg.port), backlog=4096)
     listener.setblocking(False)
     connections: set[Connection] = set()  # open ones, referenced until closed
@@ -246,6 +250,7 @@ def main() -> None:
     ap.add_argument("tokens", type=int)
     ap.add_argument("--ttft-ms", type=float)
     ap.add_argument("--itl-ms", type=float, default=0.0)
+    ap.add_argument("--logprobs", type=int, default=0, help="zero latency: top-k alternatives in every chunk")
     cfg = ap.parse_args()
     try:
         import uvloop

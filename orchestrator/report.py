@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from orchestrator import divergence
 from orchestrator.published import cell_text, compare_published, load_reference
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.setups import run_setup_version, store_key
@@ -126,16 +127,28 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f" (×{value:.2f})"
 
 
-def _cells(row: dict[str, Any], sep: str = "\n") -> list[str]:
+def _kld(cmp: dict[str, Any]) -> str:
+    """Mean KL(ref ‖ quant) over the common generated prefix, all tasks, with its interval."""
+    found = cmp.get("divergence")
+    if not found:
+        return ""
+    lo, hi = found["kl_prefix"]["interval"]
+    return f"{found['kl_prefix']['mean']:.4f} [{lo:.4f}, {hi:.4f}] top1 {100 * (found['top1_agreement'] or 0):.1f}%"
+
+
+def _cells(row: dict[str, Any], sep: str = "\n", kld: bool = False) -> list[str]:
     if row.get("failure") and row["average"] is None and not any(a["n"] for a in row["tasks"].values()):
         # Nothing measured: say so instead of a row of blanks or zeros.
-        return ["failed", "", *["" for _ in ACCURACY_COLUMNS], "", "", "", "", str(row["errors"])]
+        blank = ["failed", "", *([""] if kld else []), *["" for _ in ACCURACY_COLUMNS], "", "", "", ""]
+        return [*blank, str(row["errors"])]
     cmp = row.get("comparison") or {}
     if row["average"] is not None:
         cells = [f"{_pct(row['average'])} {_ci(row.get('average_interval'))}".strip()]
     else:
         cells = ["–" if not row.get("average_missing") else f"– ({row['average_missing']})"]
     cells.append(_delta(cmp.get("average")))
+    if kld:
+        cells.append(_kld(cmp))
     for key, _title in ACCURACY_COLUMNS:
         agg = row["tasks"].get(key)
         if agg is None or agg["accuracy"] is None:
@@ -159,6 +172,18 @@ def _cells(row: dict[str, Any], sep: str = "\n") -> list[str]:
     return cells
 
 
+KLD_NOTE = divergence.NOTE
+
+
+def _has_kld(report: dict[str, Any]) -> bool:
+    """Some row was compared on logprobs (the run asked for them): the KLD column is shown."""
+    return any((row.get("comparison") or {}).get("divergence") for row in report["rows"])
+
+
+def _headers(report: dict[str, Any]) -> list[str]:
+    return [*HEADERS[:2], *(["KLD"] if _has_kld(report) else []), *HEADERS[2:]]
+
+
 HEADERS = [
     "Average",
     "Δ Avg",
@@ -177,20 +202,21 @@ def render_table(report: dict[str, Any]) -> Table:
     table.add_column("Model", style="bold")
     table.add_column("Quantization")
     table.add_column("Backend")
-    for h in HEADERS:
+    for h in _headers(report):
         table.add_column(h, justify="right")
     last_model = None
     for row in report["rows"]:
         if last_model is not None and row["model"] != last_model:
             table.add_section()
         model_cell = row["model"] if row["model"] != last_model else ""
-        table.add_row(model_cell, _quant_cell(row), _backend_cell(row), *_cells(row))
+        table.add_row(model_cell, _quant_cell(row), _backend_cell(row), *_cells(row, kld=_has_kld(report)))
         last_model = row["model"]
     failed = [row["failure"] for row in report["rows"] if row.get("failure")]  # each names its target
     notes = [n for n in dict.fromkeys(row.get("comparison_note") for row in report["rows"]) if n]
     table.caption = "\n".join(
         [
             "Δ: paired difference against the model's reference row, 95 % interval; " + LEGEND,
+            *([KLD_NOTE] if _has_kld(report) else []),
             *notes,
             *(["failed: " + " · ".join(failed)] if failed else []),
         ]
@@ -200,7 +226,7 @@ def render_table(report: dict[str, Any]) -> Table:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The same table in Markdown, plus extraction audit per target x task."""
-    head = ["Model", "Quantization", "Backend", *HEADERS]
+    head = ["Model", "Quantization", "Backend", *_headers(report)]
     lines = [
         f"# Run {report['run_id']} (setup `{report['setup_version']}`)",
         "",
@@ -208,10 +234,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for row in report["rows"]:
-        cells = [row["model"], _quant_cell(row), _backend_cell(row), *_cells(row, "<br>")]
+        cells = [row["model"], _quant_cell(row), _backend_cell(row), *_cells(row, "<br>", kld=_has_kld(report))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Δ: paired difference against the model's reference row, 95 % interval. {LEGEND}"]
+    if _has_kld(report):
+        lines += ["", KLD_NOTE + "."]
     lines += _comparisons_markdown(report)
+    kl_rows = divergence.table_rows(report)
+    if kl_rows:
+        lines += ["", "## Divergence from the reference (servers' top-k logprobs)", ""]
+        lines += ["| " + " | ".join(divergence.HEADERS) + " |", "|" + "|".join("---" for _ in divergence.HEADERS) + "|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in kl_rows]
+        lines += ["", KLD_NOTE + "."]
     lines += _published_markdown(report)
     lines += _averages_markdown(report)
     lines += [
@@ -335,8 +369,11 @@ def write_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     store = RunStore(run_dir)
     store.write_json("report.json", report)
     (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    rows = [[row["model"], _quant_cell(row), _backend_cell(row), *_cells(row)] for row in report["rows"]]
-    page = render_html(report, rows, ["Model", "Quantization", "Backend", *HEADERS], LEGEND)
+    rows = [
+        [row["model"], _quant_cell(row), _backend_cell(row), *_cells(row, kld=_has_kld(report))]
+        for row in report["rows"]
+    ]
+    page = render_html(report, rows, ["Model", "Quantization", "Backend", *_headers(report)], LEGEND)
     atomic_write(run_dir / "report.html", page.encode("utf-8"))
     return report
 

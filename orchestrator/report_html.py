@@ -3,8 +3,9 @@
 The page holds the table (the terminal's layout), the comparisons behind every Δ, the published
 figures set against the measured ones, and static matplotlib figures embedded as PNG: a forest
 plot of each Δ with its interval (and the noise floor band when the run measured one), accuracy
-against output tokens/s and against TTFT p50 with the Pareto front, flips per task, and the
-subjects each quantization moved most.
+against output tokens/s and against TTFT p50 with the Pareto front, flips per task, the
+subjects each quantization moved most, and (runs that asked for logprobs) each quantization's
+sorted per-sample KL divergence from its reference.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import html
 import io
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import divergence
 from orchestrator.published import cell_text
 from orchestrator.registry import TASKS
 
@@ -143,6 +145,22 @@ def flips_plot(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+def kl_plot(report: dict[str, Any]) -> str | None:
+    """Per quantization, its samples' KL(ref ‖ quant) sorted: the share of samples below each value."""
+    curves = [(r["target"], d) for r in report["rows"] if (d := (r.get("comparison") or {}).get("divergence"))]
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for target, d in curves:
+        ax.plot(range(101), d["quantiles"], label=f"{target} (mean {d['kl_prefix']['mean']:.4f})")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("% of paired samples (sorted by KL)")
+    ax.set_ylabel(f"KL(ref ‖ quant), nats, top-{min(d['k'] for _, d in curves)} estimate")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def subject_plot(report: dict[str, Any], top: int = 12) -> str | None:
     """Per quantized row, the subjects whose accuracy moved most against the reference."""
     by_target = {r["target"]: r for r in report["rows"]}
@@ -210,10 +228,18 @@ def render_html(report: dict[str, Any], table_rows: list[list[str]], headers: li
                 f"{_pct(p.get('recovery'))}%", p["verdict"],
             )])  # fmt: skip
         parts += ["<h2>What each quantization costs</h2>", _table(head, body)]
+    kl_rows = divergence.table_rows(report)
+    if kl_rows:
+        parts += [
+            "<h2>Divergence from the reference (servers' top-k logprobs)</h2>",
+            _table(divergence.HEADERS, [[esc(c) for c in r] for r in kl_rows]),
+            f"<p class='note'>{esc(divergence.NOTE)}</p>",
+        ]
     figures = [
         ("Δ against the reference", forest_plot(report)),
         ("Accuracy against speed", pareto_plots(report)),
         ("Flips", flips_plot(report)),
+        ("Per-sample divergence from the reference", kl_plot(report)),
         ("Subjects moved most", subject_plot(report)),
     ]
     for caption, img in figures:

@@ -40,6 +40,7 @@ class TaskSide:
     outcomes: Outcomes
     answers: dict[str, Any]  # sample id -> extracted answer (the reply when nothing is extracted)
     verdicts: dict[str, bool]  # sample id -> right
+    logprobs: dict[str, list[Any]]  # sample id -> its stored logprobs (runs that asked for them)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,15 @@ def summarize(
         target=target,
         tasks=aggregates,
         average=average,
-        sides={name: TaskSide(outcomes[name], answers_of(records[name]), verdicts_of(records[name])) for name in tasks},
+        sides={
+            name: TaskSide(
+                outcomes[name],
+                answers_of(records[name]),
+                verdicts_of(records[name]),
+                {r.id: r.logprobs for r in records[name] if r.answered and r.logprobs},
+            )
+            for name in tasks
+        },
         speed=speed_figures(everything),
         replicas=replica_counts(everything),
     )

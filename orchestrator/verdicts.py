@@ -15,9 +15,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from orchestrator import stats
+from orchestrator import divergence, stats
 from orchestrator.records import SampleRecord
-from orchestrator.registry import REFERENCE_QUANTS
+from orchestrator.registry import MULTIPLE_CHOICE_TASKS, REFERENCE_QUANTS
 from orchestrator.stats import Outcomes, Paired
 from orchestrator.tasks import Task
 
@@ -108,6 +108,8 @@ class Side(Protocol):
     def answers(self) -> Mapping[str, Any]: ...
     @property
     def verdicts(self) -> Mapping[str, bool]: ...
+    @property
+    def logprobs(self) -> Mapping[str, Any]: ...
 
 
 def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -> None:
@@ -136,6 +138,8 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
             cmp: dict[str, Any] = {"tasks": {}, "average": None}
             parts: list[tuple[Outcomes, Outcomes]] = []
             pooled = [0, 0, 0, 0]  # n, right->wrong, wrong->right, changed
+            kl_all: dict[tuple[str, str], divergence.SampleDivergence] = {}  # every task's paired samples
+            kl_k: list[int] = []
             for name in row["tasks"]:
                 if name not in ref["tasks"]:
                     continue
@@ -150,6 +154,15 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
                     q_side.verdicts,
                     stats.seed_for(ref["target"], row["target"], name),
                 )
+                if r_side.logprobs and q_side.logprobs:
+                    found = divergence.divergences(
+                        r_side.logprobs, q_side.logprobs, r_side.answers if name in MULTIPLE_CHOICE_TASKS else None
+                    )
+                    k = min(divergence.k_of(r_side.logprobs), divergence.k_of(q_side.logprobs))
+                    seed = stats.seed_for(ref["target"], row["target"], name, "kl")
+                    p = dataclasses.replace(p, extra={**p.extra, "divergence": divergence.summarize(found, k, seed)})
+                    kl_all.update(((name, sid), d) for sid, d in found.items())
+                    kl_k.append(k)
                 cmp["tasks"][name] = p
                 family.append((cmp["tasks"], p))
                 if name in row["average_tasks"] and name in ref["average_tasks"] and p.n:
@@ -178,6 +191,12 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
                 )  # fmt: skip
                 cmp["average"] = avg
                 family.append((cmp, avg))
+            # Over every task's samples: the KLD column.
+            cmp["divergence"] = (
+                divergence.summarize(kl_all, min(kl_k), stats.seed_for(ref["target"], row["target"], "kl"))
+                if kl_all
+                else None
+            )
             row["comparison"] = cmp
             row["speed_vs_reference"] = _speed_ratios(row["speed"], ref["speed"])
             if not any(p.n for p in cmp["tasks"].values()):
