@@ -106,7 +106,13 @@ def make_session(concurrency: int, timeout: float, api_key: str | None = None) -
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0)),
         read_bufsize=READ_BUFSIZE,
         headers=headers,
+        # Request bodies through orjson (aiohttp's default is json.dumps, ~30 µs a request here).
+        json_serialize=_json_text,
     )
+
+
+def _json_text(body: Any) -> str:
+    return orjson.dumps(body).decode()
 
 
 @dataclass
