@@ -187,3 +187,17 @@ async def test_a_cap_below_the_k_asked_is_found_and_said_at_start(tgi: tuple[TGI
     fake.max_top_n_tokens = 0  # logprobs refused altogether
     got, why = await probe_logprobs(backend, 3, seed=1)
     assert got == 0 and why is not None and "refuses logprobs" in why and "top_n_tokens" in why
+
+
+def test_tgi_chat_logprobs_follow_tgi_s_chat_contract(spec: OpenAPI) -> None:
+    from orchestrator.backends.logprobs import from_openai
+    from orchestrator.backends.openai import TGIChat
+
+    backend = TGIChat("http://127.0.0.1:1", session=None, model="tgi")  # type: ignore[arg-type]  # body only
+    body = backend.build_body(ChatRequest((("user", "x"),), max_tokens=3, seed=1, logprobs=5))
+    assert body["logprobs"] is True and body["top_logprobs"] == 5
+    spec.validate("ChatRequest", body)  # TGI's chat route takes it (top_logprobs 0..5 there)
+    reply = {"content": [{"token": "B", "logprob": -0.2, "top_logprobs": [{"token": "B", "logprob": -0.2},
+                                                                        {"token": "A", "logprob": -1.7}]}]}  # fmt: skip
+    spec.validate("ChatCompletionLogprobs", reply)
+    assert from_openai(reply["content"]) == [["B", -0.2, [["B", -0.2], ["A", -1.7]]]]
