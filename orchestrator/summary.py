@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -156,6 +157,12 @@ def _bytes(store: RunStore, targets: Sequence[str], tasks: Sequence[str], key: s
     return sum(p.stat().st_size for p in paths if p.exists())
 
 
+def _worker_signals() -> None:
+    # Ctrl-C reaches the whole process group: the report's own process handles it (one line, and
+    # the pool is shut down); a worker waiting for work would print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -174,7 +181,8 @@ def summarize_run(
         # fork is cheap but only safe while this process runs one thread; else a fresh interpreter.
         method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
         try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            context = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_signals) as pool:
                 return list(pool.map(_run_job, jobs))
         except (OSError, BrokenProcessPool, NotImplementedError):
             pass  # no worker could run here: the same work, in this process
