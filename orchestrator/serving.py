@@ -194,7 +194,8 @@ async def probe_logprobs(backend: Backend, asked: int, seed: int) -> tuple[int, 
     not one: llama-cpp-python merges alternatives whose text is the same, so one position may show
     fewer than it gave. Returns the k to ask for (0: none) and, when that is not ``asked``, the
     line that says why."""
-    name = backend.base_url
+    # The caller names the target; no URL in the line (one may carry a token in its query).
+    name = f"its {backend.name} server"
     refused = ""
     for k in [asked, *(c for c in (10, 5, 1) if c < asked)]:
         try:
