@@ -65,3 +65,22 @@ def test_report_html_renders_every_figure_in_a_real_browser(tmp_path: Path) -> N
         drawn = _screenshot(single, tmp_path / f"fig{i}.png", (w + 40, h + 40))[:h, :w]
         assert np.abs(drawn - png).mean() < 0.02, f"figure {i} was not drawn as embedded"
         assert (png < 0.9).any(axis=2).mean() > 0.01  # and it is a figure, not a blank image
+
+
+def test_the_divergence_plot_is_drawn_in_a_real_browser(tmp_path: Path) -> None:
+    from tests.test_divergence import _run as kl_run
+
+    run = kl_run(tmp_path, {"f16": 0.0, "q8": 0.05, "q4": 0.6})
+    write_report(run)
+    text = (run / "report.html").read_text()
+    section = text.split("Per-sample divergence from the reference", 1)[1]
+    data = re.search(r"src='data:image/png;base64,([^']+)'", section)
+    assert data is not None
+    import matplotlib.image as mpimg
+
+    png = np.asarray(mpimg.imread(io.BytesIO(base64.b64decode(data.group(1)))))[..., :3]
+    h, w = png.shape[:2]
+    single = tmp_path / "kl.html"
+    single.write_text(f"<html><body style='margin:0'><img src='data:image/png;base64,{data.group(1)}'></body></html>")
+    drawn = _screenshot(single, tmp_path / "kl.png", (w + 40, h + 40))[:h, :w]
+    assert np.abs(drawn - png).mean() < 0.02 and (png < 0.9).any(axis=2).mean() > 0.01
