@@ -297,3 +297,57 @@ async def test_token_counting_strategy_order() -> None:
     c = reply("", None, 0)
     await TokenCounting().settle(c)
     assert (c.completion_tokens, c.token_source) == (None, "none")
+
+
+class FakeLlamaServer(FakeOpenAI):
+    """The C++ llama-server's extra routes: /props (its build) and /tokenize."""
+
+    tokenized: list[str]
+
+    def app(self) -> web.Application:
+        app = super().app()
+        self.tokenized = []
+
+        async def props(request: web.Request) -> web.Response:
+            return web.json_response({"build_info": "b6900-0c1e5709", "total_slots": 4,
+                                      "default_generation_settings": {"n_ctx": 4096}})  # fmt: skip
+
+        async def tokenize(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.tokenized.append(body["content"])
+            assert body["add_special"] is False
+            return web.json_response({"tokens": list(range(len(body["content"].split())))})
+
+        app.router.add_get("/props", props)
+        app.router.add_post("/tokenize", tokenize)
+        return app
+
+
+async def test_llama_server_is_told_from_llama_cpp_python() -> None:
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, [chunk(role=True), chunk("one two three", "length")])  # no usage
+
+    fake = FakeLlamaServer(handler)
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    backend = LlamaCppChat(str(server.make_url("/")), make_session(4, 10.0))
+    try:
+        await backend.start()
+        assert backend.flavor == "llama-server" and backend.supports_ignore_eos
+        assert await backend.server_version() == "llama-server b6900-0c1e5709"
+        assert (await backend.describe())["props"]["total_slots"] == 4
+        c = await backend.generate(ChatRequest((("user", "q"),), max_tokens=3, seed=1, ignore_eos=True))
+        # Counted by its own /tokenize (llama-cpp-python's /extras/tokenize/count is a 404 there).
+        assert (c.completion_tokens, c.token_source) == (3, "server-tokenize") and fake.tokenized == ["one two three"]
+        assert fake.requests[-1]["ignore_eos"] is True and fake.requests[-1]["repeat_penalty"] == 1.0
+    finally:
+        await backend.close()
+        await server.close()
+
+
+async def test_llama_cpp_python_stays_itself(serve: Serve) -> None:
+    backend = await serve(lambda request, body: sse(request, [chunk("B", "stop")]), LlamaCppChat)
+    assert backend.flavor == "llama-cpp-python" and not backend.supports_ignore_eos  # type: ignore[attr-defined]
+    assert await backend.server_version() is None
+    await backend.generate(ChatRequest((("user", "q"),), max_tokens=3, seed=1, ignore_eos=True))
+    assert "ignore_eos" not in backend.fake.requests[-1]  # type: ignore[attr-defined]

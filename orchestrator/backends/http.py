@@ -288,7 +288,7 @@ class HTTPBackend:
     """What every adapter shares: the target's one session, its base URL, JSON GETs."""
 
     name = "http"
-    supports_ignore_eos = False  # vLLM and SGLang honour ignore_eos/min_tokens; llama.cpp and TGI do not
+    supports_ignore_eos = False  # vLLM, SGLang, llama-server honour ignore_eos; llama-cpp-python and TGI do not
 
     def __init__(
         self, base_url: str, session: aiohttp.ClientSession, model: str | None = None, *, pacer: LoopPacer | None = None

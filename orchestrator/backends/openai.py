@@ -232,9 +232,12 @@ class TGIChat(OpenAIChat):
 
 
 class LlamaCppChat(OpenAIChat):
-    """llama-cpp-python's server: no stream usage, and a repeat penalty of 1.1 by default."""
+    """llama.cpp's two servers, told apart at start: llama-cpp-python's (no stream usage, a
+    repeat penalty of 1.1 by default, `/extras/tokenize/count`) and the C++ `llama-server`
+    (answers `/props` with its build, counts with `/tokenize`, honours `ignore_eos`)."""
 
     name = "llamacpp"
+    flavor = "llama-cpp-python"  # or "llama-server", once start() has asked
 
     def __init__(
         self,
@@ -250,6 +253,34 @@ class LlamaCppChat(OpenAIChat):
         server = CountSource("server-tokenize", self._server_count, cross_check=False)
         super().__init__(base_url, session, model, (counting or TokenCounting()).then(server), pacer=pacer)
 
+        self._props: dict[str, Any] | None = None
+
+    async def start(self) -> None:
+        """The served model, and which of the two servers this is: only llama-server has /props."""
+        await super().start()
+        try:
+            props = await self._get_json("/props")
+        except BackendError:
+            props = None  # llama-cpp-python: 404
+        if props is not None and ("build_info" in props or "default_generation_settings" in props):
+            self._props = props
+            self.flavor = "llama-server"
+            self.supports_ignore_eos = True  # a test request returned exactly max_tokens, finish "length"
+
+    async def describe(self) -> dict[str, Any]:
+        """`/v1/models`, and llama-server's `/props` (slots, context, build)."""
+        found = await super().describe()
+        if self._props is not None:
+            found["props"] = self._props
+        found["flavor"] = self.flavor
+        return found
+
+    async def server_version(self) -> str | None:
+        """llama-server says its build (``b6123-0c1e5709``); llama-cpp-python says nothing (its
+        launcher knows the version)."""
+        build = (self._props or {}).get("build_info")
+        return f"llama-server {build}" if build else None
+
     def greedy_params(self, request: ChatRequest) -> dict[str, Any]:
         """temperature 0 alone is not greedy here: the default repeat_penalty 1.1 changes logits."""
         return {**super().greedy_params(request), "repeat_penalty": 1.0, "top_k": 1}
@@ -258,6 +289,8 @@ class LlamaCppChat(OpenAIChat):
         """Count with the GGUF's own tokenizer through the server's tokenize endpoint."""
         if not text:
             return 0
+        if self.flavor == "llama-server":
+            return await self._tokenize_count(text)
         try:
             async with self.session.post(
                 f"{self.base_url}/extras/tokenize/count", json={"input": text, "model": self.model}, auth=self.auth
@@ -269,3 +302,17 @@ class LlamaCppChat(OpenAIChat):
             return None
         count = answer.get("count") if isinstance(answer, dict) else None
         return int(count) if isinstance(count, int) else None
+
+    async def _tokenize_count(self, text: str) -> int | None:
+        """llama-server's `/tokenize` (no special tokens added: a reply's own tokens)."""
+        try:
+            async with self.session.post(
+                f"{self.base_url}/tokenize", json={"content": text, "add_special": False}, auth=self.auth
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                answer = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return None
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        return len(tokens) if isinstance(tokens, list) else None
