@@ -351,3 +351,16 @@ async def test_llama_cpp_python_stays_itself(serve: Serve) -> None:
     assert await backend.server_version() is None
     await backend.generate(ChatRequest((("user", "q"),), max_tokens=3, seed=1, ignore_eos=True))
     assert "ignore_eos" not in backend.fake.requests[-1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("done", [True, False])
+async def test_a_stream_without_a_finish_reason_is_an_error_even_after_done(serve: Serve, done: bool) -> None:
+    # llama-cpp-python ends a stream it interrupted for a newer request with [DONE] and no reason:
+    # the reply never arrived whole, so it is an error to retry, not an (empty) answer.
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await sse(request, [chunk(role=True), chunk("The answ")], done=done)
+
+    backend = await serve(handler)
+    with pytest.raises(TransientError, match="stream truncated") as caught:
+        await backend.generate(REQ)
+    assert caught.value.kind == "truncated" and ("[DONE] without a finish reason" in str(caught.value)) == done

@@ -137,10 +137,12 @@ class OpenAIChat(HTTPBackend):
         # A reply that never arrived whole is an error, never a (wrong) answer.
         if not any_choice:
             raise TransientError("the stream's chunks carried no choices", kind="no_choices")
-        if finish_reason is None and not body_events.done:
+        # Every whole reply ends with a finish reason; [DONE] alone is not enough: llama-cpp-python
+        # ends a stream it interrupted (a newer request took the model) with [DONE] and no reason.
+        if finish_reason is None:
+            ended = "[DONE] without a finish reason" if body_events.done else "without [DONE] or a finish reason"
             raise TransientError(
-                f"stream truncated: it ended without [DONE] or a finish reason after {len(parts)} content chunks",
-                kind="truncated",
+                f"stream truncated: it ended {ended} after {len(parts)} content chunks", kind="truncated"
             )
         # A stream without [DONE] ends when the server closes the connection.
         stamps.t_end = body_events.t_end
