@@ -58,9 +58,10 @@ class PacedServer(threading.Thread):
             while len(body) < length:
                 body += conn.recv(65536)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for text in self.texts:
+            for i, text in enumerate(self.texts):
                 time.sleep(GAP_S)
-                event = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+                finish = "stop" if i == len(self.texts) - 1 else None  # a whole reply ends with its reason
+                event = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
                 self.before.append(time.perf_counter())
                 conn.sendall(_http_chunk(f"data: {json.dumps(event)}\n\n".encode()))
                 self.sent.append(time.perf_counter())
