@@ -288,33 +288,25 @@ class LlamaCppChat(OpenAIChat):
         return {**super().greedy_params(request), "repeat_penalty": 1.0, "top_k": 1}
 
     async def _server_count(self, text: str) -> int | None:
-        """Count with the GGUF's own tokenizer through the server's tokenize endpoint."""
+        """Count with the GGUF's own tokenizer through the server's tokenize endpoint: llama-server's
+        `/tokenize` (no special tokens added: a reply's own tokens), or llama-cpp-python's
+        `/extras/tokenize/count`."""
         if not text:
             return 0
         if self.flavor == "llama-server":
-            return await self._tokenize_count(text)
-        try:
-            async with self.session.post(
-                f"{self.base_url}/extras/tokenize/count", json={"input": text, "model": self.model}, auth=self.auth
-            ) as resp:
-                if resp.status != 200:
-                    return None
-                answer = await resp.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
-            return None
+            answer = await self._post_json("/tokenize", {"content": text, "add_special": False})
+            tokens = answer.get("tokens") if isinstance(answer, dict) else None
+            return len(tokens) if isinstance(tokens, list) else None
+        answer = await self._post_json("/extras/tokenize/count", {"input": text, "model": self.model})
         count = answer.get("count") if isinstance(answer, dict) else None
         return int(count) if isinstance(count, int) else None
 
-    async def _tokenize_count(self, text: str) -> int | None:
-        """llama-server's `/tokenize` (no special tokens added: a reply's own tokens)."""
+    async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+        """A side request's JSON answer, or None when it fails (a count is optional)."""
         try:
-            async with self.session.post(
-                f"{self.base_url}/tokenize", json={"content": text, "add_special": False}, auth=self.auth
-            ) as resp:
+            async with self.session.post(f"{self.base_url}{path}", json=body, auth=self.auth) as resp:
                 if resp.status != 200:
                     return None
-                answer = await resp.json(content_type=None)
+                return await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
-        tokens = answer.get("tokens") if isinstance(answer, dict) else None
-        return len(tokens) if isinstance(tokens, list) else None
