@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the tests need (project venv with a portable llama.cpp build, vLLM in its own
-# venv), then run the whole test suite, real servers included. Re-runs reuse what is installed.
+# Install everything the tests need (project venv with portable llama.cpp builds: llama-cpp-python
+# and llama-server; vLLM in its own venv), then run the whole test suite, real servers included.
+# Re-runs reuse what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ORCHESTRATOR_VENV:-.venv}"
