@@ -57,6 +57,7 @@ class LoadRunner:
         self.progress = progress or NullProgress()
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.notes: dict[str, list[str]] = {}
+        self.servers: dict[str, dict[str, Any]] = {}  # a managed server's launch, per target (run.json)
 
     def _size_sessions(self) -> None:
         """The connection pool holds the largest level (a closed loop's concurrency, a rate mode's
@@ -103,6 +104,10 @@ class LoadRunner:
                 target, self.manifest, self.store, self.progress, self.tokenizer_path, pacer=runtime.pacer
             ) as live:
                 backend = live.backends[0]  # load tests measure one server: the first replica
+                if live.managed is not None:
+                    self.servers[target.name] = live.managed
+                if live.note:
+                    self.notes.setdefault(target.name, []).append(live.note)
                 if profile.ignore_eos and not backend.supports_ignore_eos:
                     self.notes.setdefault(target.name, []).append(
                         f"backend {target.backend} cannot ignore end-of-sequence: outputs may be shorter than "
@@ -210,6 +215,7 @@ class LoadRunner:
                     # From the reply's last byte to the slot being freed (just below): decoding, counting.
                     post=round(time.perf_counter() - completion.stamps.t_end, 6),
                     timing=completion.stamps.to_timing(),
+                    server_timing=completion.server_timing,
                     prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens,
                     token_source=completion.token_source,

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import yaml
 
 from orchestrator.errors import LoadConfigError, UserError
-from orchestrator.registry import LOAD_PROMPTS, REFERENCE_QUANTS, TASKS, BackendKind, LoadPrompts
+from orchestrator.registry import LOAD_PROMPTS, REFERENCE_QUANTS, TASKS, BackendKind, LlamaServerKind, LoadPrompts
 from orchestrator.setups import SETUPS
 
 KNOWN_TASKS = tuple(TASKS)
@@ -144,10 +144,17 @@ class LaunchConfig:
     repo: str | None = None
     filename: str | None = None
     port: int = 0
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # the context one request can use (llama-server: per slot)
     startup_timeout: float = 600.0
     extra_args: tuple[str, ...] = ()
+    # Which server: llama-server (found at `binary`, on PATH or beside the orchestrator's Python),
+    # llama-cpp-python's (in `python`), or auto: llama-cpp-python's when `python` is given, else
+    # llama-server where one is found, else llama-cpp-python's.
+    server: LlamaServerKind = "auto"
+    binary: str | None = None
     python: str | None = None
+    # llama-server's slots (requests decoded together); default: the target's concurrency.
+    parallel: int | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +393,12 @@ def _check_semantics(m: Manifest, source: str) -> None:
                 raise ManifestError(source, f"{p}.launch", "expected either model_path, or repo and filename")
             if not 0 <= t.launch.port <= 65535:
                 raise ManifestError(source, f"{p}.launch.port", "expected a port 0-65535 (0 = pick a free one)")
+            if t.launch.parallel is not None and not 1 <= t.launch.parallel <= 4096:
+                raise ManifestError(source, f"{p}.launch.parallel", "expected 1-4096 slots")
+            if t.launch.binary is not None and t.launch.server == "llama-cpp-python":
+                raise ManifestError(source, f"{p}.launch.binary", "a binary is llama-server's, not llama-cpp-python's")
+            if t.launch.n_ctx < 1:
+                raise ManifestError(source, f"{p}.launch.n_ctx", "expected a positive context size")
         elif t.url is None and not t.urls:
             raise ManifestError(source, f"{p}.url", "missing required key (or give urls, or a launch block)")
         elif t.url is not None and t.urls:

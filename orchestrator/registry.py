@@ -21,6 +21,10 @@ REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
 BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
 BACKENDS: tuple[str, ...] = get_args(BackendKind)
 
+# The llama.cpp servers a managed target can start: "auto" is llama.cpp's own C++ server where one
+# is found (parallel slots, continuous batching), else llama-cpp-python's (one request at a time).
+LlamaServerKind = Literal["auto", "llama-server", "llama-cpp-python"]
+
 # Prompts a load test can send: synthetic ones of exact length, or a task's own.
 LoadPrompts = Literal["synthetic", "mmlu", "ceval", "ifeval"]
 LOAD_PROMPTS: tuple[str, ...] = get_args(LoadPrompts)

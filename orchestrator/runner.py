@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from orchestrator.backends import Backend, BackendError, ChatRequest, Completion
-from orchestrator.backends.launch import LaunchError, LlamaCppServer, ServerDied
+from orchestrator.backends.launch import LaunchError, ManagedServer, ServerDied
 from orchestrator.errors import StoreError
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.records import SampleRecord
@@ -152,19 +153,17 @@ class Runner:
                 target, self.manifest, self.store, self.progress, self.tokenizer_path, model_path, runtime.pacer
             ) as live:
                 backends = live.backends
-                if live.server is not None:
-                    outcome.server["managed"] = {
-                        "command": live.server.command(),
-                        "log": str(live.server.log_path),
-                        "build": list(live.server.build.features),
-                    }
+                if live.managed is not None:
+                    outcome.server["managed"] = live.managed
+                if live.note:
+                    self.notes.append(f"{target.name}: {live.note}")
                 outcome.server.update(await backends[0].describe())
                 outcome.server["served_model"] = backends[0].model
                 outcome.server["backend"] = target.backend
                 outcome.server["version"] = await backends[0].server_version()
                 if outcome.server["version"] is None and live.server is not None and live.server.build.version:
                     # llama-cpp-python's server does not say its version; the launcher knows it.
-                    outcome.server["version"] = f"llama-cpp-python {live.server.build.version}"
+                    outcome.server["version"] = f"{live.server.kind} {live.server.build.version}"
                 outcome.server["replicas"] = [b.base_url for b in backends]
                 asked = max((self._top_k(task) for task in self.tasks), default=0)
                 if asked:
@@ -176,10 +175,17 @@ class Runner:
                         self.progress.note(f"{target.name}: {why}")
                 # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
                 outcome.server["metrics_before"] = await backends[0].scrape_metrics()
+                cpu0, wall0 = time.process_time(), time.monotonic()
                 if live.server is None:
                     await self._run_samples(target, backends, work, outcome, None)
                 else:
                     await unless_dead(self._run_samples(target, backends, work, outcome, live.server), live.server)
+                # The client's share of a core while this target ran (with targets in parallel, the
+                # whole process's: an upper bound): is the client ever the limit?
+                outcome.server["client"] = {
+                    "cpu_s": round(time.process_time() - cpu0, 3),
+                    "wall_s": round(time.monotonic() - wall0, 3),
+                }
                 outcome.server["metrics_after"] = await backends[0].scrape_metrics()
         except* StoreError as group:
             raise group.exceptions[0] from None  # the disk, not this target: the run stops
@@ -205,7 +211,7 @@ class Runner:
         backends: list[Backend],
         work: list[tuple[Task, Sample]],
         outcome: TargetOutcome,
-        server: LlamaCppServer | None,
+        server: ManagedServer | None,
     ) -> None:
         client = self.manifest.client
         gen = self.manifest.generation
@@ -367,6 +373,7 @@ class Runner:
             token_counts=completion.token_counts,
             logprobs=completion.logprobs,
             timing=completion.stamps.to_timing(),
+            server_timing=completion.server_timing,
             extracted=score.extracted,
             resends=resends,
             rule=score.rule,

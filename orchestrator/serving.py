@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
-from orchestrator.backends.launch import LaunchError, LlamaCppServer, resolve_model
+from orchestrator.backends.launch import LaunchError, ManagedServer, managed_server, resolve_model
 from orchestrator.backends.logprobs import returned_k
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.secrets import split_credentials
@@ -67,19 +67,28 @@ class NullProgress:
         """Ignore."""
 
 
+# Slots of a managed llama-server when the run does not bound its requests in flight (a rate mode
+# without max_concurrency).
+DEFAULT_SLOTS = 16
+
+
 async def launch_server(
     target: TargetConfig, manifest: Manifest, store: RunStore, progress: Progress, model_path: Path | None = None
-) -> LlamaCppServer:
+) -> ManagedServer:
     """Start a managed llama.cpp server for a target and wait until it serves (``model_path``:
-    already resolved before the run, else located or downloaded now)."""
+    already resolved before the run, else located or downloaded now). A server that batches gets
+    as many slots as the driver keeps requests in flight for the target."""
     assert target.launch is not None
     if model_path is None:
         progress.status(f"{target.name}: locating model")
         model_path = await asyncio.to_thread(resolve_model, target.launch, manifest.resolve_path)
-    server = LlamaCppServer(target.name, target.launch, model_path, store.server_log(target.name))
+    slots = target.concurrency or manifest.client.concurrency or DEFAULT_SLOTS
+    server = managed_server(
+        target.name, target.launch, model_path, store.server_log(target.name), slots, manifest.resolve_path
+    )
 
     def waiting(elapsed: float) -> None:
-        progress.status(f"{target.name}: waiting for llama.cpp server on {server.url} ({elapsed:.0f} s)")
+        progress.status(f"{target.name}: waiting for {server.kind} on {server.url} ({elapsed:.0f} s)")
 
     try:
         await server.start()
@@ -96,7 +105,7 @@ async def launch_server(
     except BaseException:
         await server.stop()
         raise
-    progress.status(f"{target.name}: server up on {server.url}")
+    progress.status(f"{target.name}: {server.kind} up on {server.url}")
     return server
 
 
@@ -154,7 +163,11 @@ class Serving:
 
     backends: list[Backend]
     urls: list[str]
-    server: LlamaCppServer | None
+    server: ManagedServer | None
+    # A managed server's launch as run.json keeps it (command, build, settings chosen and measured),
+    # and the line saying where the server runs other settings than chosen.
+    managed: dict[str, Any] | None = None
+    note: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -169,7 +182,7 @@ async def serving(
 ) -> AsyncIterator[Serving]:
     """Start (managed) or wait for (health_timeout) a target's servers, open its adapters (on the
     driver's ``pacer``); always clean up."""
-    server: LlamaCppServer | None = None
+    server: ManagedServer | None = None
     backends: list[Backend] = []
     try:
         urls = list(target.urls) or ([target.url] if target.url else [])
@@ -179,12 +192,17 @@ async def serving(
         elif manifest.client.health_timeout > 0:
             await asyncio.gather(*(wait_healthy(target, u, manifest.client.health_timeout, progress) for u in urls))
         backends = await open_backends(target, urls, manifest.client, tokenizer_path(target), pacer)
-        yield Serving(backends, urls, server)
+        live = Serving(backends, urls, server)
+        if server is not None:
+            live.managed, live.note = server.record(await backends[0].describe())
+            if live.note:
+                progress.note(f"{target.name}: {live.note}")
+        yield live
     finally:
         if backends:
             await backends[0].close()  # the replicas share this one session
         if server is not None:
-            progress.status(f"stopping llama.cpp server of {target.name}")
+            progress.status(f"stopping {server.kind} of {target.name}")
             await server.stop()
 
 
@@ -214,7 +232,7 @@ async def probe_logprobs(backend: Backend, asked: int, seed: int) -> tuple[int, 
     return 0, f"{name} refuses logprobs (asked for top-{asked}: {refused[:200]}): divergence is not measured for it"
 
 
-async def unless_dead(work: Coroutine[Any, Any, None], server: LlamaCppServer) -> None:
+async def unless_dead(work: Coroutine[Any, Any, None], server: ManagedServer) -> None:
     """Run ``work`` while watching the managed server: if the server exits first, the work is
     cancelled at once (in-flight samples are not written, nor retried into errors) and
     :class:`ServerDied` says how it died."""

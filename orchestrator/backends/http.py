@@ -318,11 +318,13 @@ class HTTPBackend:
         try:
             try:
                 resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
-            except aiohttp.ServerDisconnectedError:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                 if not stamps.reused:
                     raise
-                # A kept-alive connection the server had already closed: nothing came back, so the
-                # request was not taken; sent once more, on a new connection, and timed from there.
+                # A kept-alive connection the server had already closed: nothing came back (it
+                # disconnected, or the body could not even be written: "Can not write request
+                # body", seen with llama-server at 16 streams), so the request was not taken; sent
+                # once more, on a new connection, and timed from there.
                 stamps.mark_send()
                 stamps.t_wire = None
                 stamps.reused = False

@@ -1,4 +1,5 @@
-"""Managed llama.cpp servers: fetch the GGUF, start ``python -m llama_cpp.server``, wait, stop.
+"""Managed llama.cpp servers: fetch the GGUF, start llama.cpp's own ``llama-server`` (or
+llama-cpp-python's ``python -m llama_cpp.server``), wait, stop.
 
 The child dies with the orchestrator even on SIGKILL (Linux parent-death signal), so no run
 leaves an orphan server behind.
@@ -11,12 +12,14 @@ import contextlib
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.manifest import LaunchConfig
@@ -78,6 +81,7 @@ def resolve_model(launch: LaunchConfig, base: Callable[[str], Path]) -> Path:
 # /proc/cpuinfo flag of each instruction set llama.cpp's system info can report as compiled in.
 _CPU_FLAGS = {
     "SSE3": "pni",
+    "SSE42": "sse4_2",
     "SSSE3": "ssse3",
     "AVX": "avx",
     "AVX2": "avx2",
@@ -144,26 +148,32 @@ def check_build(python: str) -> BuildInfo:
     """The build of ``python``'s llama.cpp; a build this CPU cannot run is refused with one line,
     before it would die with SIGILL in the middle of a run."""
     info = build_info(python)
-    features = info.features
-    flags = cpu_flags()
-    if flags is not None and "sse2" in flags:  # an x86-64 CPU, whose flags name what it runs
-        missing = [f for f in features if f in _CPU_FLAGS and _CPU_FLAGS[f] not in flags]
-        if missing:
-            raise LaunchError(
-                f"llama.cpp in {python} was built for {', '.join(missing)}, which this CPU lacks; "
-                "rebuild it with `bash scripts/install.sh` (ORCHESTRATOR_LLAMA_CMAKE_ARGS sets other flags)"
-            )
+    _refuse_missing(info, f"llama.cpp in {python}", "bash scripts/install.sh")
     return info
 
 
-class LlamaCppServer:
-    """One ``llama_cpp.server`` child process."""
+def _refuse_missing(info: BuildInfo, what: str, rebuild: str) -> None:
+    flags = cpu_flags()
+    if flags is not None and "sse2" in flags:  # an x86-64 CPU, whose flags name what it runs
+        missing = [f for f in info.features if f in _CPU_FLAGS and _CPU_FLAGS[f] not in flags]
+        if missing:
+            raise LaunchError(
+                f"{what} was built for {', '.join(missing)}, which this CPU lacks; "
+                f"rebuild it with `{rebuild}` (ORCHESTRATOR_LLAMA_CMAKE_ARGS sets other flags)"
+            )
 
-    def __init__(self, name: str, launch: LaunchConfig, model_path: Path, log_path: Path) -> None:
+
+class ManagedServer:
+    """One llama.cpp server child process: the parts both servers share (start, watch, stop)."""
+
+    kind = "llama.cpp"
+
+    def __init__(self, name: str, launch: LaunchConfig, model_path: Path, log_path: Path, slots: int) -> None:
         self.name = name
         self.launch = launch
         self.model_path = model_path
         self.log_path = log_path
+        self.slots = slots  # requests the run keeps in flight: the slots a server that batches gets
         self.port = launch.port or free_port()
         self.process: asyncio.subprocess.Process | None = None
         self.build = BuildInfo(None, ())  # known once started
@@ -175,28 +185,42 @@ class LlamaCppServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        """The command line; the chat template comes from the GGUF's own metadata."""
-        return [
-            self.launch.python or sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(self.model_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--n_ctx",
-            str(self.launch.n_ctx),
-            # Queue concurrent requests instead of aborting the running one.
-            "--interrupt_requests",
-            "False",
-            *self.launch.extra_args,
-        ]
+        """The command line."""
+        raise NotImplementedError
+
+    def where(self) -> list[str]:
+        """The model and the loopback address, spelled alike by both servers."""
+        return ["--model", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def settings(self) -> dict[str, Any]:
+        """What the launcher chose for the server (run.json; the server's own answer sits beside)."""
+        return {"server": self.kind}
+
+    def check_build(self) -> BuildInfo:
+        """The build's version and instruction sets; refuses one this CPU cannot run."""
+        raise NotImplementedError
+
+    def measured(self, described: dict[str, Any]) -> dict[str, Any]:
+        """What the running server says it has (from its adapter's ``describe()``)."""
+        return {}
+
+    def record(self, described: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The launch as run.json keeps it, and a line when the server runs other settings than
+        the launcher chose (an ``extra_args`` override, a server that caps them)."""
+        settings, measured = self.settings(), self.measured(described)
+        differ = [f"{k} {measured[k]} (asked {settings[k]})" for k in measured if measured[k] != settings.get(k)]
+        note = f"{self.kind} runs with {', '.join(differ)}" if differ else None
+        return {
+            "command": self.command(),
+            "log": str(self.log_path),
+            "build": list(self.build.features),
+            "settings": settings,
+            "measured": measured,
+        }, note
 
     async def start(self) -> str:
         """Start the server process (orchestrator.serving.launch_server waits until it serves)."""
-        self.build = await asyncio.to_thread(check_build, self.launch.python or sys.executable)
+        self.build = await asyncio.to_thread(self.check_build)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - opening a log file does not block
             self.process = await asyncio.create_subprocess_exec(
@@ -265,3 +289,165 @@ class LlamaCppServer:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+class LlamaCppPythonServer(ManagedServer):
+    """llama-cpp-python's server (``python -m llama_cpp.server``): one request decoded at a time."""
+
+    kind = "llama-cpp-python"
+
+    def command(self) -> list[str]:
+        """The command line; the chat template comes from the GGUF's own metadata."""
+        return [
+            self.launch.python or sys.executable,
+            "-m",
+            "llama_cpp.server",
+            *self.where(),
+            "--n_ctx",
+            str(self.launch.n_ctx),
+            # Queue concurrent requests instead of aborting the running one.
+            "--interrupt_requests",
+            "False",
+            *self.launch.extra_args,
+        ]
+
+    def settings(self) -> dict[str, Any]:
+        """One request at a time, whatever the concurrency: it has no slots."""
+        return {"server": self.kind, "n_ctx": self.launch.n_ctx, "slots": 1}
+
+    def check_build(self) -> BuildInfo:
+        """llama-cpp-python's own report of its build, checked against this CPU."""
+        return check_build(self.launch.python or sys.executable)
+
+
+# llama-server's host-RAM prompt cache (--cache-ram, 8 GiB by default) is off: on an H200, with it
+# new tasks started 0.17-0.5 s apart and TTFT p50 at concurrency 1 was 372 ms, without it 11.5 ms
+# (benchmarks/llama_servers.py measures the same choice on this machine). Each slot's own KV
+# prefix reuse (cache_prompt) stays on, as a deployment would have it.
+LLAMA_SERVER_CACHE_RAM_MIB = 0
+
+
+class LlamaServer(ManagedServer):
+    """llama.cpp's own C++ server: ``slots`` requests decoded together (continuous batching)."""
+
+    kind = "llama-server"
+
+    def __init__(self, binary: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.binary = binary
+
+    @property
+    def parallel(self) -> int:
+        """Slots: the manifest's, else as many as the run keeps requests in flight."""
+        return self.launch.parallel or self.slots
+
+    def command(self) -> list[str]:
+        """The command line. The KV cache is split evenly between slots (-c / --parallel), so each
+        slot gets the manifest's n_ctx; the chat template is the GGUF's, rendered by Jinja
+        (--jinja), as llama-cpp-python and the model's own tokenizer render it (Qwen2's adds its
+        default system turn, which llama.cpp's built-in chatml would not)."""
+        return [
+            self.binary,
+            *self.where(),
+            "--parallel",
+            str(self.parallel),
+            "--ctx-size",
+            str(self.launch.n_ctx * self.parallel),
+            "--cache-ram",
+            str(LLAMA_SERVER_CACHE_RAM_MIB),
+            "--jinja",
+            "--metrics",  # Prometheus /metrics: the server's own queue and throughput counters
+            "--no-webui",
+            *self.launch.extra_args,  # last: llama.cpp takes the last value of a repeated option
+        ]
+
+    def settings(self) -> dict[str, Any]:
+        """Slots, context per slot and prompt cache as asked (extra_args may override them; the
+        server's own /props answer is recorded beside)."""
+        return {
+            "server": self.kind,
+            "binary": self.binary,
+            "slots": self.parallel,
+            "n_ctx_per_slot": self.launch.n_ctx,
+            "cache_ram_mib": LLAMA_SERVER_CACHE_RAM_MIB,
+        }
+
+    def check_build(self) -> BuildInfo:
+        """The binary's version, and its instruction sets as scripts/build_llama_server.sh stamped
+        them beside it (``llama-server.CMAKE_ARGS``; a binary built elsewhere is run unchecked:
+        its features are unknown)."""
+        return check_server_binary(self.binary)
+
+    def measured(self, described: dict[str, Any]) -> dict[str, Any]:
+        """Slots and context per slot from the server's ``/props``."""
+        props = described.get("props") or {}
+        found: dict[str, Any] = {}
+        if isinstance(props.get("total_slots"), int):
+            found["slots"] = props["total_slots"]
+        n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+        if isinstance(n_ctx, int):
+            found["n_ctx_per_slot"] = n_ctx
+        return found
+
+
+def _server_build(binary: str) -> BuildInfo:
+    import subprocess
+
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LaunchError(f"cannot run llama-server {binary}: {exc}") from None
+    text = done.stdout + done.stderr
+    if done.returncode != 0:
+        last = (text.strip().splitlines() or ["no output"])[-1]
+        raise LaunchError(f"llama-server {binary} does not run: {describe_exit(done.returncode)}: {last}")
+    version = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("version:")), None)
+    resolved = Path(binary).resolve()  # through a link on PATH, to the build's own folder
+    stamp = resolved.with_name(resolved.name + ".CMAKE_ARGS")
+    try:
+        args = stamp.read_text().split()
+    except OSError:
+        return BuildInfo(version, ())
+    # -DGGML_AVX2=ON -> AVX2: the names llama.cpp's system info uses.
+    features = [a[len("-DGGML_") : -len("=ON")] for a in args if a.startswith("-DGGML_") and a.endswith("=ON")]
+    return BuildInfo(version, tuple(f for f in features if f != "NATIVE"))
+
+
+@functools.lru_cache(maxsize=8)
+def check_server_binary(binary: str) -> BuildInfo:
+    """A llama-server binary's build; one built for instructions this CPU lacks is refused."""
+    info = _server_build(binary)
+    _refuse_missing(info, f"llama-server {binary}", "bash scripts/build_llama_server.sh")
+    return info
+
+
+def find_llama_server(launch: LaunchConfig, base: Callable[[str], Path]) -> str | None:
+    """The llama-server binary to use: the manifest's, else ``llama-server`` on PATH, else the
+    one scripts/install.sh put beside the orchestrator's Python; None when there is none."""
+    if launch.binary is not None:
+        path = base(launch.binary) if os.sep in launch.binary else shutil.which(launch.binary)
+        if path is None or not os.access(path, os.X_OK):
+            raise LaunchError(f"llama-server binary not found or not executable: {launch.binary}")
+        return str(path)
+    found = shutil.which("llama-server")
+    if found is not None:
+        return found
+    beside = Path(sys.executable).parent / "llama-server"
+    return str(beside) if os.access(beside, os.X_OK) else None
+
+
+def managed_server(
+    name: str, launch: LaunchConfig, model_path: Path, log_path: Path, slots: int, base: Callable[[str], Path]
+) -> ManagedServer:
+    """The server a managed target gets (``launch.server``; auto: llama-cpp-python's when the
+    manifest names its ``python``, else llama-server where one is found, else llama-cpp-python's)."""
+    if launch.server == "llama-server" or (launch.server == "auto" and launch.python is None):
+        binary = find_llama_server(launch, base)
+        if binary is not None:
+            return LlamaServer(binary, name, launch, model_path, log_path, slots)
+        if launch.server == "llama-server":
+            raise LaunchError(
+                f"{name}: no llama-server found (on PATH or beside {sys.executable}); build one with "
+                "`bash scripts/build_llama_server.sh` and give its path as launch.binary"
+            )
+    return LlamaCppPythonServer(name, launch, model_path, log_path, slots)
