@@ -405,8 +405,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         # While levels ran only: building the prompts (tokenizing thousands of them) is set-up.
         "levels_cpu_s": sum(r.cpu_s for r in results),
         "cpu_us_per_request": sum(r.cpu_s for r in results) / requests * 1e6 if requests else None,
+        # Per level, for who set its pace (saturation.py).
+        "levels": {f"{r.target}/{r.mode}-{r.level:g}": r.cpu_s for r in results},
     }
     meta["load_notes"] = runner.notes
+    meta["servers"] = runner.servers
     meta["server_metrics"] = {
         f"{r.target}/{r.mode}-{r.level:g}": {"before": r.server_before, "after": r.server_after} for r in results
     }
@@ -420,6 +423,9 @@ def cmd_load(args: argparse.Namespace) -> int:
             f"{target}: batch-1 decode {r['achieved_tok_s'] or 0:.1f} tok/s of a {r['bound_tok_s'] or 0:.1f} tok/s "
             f"bandwidth bound ({100 * (r['fraction'] or 0):.1f}%, estimate: weights only)"
         )
+    for target, levels in report["targets"].items():
+        if levels and (top := levels[-1]).get("saturation"):  # the highest level says most
+            console.print(f"{target} at {top['mode']} {top['level']:g}: {top['saturation']['line']}", highlight=False)
     for target, notes in runner.notes.items():
         for note in notes:
             console.print(f"[yellow]{target}:[/] {note}", highlight=False, soft_wrap=True)

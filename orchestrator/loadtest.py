@@ -146,6 +146,14 @@ def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[s
         "post_ms": summary(post, p),
         "dispatch_lag_ms": summary(lag, p) if lag else None,
     }
+    # The server's own account, where it gives one (llama-server's timings): its ms per decoded
+    # token, and the wait before its prompt (TTFT minus its prompt time).
+    served = [(r, s) for r in ok if (s := r.server_timing) is not None]
+    server_tpot = [v for _, s in served if (v := s.per_token_ms) is not None]
+    wait = [t * ms - s.prompt_ms for r, s in served if (t := r.ttft) is not None and s.prompt_ms is not None]
+    if served:
+        metrics["server_tpot_ms"] = summary(server_tpot, p)
+        metrics["server_wait_ms"] = summary(wait, p)
     # A level whose requests outlast it is one wave of requests, not a steady state.
     e2e_median = timing.percentile(e2el, 50)
     metrics["one_wave"] = bool(profile.duration and e2e_median and e2e_median / 1000.0 >= profile.duration)

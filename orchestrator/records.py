@@ -80,6 +80,49 @@ class Timing(NamedTuple):
         return cls(data["wall_send"], data["e2e"], get("ttft"), tuple(get("chunks") or ()), get("send_delay") or 0.0)
 
 
+class ServerTiming(NamedTuple):
+    """The server's own account of one request, in milliseconds (llama-server's ``timings``): its
+    prompt processing (``prompt_tokens`` evaluated, ``cached_tokens`` reused from its cache) and
+    its generation (``predicted_tokens`` decoded). Beside the client's stamps, it says where the
+    time went: a TPOT the server's own per-token time explains is the server's; a TTFT far above
+    the prompt's time is a wait in the server's queue."""
+
+    prompt_tokens: int | None = None
+    prompt_ms: float | None = None
+    predicted_tokens: int | None = None
+    predicted_ms: float | None = None
+    cached_tokens: int | None = None
+
+    @property
+    def per_token_ms(self) -> float | None:
+        """The server's generation time per decoded token."""
+        if self.predicted_ms is None or not self.predicted_tokens:
+            return None
+        return self.predicted_ms / self.predicted_tokens
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form."""
+        return self._asdict()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServerTiming:
+        """Read the on-disk form (keys this version does not know are dropped)."""
+        return cls(*(data.get(name) for name in cls._fields))
+
+    @classmethod
+    def from_llama_server(cls, timings: Any) -> ServerTiming | None:
+        """llama-server's ``timings`` object (``prompt_n``, ``prompt_ms``, ``predicted_n``,
+        ``predicted_ms``, ``cache_n``), or None when it is not one."""
+        if not isinstance(timings, dict):
+            return None
+        values = [timings.get(k) for k in ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "cache_n")]
+        if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
+            return None
+        if values[1] is None and values[3] is None:
+            return None
+        return cls(*values)
+
+
 @dataclass(frozen=True)
 class _Layout:
     """A record class's on-disk keys, the ones a record cannot lack, and the defaults of the rest."""
@@ -118,6 +161,7 @@ class Exchange:
     token_source: str | None = None
     token_counts: dict[str, int] | None = None
     timing: Timing | None = None
+    server_timing: ServerTiming | None = None  # the server's own per-request times, where it gives them
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -158,6 +202,8 @@ class Exchange:
         extra = out.pop("extra")
         if self.timing is not None:
             out["timing"] = self.timing.to_json()
+        if self.server_timing is not None:
+            out["server_timing"] = self.server_timing.to_json()
         if extra:
             out.update((k, v) for k, v in extra.items() if k not in out)
         return out
@@ -181,6 +227,8 @@ class Exchange:
                 state["extra"][key] = state.pop(key)
         if record.timing is not None:
             record.timing = Timing.from_json(record.timing)  # type: ignore[arg-type]  # its JSON until here
+        if record.server_timing is not None:
+            record.server_timing = ServerTiming.from_json(record.server_timing)  # type: ignore[arg-type]
         return record
 
 
@@ -239,4 +287,4 @@ class LoadRecord(Exchange):
         return not self.warmup and not self.cooldown
 
 
-__all__ = ["RECORD_SCHEMA", "Exchange", "LoadRecord", "SampleRecord", "Timing", "schema_of"]
+__all__ = ["RECORD_SCHEMA", "Exchange", "LoadRecord", "SampleRecord", "ServerTiming", "Timing", "schema_of"]

@@ -16,6 +16,7 @@ from rich.table import Table
 from orchestrator import divergence
 from orchestrator.published import cell_text, compare_published, load_reference
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
+from orchestrator.saturation import Saturation, core_share, llama_busy_slots
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.store import RunStore, atomic_write
 from orchestrator.summary import summarize_run
@@ -58,6 +59,7 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
                 "tasks": summary.tasks,
                 "errors": sum(v["errors"] for v in summary.tasks.values()),
                 "speed": summary.speed,
+                "saturation": _saturation(summary.speed, server),
                 **summary.average,
             }
         )
@@ -72,6 +74,25 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     }
     report["published"] = compare_published(report, load_reference(reference), manifest["tasks"])
     return report
+
+
+def _saturation(speed: dict[str, Any], server: dict[str, Any]) -> dict[str, Any] | None:
+    """Who set the pace for this target (saturation.py), from its speed figures and run.json."""
+    if not speed.get("requests"):
+        return None
+    client = server.get("client") or {}
+    settings = (server.get("managed") or {}).get("measured") or (server.get("managed") or {}).get("settings") or {}
+    return Saturation(
+        client_core_share=core_share(client.get("cpu_s"), client.get("wall_s")),
+        send_delay_ms=speed.get("send_delay_p50_ms"),
+        e2e_ms=speed.get("e2e_p50_ms"),
+        ttft_ms=speed.get("ttft_p50_ms"),
+        tpot_ms=speed.get("tpot_p50_ms"),
+        server_tpot_ms=speed.get("server_tpot_p50_ms"),
+        server_wait_ms=speed.get("server_wait_p50_ms"),
+        busy_slots=llama_busy_slots(server.get("metrics_before"), server.get("metrics_after")),
+        slots=settings.get("slots"),
+    ).to_json()
 
 
 def _quant_cell(row: dict[str, Any]) -> str:
@@ -219,9 +240,15 @@ def render_table(report: dict[str, Any]) -> Table:
             *([KLD_NOTE] if _has_kld(report) else []),
             *notes,
             *(["failed: " + " · ".join(failed)] if failed else []),
+            *_pace_lines(report),
         ]
     )
     return table
+
+
+def _pace_lines(report: dict[str, Any]) -> list[str]:
+    """One line per target that says who set its pace: the server or the client."""
+    return [f"{row['target']}: {row['saturation']['line']}" for row in report["rows"] if row.get("saturation")]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -248,6 +275,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", KLD_NOTE + "."]
     lines += _published_markdown(report)
     lines += _averages_markdown(report)
+    if pace := _pace_lines(report):
+        lines += ["", "## Who set the pace", "", *(f"- {_md_cell(p)}" for p in pace)]
     lines += [
         "",
         "## Extraction audit",
@@ -487,6 +516,7 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
         for records in store.load_levels(t["name"]):
             metrics = level_metrics(records, profile)
             metrics.update(mode=records[0].mode, level=records[0].level)
+            metrics["saturation"] = _level_saturation(meta, t["name"], records, metrics)
             levels.append(metrics)
         levels.sort(key=lambda m: (m["mode"] != "concurrency", m["level"]))
         targets[t["name"]] = levels
@@ -505,6 +535,36 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _level_saturation(
+    meta: dict[str, Any], target: str, records: Sequence[Any], metrics: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Who set the pace of one load level (saturation.py): its metrics, the client's CPU time and
+    the server's /metrics around it (run.json)."""
+    if not metrics["completed"]:
+        return None
+    key = f"{target}/{records[0].mode}-{records[0].level:g}"
+    timed = [r.timing for r in records if r.timing is not None]
+    wall = max(t.wall_end for t in timed) - min(t.wall_send for t in timed) if timed else None
+    scraped = meta.get("server_metrics", {}).get(key) or {}
+    managed = meta.get("servers", {}).get(target) or {}
+    slots = (managed.get("measured") or managed.get("settings") or {}).get("slots")
+
+    def p50(name: str) -> float | None:
+        return (metrics.get(name) or {}).get("p50")
+
+    return Saturation(
+        client_core_share=core_share(meta.get("client", {}).get("levels", {}).get(key), wall),
+        send_delay_ms=p50("queue_ms") if records[0].mode == "concurrency" else None,
+        e2e_ms=p50("e2el_ms"),
+        ttft_ms=p50("ttft_ms"),
+        tpot_ms=p50("tpot_ms"),
+        server_tpot_ms=p50("server_tpot_ms"),
+        server_wait_ms=p50("server_wait_ms"),
+        busy_slots=llama_busy_slots(scraped.get("before"), scraped.get("after")),
+        slots=slots,
+    ).to_json()
+
+
 def render_latency_table(report: dict[str, Any]) -> Table:
     """Per target and level: throughput, then p50/p90/p99 of each latency metric (ms)."""
     pcts = [f"p{q:g}" for q in report["profile"]["percentiles"]]
@@ -515,6 +575,7 @@ def render_latency_table(report: dict[str, Any]) -> Table:
         table.add_column(f"{metric.removesuffix('_ms').upper()} ms\n{'/'.join(pcts)}", justify="right")
     if any(m.get("goodput") for levels in report["targets"].values() for m in levels):
         table.add_column("goodput", justify="right")
+    table.add_column("limit")
     for target, levels in report["targets"].items():
         for m in levels:
             cells = [
@@ -531,8 +592,14 @@ def render_latency_table(report: dict[str, Any]) -> Table:
             if m.get("goodput"):
                 g = m["goodput"]
                 cells.append(f"{_pct(g['fraction'])}% ({_num(g['rate'])}/s)")
+            cells.append(LIMIT_MARKS[(m.get("saturation") or {}).get("limit", "unknown")])
             table.add_row(*cells)
+    table.caption = "limit: who set the pace (server, client, ? unclear); the figures behind it in load_report.json"
     return table
+
+
+# How the load table marks who set a level's pace.
+LIMIT_MARKS = {"server": "server", "client": "CLIENT", "unknown": "?"}
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -599,6 +666,11 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
                 cells.append(" / ".join(_num(s.get(k), "{:.1f}") or "-" for k in ("p50", "p90", "p99")))
             parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
+        parts += [
+            f"<p>{html.escape(m['mode'])} {m['level']:g}: {html.escape(m['saturation']['line'])}</p>"
+            for m in levels
+            if m.get("saturation")
+        ]
         if target in images:
             data = base64.b64encode(images[target].read_bytes()).decode()
             parts.append(f"<img alt='{html.escape(target)}' src='data:image/png;base64,{data}'>")

@@ -80,6 +80,11 @@ def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
     ttfts = [t.ttft for t, _ in timings if t.ttft is not None]
     tpots = [v for t, n in timings if (v := t.tpot(n)) is not None]
     e2es = [t.e2e for t, _ in timings]
+    delays = [t.send_delay for t, _ in timings]
+    # The server's own account, where it gives one (llama-server's timings).
+    served = [(s, t) for r, (t, _) in zip(ok, timings, strict=True) if (s := r.server_timing) is not None]
+    server_tpots = [v for s, _ in served if (v := s.per_token_ms) is not None]
+    waits = [t.ttft * 1000.0 - s.prompt_ms for s, t in served if t.ttft is not None and s.prompt_ms is not None]
     sources = sorted({r.token_source or "none" for r in ok})
     return {
         "requests": len(ok),
@@ -90,6 +95,9 @@ def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
         "ttft_p50_ms": _ms(timing.percentile(ttfts, 50)),
         "tpot_p50_ms": _ms(timing.percentile(tpots, 50)),
         "e2e_p50_ms": _ms(timing.percentile(e2es, 50)),
+        "send_delay_p50_ms": _ms(timing.percentile(delays, 50)),
+        "server_tpot_p50_ms": timing.percentile(server_tpots, 50),
+        "server_wait_p50_ms": timing.percentile(waits, 50),
         "token_sources": sources,
         "token_count_agreement": token_agreement((r.token_counts, r.token_source) for r in ok),
     }

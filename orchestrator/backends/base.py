@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.backends.logprobs import Position
+from orchestrator.records import ServerTiming
 from orchestrator.timing import Stamps
 
 
@@ -86,6 +87,8 @@ class Completion:
     # Asked for (request.logprobs > 0): per generated token [token, logprob, [[token, logprob], ...]]
     # with the server's top alternatives, compact (see backends/logprobs.py).
     logprobs: list[Position] | None = None
+    # The server's own per-request times (llama-server's `timings`), where it gives them.
+    server_timing: ServerTiming | None = None
 
 
 class Backend(Protocol):

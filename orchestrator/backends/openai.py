@@ -24,6 +24,7 @@ from orchestrator.backends.http import (
 )
 from orchestrator.backends.logprobs import Position, from_openai
 from orchestrator.backends.tokens import CountSource, TokenCounting
+from orchestrator.records import ServerTiming
 from orchestrator.timing import LoopPacer, Stamps
 
 
@@ -151,6 +152,10 @@ class OpenAIChat(HTTPBackend):
             raw["usage_chunk"] = usage_chunk
         completion = self._completion("".join(parts), finish_reason, usage, stamps, body, raw)
         completion.logprobs = positions
+        # llama-server adds its own `timings` to the chunk that carries the usage.
+        completion.server_timing = ServerTiming.from_llama_server(
+            (usage_chunk or last_choice_chunk or {}).get("timings")
+        )
         return completion
 
     async def _read_body(self, resp: aiohttp.ClientResponse, stamps: Stamps, body: dict[str, Any]) -> Completion:
@@ -165,6 +170,7 @@ class OpenAIChat(HTTPBackend):
         completion = self._completion(text, choice.get("finish_reason"), payload.get("usage"), stamps, body, payload)
         if body.get("logprobs"):
             completion.logprobs = from_openai((choice.get("logprobs") or {}).get("content") or ())
+        completion.server_timing = ServerTiming.from_llama_server(payload.get("timings"))
         return completion
 
     @staticmethod
