@@ -41,7 +41,8 @@ def _manifest(tiny_model: Path, vllm_url: str, data_dir: Path, out: Path) -> Pat
     def gguf(name: str, quant: str) -> dict[str, Any]:
         path = tiny_model / f"tiny-qwen2-{quant.lower()}.gguf"
         return {"name": name, "model": "tiny-gguf", "quantization": quant, "backend": "llamacpp",
-                "launch": {"model_path": str(path), "n_ctx": 32768}}  # fmt: skip
+                # llama-cpp-python's server: the exact KL below comes from its own Python API.
+                "launch": {"model_path": str(path), "n_ctx": 32768, "server": "llama-cpp-python"}}  # fmt: skip
 
     manifest = {
         "run": {"name": "kl", "output_dir": str(out), "data_dir": str(data_dir), "noise_floor": True},

@@ -1,4 +1,5 @@
-"""End to end on real servers: vLLM (CPU) and three GGUF quantizations on llama.cpp.
+"""End to end on real servers: vLLM (CPU) and three GGUF quantizations on llama.cpp (F16 and
+Q8_0 on llama.cpp's own llama-server, Q4_K_M on llama-cpp-python's server).
 
 `orchestrate bench manifests/smoke.yaml` runs as a user would run it (a subprocess), MMLU limit
 200 over all subjects and C-Eval limit 100, concurrency 16. A second run is killed with SIGKILL
@@ -110,17 +111,27 @@ def test_backend_quirks_recorded(first_run: Path) -> None:
     # vLLM: usage arrives in a separate chunk with empty choices.
     assert vllm["token_source"] == "usage" and vllm["prompt_tokens"] > 0
     assert vllm["raw"]["usage_chunk"]["choices"] == []
-    llama = next(read_records(first_run / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen@2.jsonl"))
-    # llama.cpp: no stream usage; counted with the GGUF's tokenizer through the server; greedy needs
-    # repeat_penalty 1.0 on top of temperature 0.
-    assert llama["token_source"] == "server-tokenize"
-    assert llama["request"]["repeat_penalty"] == 1.0
+    python = next(read_records(first_run / "samples" / "tiny-llamacpp-q4_k_m" / "mmlu.qwen@2.jsonl"))
+    # llama-cpp-python: no stream usage; counted with the GGUF's tokenizer through the server;
+    # greedy needs repeat_penalty 1.0 on top of temperature 0.
+    assert python["token_source"] == "server-tokenize" and python["server_timing"] is None
+    assert python["request"]["repeat_penalty"] == 1.0
+    # llama-server: usage in the stream, and its own timings.
+    server = next(read_records(first_run / "samples" / "tiny-llamacpp-q8_0" / "mmlu.qwen@2.jsonl"))
+    assert server["token_source"] == "usage" and server["server_timing"]["predicted_ms"] > 0
+    assert server["request"]["repeat_penalty"] == 1.0
     meta = json.loads((first_run / "run.json").read_text())
     assert meta["servers"]["tiny-vllm-f32"]["v1_models"]["data"][0]["id"] == "tiny-qwen2"
-    assert "llama_cpp.server" in meta["servers"]["tiny-llamacpp-f16"]["managed"]["command"]
-    # The report names every row's server version: llama-cpp-python's, from the launcher.
-    assert meta["servers"]["tiny-llamacpp-f16"]["version"] == "llama-cpp-python 0.3.36"
-    assert "AVX2" in meta["servers"]["tiny-llamacpp-f16"]["managed"]["build"]
+    assert "llama_cpp.server" in meta["servers"]["tiny-llamacpp-q4_k_m"]["managed"]["command"]
+    assert meta["servers"]["tiny-llamacpp-f16"]["managed"]["command"][0].endswith("llama-server")
+    # The report names every row's server version: llama-cpp-python's from the launcher,
+    # llama-server's from its /props (build and commit).
+    assert meta["servers"]["tiny-llamacpp-q4_k_m"]["version"] == "llama-cpp-python 0.3.36"
+    assert meta["servers"]["tiny-llamacpp-f16"]["version"].startswith("llama-server b")
+    for target in ("tiny-llamacpp-f16", "tiny-llamacpp-q4_k_m"):
+        assert "AVX2" in meta["servers"][target]["managed"]["build"], target
+    # As many slots as requests in flight.
+    assert meta["servers"]["tiny-llamacpp-f16"]["managed"]["measured"]["slots"] == 16
 
 
 def test_report_recomputed_from_records(first_run: Path) -> None:
@@ -173,6 +184,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# Replies of a llama-server target that may differ between two runs (batched near-ties, below):
+# measured 10 of 400 (F16) and 65 of 400 (Q8_0, whose batched kernels quantize the activations)
+# on this random model. `--noise-floor` measures the same for a report.
+LLAMA_SERVER_FLIPS = 0.3
+
+
+def _llama_servers() -> list[str]:
+    """PIDs of llama.cpp servers of either kind still running."""
+    found = subprocess.run(["pgrep", "-f", "llama_cpp.server|bin/llama-server"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
 def test_kill_9_then_resume_is_exact(
     first_run: Path, tiny_model: Path, vllm_url: str, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -194,7 +217,7 @@ def test_kill_9_then_resume_is_exact(
     # the kernel's parent-death signal reaches them at once; their exit may take a moment.
     deadline = time.monotonic() + 10
     while True:
-        leftovers = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout.split()
+        leftovers = _llama_servers()
         orphans = [pid for pid in scorers if _alive(int(pid))]
         if not (leftovers or orphans) or time.monotonic() > deadline:
             break
@@ -212,16 +235,20 @@ def test_kill_9_then_resume_is_exact(
         for task in TASKS:
             ids = Counter(r["id"] for r in read_records(run_dir / "samples" / target / f"{task}.qwen@2.jsonl"))
             assert len(ids) == TASKS[task] and max(ids.values()) == 1, (target, task)
-    # Greedy decoding: identical replies to the uninterrupted run. llama.cpp reuses the KV cache of
-    # the longest prefix shared with the previous request, and its Q4_K kernels round differently
-    # for different batch shapes (F16 and Q8_0 are bit-exact, measured), so which request came
-    # before can flip a near-tie of the random model at Q4_K_M: rare, but not impossible.
+    # Greedy decoding: identical replies to the uninterrupted run, on vLLM. llama-cpp-python reuses
+    # the KV cache of the longest prefix shared with the previous request, and its Q4_K kernels
+    # round differently for different batch shapes (F16 and Q8_0 are bit-exact, measured), so which
+    # request came before can flip a near-tie of the random model at Q4_K_M: rare, but not
+    # impossible. llama-server decodes its slots together, so which requests shared a batch
+    # (timing, never the same twice) can flip near-ties at any quantization: bounded by measurement.
     first, second = _replies(first_run), _replies(run_dir)
     assert first.keys() == second.keys()
     differing = [k for k in first if first[k] != second[k]]
-    exact = [k for k in differing if k[0] != "tiny-llamacpp-q4_k_m"]
-    assert not exact, exact[:5]
-    assert len(differing) <= 0.02 * len(first) / len(TARGETS), differing
+    per_target = Counter(k[0] for k in differing)
+    n = len(first) / len(TARGETS)
+    bounds = {"tiny-vllm-f32": 0, "tiny-llamacpp-q4_k_m": 0.02 * n, "tiny-llamacpp-f16": LLAMA_SERVER_FLIPS * n,
+              "tiny-llamacpp-q8_0": LLAMA_SERVER_FLIPS * n}  # fmt: skip
+    assert all(per_target[t] <= bound for t, bound in bounds.items()), (per_target, n)
     # Hence the same table (wherever the replies are the same).
     cells_first, cells_second = _accuracy_cells(build_report(first_run)), _accuracy_cells(build_report(run_dir))
     flipped = {(k[0], k[1]) for k in differing}
@@ -242,7 +269,7 @@ def test_ctrl_c_stops_managed_server(tiny_model: Path, vllm_url: str, data_dir: 
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     # The server was stopped before the orchestrator exited (not merely orphaned and killed later).
-    leftovers = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout.split()
+    leftovers = _llama_servers()
     assert not leftovers
     records = list(read_records(victim))
     assert 5 <= len(records) < 60 and all(r["error"] is None for r in records)
