@@ -71,7 +71,8 @@ def main() -> None:
         label, _, extra = v.partition("=")
         configs.append((label, "llama-server", extra.split(",") if extra else []))
     levels = [int(x) for x in args.levels.split(",")]
-    print(f"{args.quant} GGUF of Qwen2-0.5B's shape; local.yaml's tasks, --limit {args.limit} each; 2 runs interleaved")
+    print(f"{args.quant} GGUF of Qwen2-0.5B's shape; local.yaml's tasks, --limit {args.limit} each")
+    print("(the servers take turns within each level, so that the machine's drift hits them alike)")
     print(f"{'server':<28} {'c':>3} {'req/s':>7} {'TTFT p50 ms':>12} {'TPOT p50 ms':>12}  limit")
     for c in levels:
         for label, server, extra in configs:

@@ -597,8 +597,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 raise ManifestError(args.manifest, f"targets[{i}].launch.model_path", f"no such file: {path}")
     if m.run.data_dir and not m.resolve_path(m.run.data_dir).is_dir():
         raise ManifestError(args.manifest, "run.data_dir", f"no such folder: {m.resolve_path(m.run.data_dir)}")
+    from orchestrator.backends.launch import LlamaServer, managed_server
+
+    servers = []
+    for t in m.targets:
+        if t.launch is not None:  # which llama.cpp server bench would start (a missing one: exit 2)
+            server = managed_server(t.name, t.launch, Path(), Path(), 1, m.resolve_path)
+            where = f" ({server.binary})" if isinstance(server, LlamaServer) else ""
+            servers.append(f"  {t.name}: {server.kind}{where}")
     tasks = ", ".join(f"{k}(limit={v.limit})" for k, v in m.tasks.items())
     _out().print(f"{args.manifest}: OK — {len(m.targets)} targets; tasks {tasks}; setup {m.run.setup}")
+    for line in servers:
+        _out().print(line, highlight=False)
     return 0
 
 

@@ -187,7 +187,9 @@ def _cells(row: dict[str, Any], sep: str = "\n", kld: bool = False) -> list[str]
         _num(sp["requests_per_s"]),
         _num(sp["output_tokens_per_s"], "{:.1f}") + _ratio(ratios.get("output_tokens_per_s")),
         _num(sp["ttft_p50_ms"], "{:.0f}") + _ratio(ratios.get("ttft_p50_ms")),
-        _num(sp["tpot_p50_ms"], "{:.1f}"),
+        # The server's own time per token beside the client's, where it gives one (llama-server).
+        _num(sp["tpot_p50_ms"], "{:.1f}")
+        + (f"{sep}server {sp['server_tpot_p50_ms']:.1f}" if sp.get("server_tpot_p50_ms") is not None else ""),
         str(row["errors"]),
     ]
     return cells

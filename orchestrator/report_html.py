@@ -212,6 +212,10 @@ def render_html(report: dict[str, Any], table_rows: list[list[str]], headers: li
             parts.append(f"<p>{esc(row['target'])}: no Average, {esc(row['average_missing'])}</p>")
         if row.get("comparison_note"):
             parts.append(f"<p>{esc(row['target'])}: {esc(row['comparison_note'])}</p>")
+    pace = [row for row in report["rows"] if row.get("saturation")]
+    if pace:
+        parts.append("<h2>Who set the pace</h2>")
+        parts += [f"<p><b>{esc(row['target'])}</b>: {esc(row['saturation']['line'])}</p>" for row in pace]
     comparisons = _comparisons(report)
     if comparisons:
         head = ["target", "task", "paired n", "one side only", "Δ pts", "95 % CI", "p", "p (Holm)",

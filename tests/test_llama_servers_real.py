@@ -10,6 +10,7 @@ the point of llama-server is: concurrency buys throughput.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -141,6 +142,9 @@ def test_the_report_says_who_set_the_pace(bench_run: Path) -> None:
     assert pace["server_tpot_ms"] == ls["speed"]["server_tpot_p50_ms"] > 0 and pace["slots"] == CONCURRENCY
     assert 0 < pace["client_core_share"] < 1 and 0 < pace["busy_slots"] <= CONCURRENCY
     assert pace["limit"] in ("server", "client", "unknown") and pace["line"] in (bench_run / "report.md").read_text()
+    assert html.escape(pace["line"]) in (bench_run / "report.html").read_text()
+    # The server's own ms per token stands beside the client's TPOT in the table.
+    assert f"server {ls['speed']['server_tpot_p50_ms']:.1f}" in (bench_run / "report.md").read_text()
     assert rows["py-q8_0"]["saturation"]["server_tpot_ms"] is None  # it gives no timings
     assert f"ls-q8_0: {pace['line']}" in " ".join((bench_run / "stdout.txt").read_text().split())
 

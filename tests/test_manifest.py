@@ -137,6 +137,31 @@ def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
 
 
+def test_cli_validate_names_the_llama_server_a_managed_target_gets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = base()
+    launch = next(t for t in data["targets"] if "launch" in t)["launch"]
+    p = tmp_path / "m.yaml"
+    (tmp_path / "x").write_bytes(b"GGUF")
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    launch["server"] = "llama-cpp-python"
+    p.write_text(yaml.safe_dump({**data, "targets": [t for t in data["targets"] if "launch" in t]}))
+    assert main(["validate", str(p)]) == 0
+    assert ": llama-cpp-python" in capsys.readouterr().out
+    launch.update(server="llama-server", binary="./llama-server")  # relative to the manifest
+    p.write_text(yaml.safe_dump({**data, "targets": [t for t in data["targets"] if "launch" in t]}))
+    assert main(["validate", str(p)]) == 0
+    assert f": llama-server ({tmp_path}" in capsys.readouterr().out
+    launch["binary"] = "nowhere/llama-server"
+    p.write_text(yaml.safe_dump({**data, "targets": [t for t in data["targets"] if "launch" in t]}))
+    assert main(["validate", str(p)]) == 2
+    out = capsys.readouterr()
+    assert "OK" not in out.out and "llama-server binary not found or not executable" in out.err
+
+
 def test_run_json_never_holds_url_credentials() -> None:
     from orchestrator.secrets import redact
 

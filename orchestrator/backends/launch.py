@@ -332,8 +332,10 @@ class LlamaServer(ManagedServer):
 
     kind = "llama-server"
 
-    def __init__(self, binary: str, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(
+        self, binary: str, name: str, launch: LaunchConfig, model_path: Path, log_path: Path, slots: int
+    ) -> None:
+        super().__init__(name, launch, model_path, log_path, slots)
         self.binary = binary
 
     @property
