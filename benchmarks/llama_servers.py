@@ -9,7 +9,7 @@ Q8_0, Q4_K_M); without the Hub the real Qwen2-0.5B-Instruct GGUF cannot be had h
 are noise, so every request runs to max_tokens: a harder load than the real model's short answers.
 
     python benchmarks/llama_servers.py [--quant q4_k_m] [--limit 16] [--levels 1,4,16]
-        [--variant llama-server:cache-ram=8192=--cache-ram,8192]
+        [--variant "llama-server --cache-ram 8192=--cache-ram,8192"]
 
 A variant is ``label=ARG,ARG``: llama-server with extra arguments (e.g. its default 8 GiB prompt
 cache, against the launcher's --cache-ram 0).
