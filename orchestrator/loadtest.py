@@ -150,7 +150,7 @@ def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[s
     # token, and the wait before its prompt (TTFT minus its prompt time).
     served = [(r, s) for r in ok if (s := r.server_timing) is not None]
     server_tpot = [v for _, s in served if (v := s.per_token_ms) is not None]
-    wait = [t * ms - s.prompt_ms for r, s in served if (t := r.ttft) is not None and s.prompt_ms is not None]
+    wait = [w for r, s in served if (w := s.wait_ms(r.ttft)) is not None]
     if served:
         metrics["server_tpot_ms"] = summary(server_tpot, p)
         metrics["server_wait_ms"] = summary(wait, p)

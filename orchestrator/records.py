@@ -100,6 +100,13 @@ class ServerTiming(NamedTuple):
             return None
         return self.predicted_ms / self.predicted_tokens
 
+    def wait_ms(self, ttft: float | None) -> float | None:
+        """The client's TTFT (seconds) minus the server's prompt time: the wait in the server
+        before it took up the prompt (for a slot, behind other prompts), in milliseconds."""
+        if ttft is None or self.prompt_ms is None:
+            return None
+        return ttft * 1000.0 - self.prompt_ms
+
     def to_json(self) -> dict[str, Any]:
         """The on-disk form."""
         return self._asdict()

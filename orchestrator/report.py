@@ -16,7 +16,7 @@ from rich.table import Table
 from orchestrator import divergence
 from orchestrator.published import cell_text, compare_published, load_reference
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
-from orchestrator.saturation import Saturation, core_share, llama_busy_slots
+from orchestrator.saturation import Saturation, core_share, server_side
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.store import RunStore, atomic_write
 from orchestrator.summary import summarize_run
@@ -81,7 +81,6 @@ def _saturation(speed: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]
     if not speed.get("requests"):
         return None
     client = server.get("client") or {}
-    settings = (server.get("managed") or {}).get("measured") or (server.get("managed") or {}).get("settings") or {}
     return Saturation(
         client_core_share=core_share(client.get("cpu_s"), client.get("wall_s")),
         send_delay_ms=speed.get("send_delay_p50_ms"),
@@ -90,8 +89,7 @@ def _saturation(speed: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]
         tpot_ms=speed.get("tpot_p50_ms"),
         server_tpot_ms=speed.get("server_tpot_p50_ms"),
         server_wait_ms=speed.get("server_wait_p50_ms"),
-        busy_slots=llama_busy_slots(server.get("metrics_before"), server.get("metrics_after")),
-        slots=settings.get("slots"),
+        **server_side(server.get("managed"), server.get("metrics_before"), server.get("metrics_after")),
     ).to_json()
 
 
@@ -548,8 +546,6 @@ def _level_saturation(
     timed = [r.timing for r in records if r.timing is not None]
     wall = max(t.wall_end for t in timed) - min(t.wall_send for t in timed) if timed else None
     scraped = meta.get("server_metrics", {}).get(key) or {}
-    managed = meta.get("servers", {}).get(target) or {}
-    slots = (managed.get("measured") or managed.get("settings") or {}).get("slots")
 
     def p50(name: str) -> float | None:
         return (metrics.get(name) or {}).get("p50")
@@ -562,8 +558,7 @@ def _level_saturation(
         tpot_ms=p50("tpot_ms"),
         server_tpot_ms=p50("server_tpot_ms"),
         server_wait_ms=p50("server_wait_ms"),
-        busy_slots=llama_busy_slots(scraped.get("before"), scraped.get("after")),
-        slots=slots,
+        **server_side(meta.get("servers", {}).get(target), scraped.get("before"), scraped.get("after")),
     ).to_json()
 
 

@@ -97,6 +97,18 @@ def llama_busy_slots(before: dict[str, float] | None, after: dict[str, float] | 
     return (after[ratio] * after[steps] - before[ratio] * before[steps]) / decoded
 
 
+def server_side(
+    managed: dict[str, Any] | None, before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, Any]:
+    """The server's slots (as it reported them, else as launched: run.json's ``managed``) and its
+    mean busy slots between two ``/metrics`` scrapes: Saturation's server-side fields."""
+    managed = managed or {}
+    return {
+        "busy_slots": llama_busy_slots(before, after),
+        "slots": (managed.get("measured") or managed.get("settings") or {}).get("slots"),
+    }
+
+
 def core_share(cpu_s: float | None, wall_s: float | None) -> float | None:
     """CPU seconds over wall seconds: the share of one core."""
     if cpu_s is None or not wall_s:

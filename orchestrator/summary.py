@@ -84,7 +84,7 @@ def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
     # The server's own account, where it gives one (llama-server's timings).
     served = [(s, t) for r, (t, _) in zip(ok, timings, strict=True) if (s := r.server_timing) is not None]
     server_tpots = [v for s, _ in served if (v := s.per_token_ms) is not None]
-    waits = [t.ttft * 1000.0 - s.prompt_ms for s, t in served if t.ttft is not None and s.prompt_ms is not None]
+    waits = [w for s, t in served if (w := s.wait_ms(t.ttft)) is not None]
     sources = sorted({r.token_source or "none" for r in ok})
     return {
         "requests": len(ok),
