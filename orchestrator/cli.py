@@ -34,7 +34,7 @@ from orchestrator.manifest import (
     with_overrides,
 )
 from orchestrator.records import RECORD_SCHEMA
-from orchestrator.registry import BACKENDS, LOAD_PROMPTS, TASKS
+from orchestrator.registry import BACKENDS, COMPOSE_BACKENDS, K8S_BACKENDS, LOAD_PROMPTS, TASKS
 from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
 
@@ -536,6 +536,11 @@ def cmd_compose(args: argparse.Namespace) -> int:
         first_port=args.first_port,
         hf_cache=args.hf_cache or ComposeOptions.hf_cache,
         reuse_gpus_across_sizes=not args.no_gpu_reuse,
+        image=args.image,
+        gpu=not args.cpu,
+        network_host=args.network_host,
+        model_dir=str(Path(args.model_dir).resolve()) if args.model_dir else None,
+        parallel=args.parallel,
     )
     doc = render_compose(options)
     problems = check_compose(doc, args.output or "<generated>", schema)
@@ -612,11 +617,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _matrix_args(parser: argparse.ArgumentParser, default_backend: str) -> None:
+def _matrix_args(parser: argparse.ArgumentParser, default_backend: str, backends: Sequence[str]) -> None:
     """Backend and checkpoint selection, shared by `compose` and `k8s`."""
-    parser.add_argument("--backend", choices=["tgi", "vllm", "sglang"], default=default_backend)
+    parser.add_argument("--backend", choices=backends, default=default_backend)
     parser.add_argument("--sizes", help="comma-separated: 0.5b,1.5b,7b,72b (default: all)")
-    parser.add_argument("--quants", help="comma-separated: bf16,gptq-int8,gptq-int4,awq (default: all)")
+    parser.add_argument(
+        "--quants",
+        help="comma-separated: bf16,gptq-int8,gptq-int4,awq (default: all); llamacpp: GGUF files "
+        "fp16,q8_0,q6_k,q5_k_m,q5_0,q4_k_m,q4_0,q3_k_m,q2_k (default: fp16,q8_0,q5_k_m,q4_k_m)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -706,18 +715,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     c = sub.add_parser("compose", help="render Compose files for the Qwen2 checkpoint matrix, or --check one")
-    _matrix_args(c, default_backend="tgi")
+    _matrix_args(c, default_backend="tgi", backends=COMPOSE_BACKENDS)
     c.add_argument("--gpus", default="0,1,2,3,4,5,6,7", help="GPU ids to assign, in order")
     c.add_argument("--first-port", type=int, default=8001, help="host port of the first service")
     c.add_argument("--hf-cache", help="host folder of the Hugging Face cache (default: $HF_HOME)")
     c.add_argument("--no-gpu-reuse", action="store_true", help="never give a GPU to two services, even across sizes")
+    c.add_argument("--image", help="every service's image instead of the backend's official one")
+    c.add_argument("--cpu", action="store_true", help="no GPU reservations (a CPU image; llama.cpp: its CPU image)")
+    c.add_argument("--network-host", action="store_true", help="network_mode host: servers listen on the host ports")
+    c.add_argument("--model-dir", help="llamacpp: host folder of GGUF files (Hub names), mounted read-only")
+    c.add_argument("--parallel", type=int, default=8, help="llamacpp: slots per server (each 8,192 tokens)")
     c.add_argument("-o", "--output", help="write here instead of stdout")
     c.add_argument("--check", metavar="FILE", help="check a Compose file (schema + GPU, port, token, TP rules)")
     c.add_argument("--schema", help="compose-spec.json (default: $ORCHESTRATOR_COMPOSE_SCHEMA or ../shared/specs)")
     c.set_defaults(func=cmd_compose)
 
     k = sub.add_parser("k8s", help="render Kubernetes manifests for the checkpoint matrix (more than one host)")
-    _matrix_args(k, default_backend="vllm")
+    _matrix_args(k, default_backend="vllm", backends=K8S_BACKENDS)
     k.add_argument("--namespace", default="llm-bench")
     k.add_argument("--replicas", type=int, default=1, help="server replicas per checkpoint")
     k.add_argument("--storage-class", help="storage class of the shared (ReadWriteMany) Hugging Face cache")

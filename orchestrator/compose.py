@@ -1,9 +1,11 @@
 """Compose files for the checkpoint matrix: render, check, and discover targets from them.
 
-One service per checkpoint, pinned to its GPUs (``deploy.resources.reservations.devices`` with
+One service per checkpoint (TGI, vLLM and SGLang serve the safetensors matrix, llama.cpp's
+``llama-server`` the GGUF one), pinned to its GPUs (``deploy.resources.reservations.devices`` with
 ``device_ids``), its own host port, a shared Hugging Face cache, ``HF_TOKEN`` passed through from
 the environment (never written into the file), shared memory for NCCL, a ``/health`` healthcheck
-with a long start period, profiles per size and per quantization, and labels that let
+with a long start period, profiles per size and per quantization, the order in which the size
+profiles are brought up in turn (``x-orchestrator.turns``), and labels that let
 ``orchestrate bench --compose`` find the targets.
 
 ``check_compose`` validates a file against the Compose Specification JSON schema and then checks
@@ -23,25 +25,42 @@ from typing import Any
 
 import yaml
 
+from orchestrator.backends.launch import llama_server_options
 from orchestrator.errors import UserError
-from orchestrator.matrix import Checkpoint, MatrixError, by_repo, select
+from orchestrator.matrix import Checkpoint, MatrixError, by_repo, gguf_checkpoint, select
+from orchestrator.registry import COMPOSE_BACKENDS
 
-BACKENDS = ("tgi", "vllm", "sglang")
+BACKENDS = COMPOSE_BACKENDS
 IMAGES = {
     # TGI is in maintenance mode upstream (README); 3.3.x is its last line.
     "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
     "vllm": "vllm/vllm-openai:v0.11.0",
     "sglang": "lmsysorg/sglang:v0.5.4",
+    # llama.cpp's official server image (entrypoint /app/llama-server, curl inside), a pinned build.
+    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server-cuda-b10481",
 }
-CONTAINER_PORT = {"tgi": 80, "vllm": 8000, "sglang": 30000}
+LLAMACPP_CPU_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b10481"  # --cpu: the same build without CUDA
+CONTAINER_PORT = {"tgi": 80, "vllm": 8000, "sglang": 30000, "llamacpp": 8080}
 # The host's HF_HOME is mounted whole; TGI is pointed at its hub/ folder so that every backend
-# shares one download of each checkpoint.
-CACHE_MOUNT = {"tgi": "/data", "vllm": "/root/.cache/huggingface", "sglang": "/root/.cache/huggingface"}
-CACHE_ENV = {"tgi": ["HF_HUB_CACHE=/data/hub", "HUGGINGFACE_HUB_CACHE=/data/hub"], "vllm": [], "sglang": []}
+# shares one download of each checkpoint (llama.cpp keeps its GGUF downloads in a folder of it).
+HF_HOME_MOUNT = "/root/.cache/huggingface"
+CACHE_MOUNT = {"tgi": "/data", "vllm": HF_HOME_MOUNT, "sglang": HF_HOME_MOUNT, "llamacpp": HF_HOME_MOUNT}
+CACHE_ENV = {
+    "tgi": ["HF_HUB_CACHE=/data/hub", "HUGGINGFACE_HUB_CACHE=/data/hub"],
+    "vllm": [],
+    "sglang": [],
+    "llamacpp": [f"LLAMA_CACHE={HF_HOME_MOUNT}/llama.cpp"],
+}
+MODEL_DIR_MOUNT = "/models"  # --model-dir: local GGUF files, mounted read-only
 LABEL = "orchestrator"
 # TGI token budget: prompts up to 7,168 tokens (5-shot MMLU) plus 1,024 generated.
 TGI_MAX_INPUT, TGI_MAX_TOTAL, TGI_MAX_PREFILL = 7168, 8192, 8192
 MAX_MODEL_LEN = 8192
+# llama-server: slots decoded together, each with MAX_MODEL_LEN of context. Eight keep the 72B
+# GGUFs' fp16 KV cache (21 GB at 8 x 8,192 tokens) within 8 GPUs for the four default quantizations.
+LLAMACPP_SLOTS = 8
+# How often Docker asks /health: also how soon `docker compose up --wait` sees a server ready.
+HEALTH_INTERVAL = "5s"
 
 
 class ComposeError(UserError, ValueError):
@@ -60,6 +79,11 @@ class ComposeOptions:
     hf_cache: str = "${HF_HOME:-${HOME}/.cache/huggingface}"
     reuse_gpus_across_sizes: bool = True
     tp: dict[str, int] = field(default_factory=dict)  # Hub id -> tensor-parallel size override
+    image: str | None = None  # every service's image instead of the backend's official one
+    gpu: bool = True  # False: no GPU reservations (a CPU image; llama.cpp without layer offload)
+    network_host: bool = False  # network_mode host: each server listens on its host port itself
+    model_dir: str | None = None  # llamacpp: GGUF files from this host folder instead of the Hub
+    parallel: int = LLAMACPP_SLOTS  # llamacpp: slots per server
 
     def command_line(self) -> str:
         """The `orchestrate compose` call that renders these options (for the file header)."""
@@ -77,11 +101,44 @@ class ComposeOptions:
             parts.append(f"--hf-cache {self.hf_cache}")
         if not self.reuse_gpus_across_sizes:
             parts.append("--no-gpu-reuse")
+        if self.image:
+            parts.append(f"--image {self.image}")
+        if not self.gpu:
+            parts.append("--cpu")
+        if self.network_host:
+            parts.append("--network-host")
+        if self.model_dir:
+            parts.append(f"--model-dir {self.model_dir}")
+        if self.parallel != default.parallel:
+            parts.append(f"--parallel {self.parallel}")
         return " ".join(parts)
 
+    def image_of(self, backend: str) -> str:
+        """The image a backend's services run."""
+        if self.image:
+            return self.image
+        return LLAMACPP_CPU_IMAGE if backend == "llamacpp" and not self.gpu else IMAGES[backend]
 
-def server_command(backend: str, ckpt: Checkpoint, tp: int) -> list[str]:
-    """The server's arguments (TGI, vLLM) or full command (SGLang) for a checkpoint."""
+
+def server_command(backend: str, ckpt: Checkpoint, tp: int, port: int | None = None,
+                   options: ComposeOptions | None = None) -> list[str]:  # fmt: skip
+    """The server's arguments (TGI, vLLM, llama.cpp) or full command (SGLang) for a checkpoint;
+    ``port``: where it listens in the container (its default when None)."""
+    port = port or CONTAINER_PORT[backend]
+    listen = [] if port == CONTAINER_PORT[backend] else ["--port", str(port)]
+    if backend == "llamacpp":
+        opts = options or ComposeOptions(backend="llamacpp")
+        if opts.model_dir:
+            model = ["--model", f"{MODEL_DIR_MOUNT}/{ckpt.gguf_file}"]
+        else:  # `repo:quant`: llama.cpp finds the quantization's file (every part of a split one)
+            model = ["--hf-repo", f"{ckpt.repo}:{ckpt.quant}"]
+        return [
+            "--host", "0.0.0.0",
+            "--port", str(port),
+            *model,
+            *(["--n-gpu-layers", "999"] if opts.gpu else []),  # every layer on the GPUs
+            *llama_server_options(opts.parallel, MAX_MODEL_LEN),
+        ]  # fmt: skip
     if backend == "tgi":
         # No --quantize/--dtype for GPTQ/AWQ repos: TGI reads the quantization config itself.
         return [
@@ -91,6 +148,7 @@ def server_command(backend: str, ckpt: Checkpoint, tp: int) -> list[str]:
             "--max-total-tokens", str(TGI_MAX_TOTAL),
             "--max-batch-prefill-tokens", str(TGI_MAX_PREFILL),
             "--usage-stats", "off",
+            *listen,
         ]  # fmt: skip
     if backend == "vllm":
         # Never --quantization gptq|awq: vLLM picks the fast Marlin kernels itself; forcing it slows down.
@@ -99,33 +157,34 @@ def server_command(backend: str, ckpt: Checkpoint, tp: int) -> list[str]:
             "--tensor-parallel-size", str(tp),
             "--gpu-memory-utilization", "0.90",
             "--max-model-len", str(MAX_MODEL_LEN),
+            *listen,
         ]  # fmt: skip
     return [
         "python3", "-m", "sglang.launch_server",
         "--model-path", ckpt.repo,
         "--host", "0.0.0.0",
-        "--port", str(CONTAINER_PORT["sglang"]),
+        "--port", str(port),
         "--tp", str(tp),
     ]  # fmt: skip
 
 
-def _service(backend: str, ckpt: Checkpoint, tp: int, gpu_ids: list[str], host_port: int) -> dict[str, Any]:
-    port = CONTAINER_PORT[backend]
+def _service(ckpt: Checkpoint, tp: int, gpu_ids: list[str], host_port: int, options: ComposeOptions) -> dict[str, Any]:
+    backend = options.backend
+    # On the host's network a server listens on its host port itself (nothing is published).
+    port = host_port if options.network_host else CONTAINER_PORT[backend]
+    local_models = backend == "llamacpp" and options.model_dir
     service: dict[str, Any] = {
-        "image": IMAGES[backend],
-        "command": server_command(backend, ckpt, tp),
+        "image": options.image_of(backend),
+        "command": server_command(backend, ckpt, tp, port, options),
         "ports": [f"{host_port}:{port}"],
-        "volumes": [f"hf-cache:{CACHE_MOUNT[backend]}"],
+        "volumes": [f"{options.model_dir}:{MODEL_DIR_MOUNT}:ro"]
+        if local_models
+        else [f"hf-cache:{CACHE_MOUNT[backend]}"],
         # HF_TOKEN is passed through from the shell that runs `docker compose`: never in the file.
-        "environment": ["HF_TOKEN", *CACHE_ENV[backend]],
-        "deploy": {
-            "resources": {
-                "reservations": {"devices": [{"driver": "nvidia", "device_ids": gpu_ids, "capabilities": ["gpu"]}]}
-            }
-        },
+        "environment": ["HF_TOKEN", *([] if local_models else CACHE_ENV[backend])],
         "healthcheck": {
             "test": ["CMD-SHELL", f"curl -fsS http://127.0.0.1:{port}/health || exit 1"],
-            "interval": "30s",
+            "interval": HEALTH_INTERVAL,
             "timeout": "10s",
             "retries": 3,
             # Downloading and loading a 72B checkpoint takes long; do not count that as failures.
@@ -134,14 +193,23 @@ def _service(backend: str, ckpt: Checkpoint, tp: int, gpu_ids: list[str], host_p
         "profiles": [ckpt.profile_size, ckpt.profile_quant, "all"],
         "labels": {
             f"{LABEL}.model": ckpt.model,
-            f"{LABEL}.model_id": ckpt.repo,
+            # The model's own Hub id (a GGUF's base model): its tokenizer and chat template.
+            f"{LABEL}.model_id": ckpt.base_repo if ckpt.is_gguf else ckpt.repo,
             f"{LABEL}.quantization": ckpt.quant,
             f"{LABEL}.backend": backend,
             f"{LABEL}.tensor_parallel": str(tp),
         },
-        "restart": "unless-stopped",
+        # A server that dies is a failed target, seen as such: never restarted behind the run's back.
+        "restart": "no",
     }
-    if tp > 1:
+    if options.gpu:  # after the environment, where it has always been in the checked-in files
+        device = {"driver": "nvidia", "device_ids": gpu_ids, "capabilities": ["gpu"]}
+        at = list(service).index("environment") + 1
+        items = list(service.items())
+        service = dict([*items[:at], ("deploy", {"resources": {"reservations": {"devices": [device]}}}), *items[at:]])
+    if options.network_host:
+        service["network_mode"] = "host"
+    if tp > 1 and backend != "llamacpp":
         service["ipc"] = "host"  # NCCL between shards needs more than a private /dev/shm
     else:
         service["shm_size"] = "1g"
@@ -149,11 +217,12 @@ def _service(backend: str, ckpt: Checkpoint, tp: int, gpu_ids: list[str], host_p
 
 
 def selected(backend: str, sizes: tuple[str, ...], quants: tuple[str, ...]) -> list[Checkpoint]:
-    """The checkpoints a deployment covers (all by default); ComposeError for a bad choice."""
+    """The checkpoints a deployment covers (all by default; llamacpp: the GGUF matrix);
+    ComposeError for a bad choice."""
     if backend not in BACKENDS:
         raise ComposeError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
     try:
-        checkpoints = select(list(sizes) or None, list(quants) or None)
+        checkpoints = select(list(sizes) or None, list(quants) or None, gguf=backend == "llamacpp")
     except MatrixError as exc:
         raise ComposeError(str(exc)) from None
     if not checkpoints:
@@ -171,11 +240,17 @@ def render_compose(options: ComposeOptions) -> dict[str, Any]:
         if options.reuse_gpus_across_sizes and ckpt.size != current_size:
             cursor = 0  # each size profile is a box of its own: its services start at the first GPU
         current_size = ckpt.size
-        tp = options.tp.get(ckpt.repo, ckpt.default_tp)
-        try:
-            ckpt.check_tp(tp)
-        except MatrixError as exc:
-            raise ComposeError(str(exc)) from None
+        if ckpt.is_gguf:  # llama.cpp splits layers: as many GPUs as weights and KV cache need
+            tp = ckpt.gguf_gpus(options.parallel, MAX_MODEL_LEN) if options.gpu else 1
+        else:
+            tp = options.tp.get(ckpt.repo, ckpt.default_tp)
+            try:
+                ckpt.check_tp(tp)
+            except MatrixError as exc:
+                raise ComposeError(str(exc)) from None
+        if not options.gpu:
+            services[ckpt.slug] = _service(ckpt, tp, [], options.first_port + i, options)
+            continue
         if cursor + tp > len(options.gpus):
             raise ComposeError(
                 f"not enough GPUs for {ckpt.repo}: needs {tp} more, {len(options.gpus) - cursor} left of "
@@ -183,15 +258,17 @@ def render_compose(options: ComposeOptions) -> dict[str, Any]:
             )
         gpu_ids = list(options.gpus[cursor : cursor + tp])
         cursor += tp
-        services[ckpt.slug] = _service(options.backend, ckpt, tp, gpu_ids, options.first_port + i)
-    doc: dict[str, Any] = {
-        "name": f"qwen2-{options.backend}",
-        "services": services,
-        "volumes": {"hf-cache": {"driver": "local", "driver_opts": {"type": "none", "o": "bind",
-                                                                     "device": options.hf_cache}}},
-    }  # fmt: skip
+        services[ckpt.slug] = _service(ckpt, tp, gpu_ids, options.first_port + i, options)
+    doc: dict[str, Any] = {"name": f"qwen2-{options.backend}", "services": services}
+    if not (options.backend == "llamacpp" and options.model_dir):
+        doc["volumes"] = {"hf-cache": {"driver": "local", "driver_opts": {"type": "none", "o": "bind",
+                                                                          "device": options.hf_cache}}}  # fmt: skip
+    # `orchestrate bench --compose FILE --all-profiles` brings the size profiles up in this order,
+    # one at a time (each is a box of its own).
+    sizes = list(dict.fromkeys(c.profile_size for c in checkpoints))
+    doc["x-orchestrator"] = {"turns": sizes}
     if options.reuse_gpus_across_sizes:
-        doc["x-orchestrator"] = {"gpu_reuse": "across-sizes"}
+        doc["x-orchestrator"]["gpu_reuse"] = "across-sizes"
     return doc
 
 
@@ -199,8 +276,9 @@ def dump_compose(doc: dict[str, Any], options: ComposeOptions) -> str:
     """YAML text with a header saying how it was made."""
     header = (
         f"# Generated by `{options.command_line()}` - do not edit; regenerate instead.\n"
-        "# HF_TOKEN comes from the environment of `docker compose`; start a subset with profiles,\n"
-        "# e.g. `docker compose -f <this file> --profile 7b up -d`.\n"
+        "# HF_TOKEN comes from the environment of `docker compose`. Every size in turn, benched into one\n"
+        "# report: `orchestrate bench --compose <this file> --all-profiles`; one by hand:\n"
+        "# `docker compose -f <this file> --profile 7b up -d`.\n"
     )
     return header + yaml.safe_dump(doc, sort_keys=False, width=120)
 
@@ -304,6 +382,9 @@ def check_compose(doc: Any, source: str, schema: Path | None = None) -> list[str
                 f"--max-input-tokens {tgi_in}"
             )
         repo = labels.get(f"{LABEL}.model_id") or _flag(command, "--model-id", "--model", "--model-path")
+        if labels.get(f"{LABEL}.backend") == "llamacpp":
+            problems += _llamacpp_problems(prefix, repo, labels.get(f"{LABEL}.quantization"), command, ids)
+            continue
         tp_text = _flag(command, "--num-shard", "--tensor-parallel-size", "--tp", "--tp-size") or "1"
         ckpt = by_repo(repo) if repo else None
         if ckpt is not None and tp_text.isdigit():
@@ -320,6 +401,22 @@ def check_compose(doc: Any, source: str, schema: Path | None = None) -> list[str
                 continue  # different size profiles: declared as never started together
             problems.append(f"{source}: services.{b}.deploy.resources.reservations: GPU {gpu} is also given to {a}")
     return problems
+
+
+def _llamacpp_problems(
+    prefix: str, repo: str | None, quant: str | None, command: list[str], ids: list[str]
+) -> list[str]:
+    """A llama-server service given fewer GPUs than its GGUF and KV cache need."""
+    ckpt = gguf_checkpoint(repo, quant) if repo and quant else None
+    slots, ctx = _flag(command, "--parallel", "-np"), _flag(command, "--ctx-size", "-c")
+    if ckpt is None or not ids or not (slots and ctx and slots.isdigit() and ctx.isdigit()) or not int(slots):
+        return []  # not a matrix GGUF, or on the CPU, or sizes the server picks itself
+    need = ckpt.gguf_gpus(int(slots), int(ctx) // int(slots))
+    if len(ids) >= need:
+        return []
+    gb = ckpt.memory_gb(int(slots), int(ctx) // int(slots))
+    what = f"{ckpt.repo} {ckpt.quant} with {slots} slots"
+    return [f"{prefix}.deploy: {what} needs {need} GPUs ({gb:.0f} GB), {len(ids)} reserved"]
 
 
 def _size(service: dict[str, Any]) -> str | None:

@@ -20,6 +20,9 @@ REFERENCE_QUANTS = ("BF16", "FP16", "F16", "FP32", "F32")
 # The backends a target can name (an adapter each in orchestrator/backends).
 BackendKind = Literal["openai", "vllm", "llamacpp", "tgi", "tgi-chat", "sglang"]
 BACKENDS: tuple[str, ...] = get_args(BackendKind)
+# The backends the deployment renderings know (official images, server commands, health checks).
+COMPOSE_BACKENDS = ("tgi", "vllm", "sglang", "llamacpp")
+K8S_BACKENDS = ("tgi", "vllm", "sglang")
 
 # The llama.cpp servers a managed target can start: "auto" is llama.cpp's own C++ server where one
 # is found (parallel slots, continuous batching), else llama-cpp-python's (one request at a time).

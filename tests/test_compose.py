@@ -67,10 +67,13 @@ def test_checked_in_files_validate_and_match_the_generator(backend: str, schema:
         assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"] and "count" not in dev
         tp = int(svc["labels"]["orchestrator.tensor_parallel"])
         assert len(dev["device_ids"]) == tp
-        assert ("ipc" in svc) == (tp > 1) and ("shm_size" in svc) == (tp == 1)
+        sharded = tp > 1 and backend != "llamacpp"  # NCCL shards; llama.cpp splits layers, no NCCL
+        assert ("ipc" in svc) == sharded and ("shm_size" in svc) == (not sharded)
         assert "/health" in svc["healthcheck"]["test"][1] and svc["healthcheck"]["start_period"] == "40m"
+        assert svc["restart"] == "no"  # a dead server is a failed target, never restarted behind the run
         command = svc["command"]
         assert "--quantization" not in command and "--quantize" not in command and "--dtype" not in command
+    assert doc["x-orchestrator"]["turns"] == ["0.5b", "1.5b", "7b", "72b"]
 
 
 def test_backend_specifics() -> None:
@@ -82,6 +85,62 @@ def test_backend_specifics() -> None:
     assert vllm["command"][:2] == ["--model", "Qwen/Qwen2-7B-Instruct-AWQ"]
     sglang = render_compose(ComposeOptions(backend="sglang", sizes=("0.5b",)))["services"]["qwen2-0.5b-bf16"]
     assert sglang["command"][:3] == ["python3", "-m", "sglang.launch_server"] and "30000" in sglang["ports"][0]
+
+
+def test_llamacpp_serves_the_gguf_matrix_with_gpus_from_weights_and_kv_cache(schema: Path) -> None:
+    doc = render_compose(ComposeOptions(backend="llamacpp"))
+    services = doc["services"]
+    assert [s["labels"]["orchestrator.quantization"] for s in services.values()][:4] == [
+        "FP16",
+        "Q8_0",
+        "Q5_K_M",
+        "Q4_K_M",
+    ]
+    q4 = services["qwen2-7b-q4_k_m"]
+    command = q4["command"]
+    assert command[command.index("--hf-repo") + 1] == "Qwen/Qwen2-7B-Instruct-GGUF:Q4_K_M"
+    # Slots and context as a managed llama-server gets them: 8 slots of 8,192 tokens each.
+    assert command[command.index("--parallel") + 1] == "8" and command[command.index("--ctx-size") + 1] == "65536"
+    assert {"--jinja", "--metrics", "--no-webui"} <= set(command) and "--n-gpu-layers" in command
+    assert q4["labels"]["orchestrator.model_id"] == "Qwen/Qwen2-7B-Instruct"  # the tokenizer's, not the GGUF repo
+    assert q4["ports"] == ["8012:8080"]
+    gpus = {n: len(s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]) for n, s in services.items()}
+    # 72B: fp16 145 GB + 21 GB of KV cache -> 3 GPUs; Q8_0 77+21 -> 2; Q5_K_M 52+21 -> 2; Q4_K_M 45+21 -> 1.
+    assert [gpus[f"qwen2-72b-{q}"] for q in ("fp16", "q8_0", "q5_k_m", "q4_k_m")] == [3, 2, 2, 1]
+    assert all(gpus[n] == 1 for n in services if "72b" not in n)
+    # More slots need more memory: the check refuses a file that gives a 72B GGUF too few GPUs.
+    services["qwen2-72b-q4_k_m"]["command"][command.index("--parallel") + 1] = "32"
+    services["qwen2-72b-q4_k_m"]["command"][command.index("--ctx-size") + 1] = str(32 * 8192)
+    problems = check_compose(doc, "l.yaml", schema)
+    assert any(
+        "qwen2-72b-q4_k_m.deploy: Qwen/Qwen2-72B-Instruct-GGUF Q4_K_M with 32 slots needs" in p for p in problems
+    )
+    with pytest.raises(ComposeError, match="unknown quantization 'awq'"):
+        render_compose(ComposeOptions(backend="llamacpp", quants=("awq",)))
+
+
+def test_cpu_host_network_and_local_models_are_options(tmp_path: Path, schema: Path) -> None:
+    options = ComposeOptions(
+        backend="llamacpp", sizes=("0.5b",), quants=("q8_0", "f16"), image="local/llama:1", gpu=False,
+        network_host=True, model_dir=str(tmp_path), parallel=2, first_port=8101,
+    )  # fmt: skip
+    doc = render_compose(options)
+    assert check_compose(doc, "c.yaml", schema) == []
+    assert "volumes" not in doc  # no Hugging Face cache to bind: nothing is downloaded
+    fp16, q8 = doc["services"]["qwen2-0.5b-fp16"], doc["services"]["qwen2-0.5b-q8_0"]
+    for port, svc in ((8101, fp16), (8102, q8)):
+        assert svc["image"] == "local/llama:1" and svc["network_mode"] == "host" and "deploy" not in svc
+        # On the host's network the server itself listens on the host port, and so does the health check.
+        assert svc["command"][svc["command"].index("--port") + 1] == str(port)
+        assert f"127.0.0.1:{port}/health" in svc["healthcheck"]["test"][1]
+        assert svc["volumes"] == [f"{tmp_path}:/models:ro"] and "--n-gpu-layers" not in svc["command"]
+    assert q8["command"][q8["command"].index("--model") + 1] == "/models/qwen2-0_5b-instruct-q8_0.gguf"
+    header = dump_compose(doc, options).splitlines()[0]
+    assert f"--cpu --network-host --model-dir {tmp_path} --parallel 2" in header and "--image local/llama:1" in header
+    assert ComposeOptions(backend="llamacpp", gpu=False).image_of("llamacpp").endswith(":server-b10481")
+    vllm = render_compose(ComposeOptions(backend="vllm", sizes=("0.5b",), quants=("bf16",), network_host=True))
+    command = vllm["services"]["qwen2-0.5b-bf16"]["command"]
+    assert command[command.index("--port") + 1] == "8001"
 
 
 def test_not_enough_gpus_and_bad_choices_are_refused() -> None:

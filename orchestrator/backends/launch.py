@@ -327,6 +327,24 @@ class LlamaCppPythonServer(ManagedServer):
 LLAMA_SERVER_CACHE_RAM_MIB = 0
 
 
+def llama_server_options(slots: int, n_ctx_per_slot: int) -> list[str]:
+    """The options of every llama-server the orchestrator starts (launch) or deploys (Compose):
+    ``slots`` requests decoded together, each with ``n_ctx_per_slot`` of context (llama-server
+    splits --ctx-size evenly between slots), the host-RAM prompt cache off, the GGUF's own chat
+    template rendered by Jinja, Prometheus /metrics on, no web UI."""
+    return [
+        "--parallel",
+        str(slots),
+        "--ctx-size",
+        str(n_ctx_per_slot * slots),
+        "--cache-ram",
+        str(LLAMA_SERVER_CACHE_RAM_MIB),
+        "--jinja",
+        "--metrics",  # Prometheus /metrics: the server's own queue and throughput counters
+        "--no-webui",
+    ]
+
+
 class LlamaServer(ManagedServer):
     """llama.cpp's own C++ server: ``slots`` requests decoded together (continuous batching)."""
 
@@ -351,15 +369,7 @@ class LlamaServer(ManagedServer):
         return [
             self.binary,
             *self.where(),
-            "--parallel",
-            str(self.parallel),
-            "--ctx-size",
-            str(self.launch.n_ctx * self.parallel),
-            "--cache-ram",
-            str(LLAMA_SERVER_CACHE_RAM_MIB),
-            "--jinja",
-            "--metrics",  # Prometheus /metrics: the server's own queue and throughput counters
-            "--no-webui",
+            *llama_server_options(self.parallel, self.launch.n_ctx),
             *self.launch.extra_args,  # last: llama.cpp takes the last value of a repeated option
         ]
 
