@@ -39,6 +39,7 @@ from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
 
 if TYPE_CHECKING:  # the commands import what they run, when they run (fast --help)
+    from orchestrator.lifecycle import Plan
     from orchestrator.runner import Runner, TargetOutcome
     from orchestrator.store import RunStore
 
@@ -121,10 +122,12 @@ def _tokenizer_path(manifest: Manifest) -> Any:
     return resolve
 
 
-def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[str, Any]]:
+def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[str, Any], Plan | None]:
+    """The run's manifest, store and run.json, and the Compose plan when its servers are brought up in turns."""
     from orchestrator.store import RunStore
     from orchestrator.tasks import SETUP_VERSIONS
 
+    plan = None
     if args.resume:
         run_dir = Path(args.resume)
         if not RunStore(run_dir).read_meta():
@@ -143,9 +146,13 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         else:
             manifest = parse_manifest(meta["manifest"], meta.get("manifest_path") or str(run_dir / "run.json"))
             manifest = _restore_credentials(manifest, meta, run_dir)
+        if meta.get("compose"):
+            from orchestrator.lifecycle import Plan
+
+            plan = Plan.from_dict(meta["compose"])
     else:
         if args.compose:
-            manifest = _manifest_from_compose(args)
+            manifest, plan = _manifest_from_compose(args)
         elif args.manifest:
             manifest = load_manifest(args.manifest)
         else:
@@ -161,7 +168,7 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         backend=args.backend,
         noise_floor=args.noise_floor,
     )
-    return manifest, RunStore(run_dir), meta
+    return manifest, RunStore(run_dir), meta, plan
 
 
 def _restore_credentials(manifest: Manifest, meta: dict[str, Any], run_dir: Path) -> Manifest:
@@ -188,24 +195,29 @@ def _restore_credentials(manifest: Manifest, meta: dict[str, Any], run_dir: Path
     return dataclasses.replace(manifest, targets=tuple(targets))
 
 
-def _manifest_from_compose(args: argparse.Namespace) -> Manifest:
-    """Targets discovered from a Compose file's labelled services; the default tasks on all of them."""
-    from orchestrator.compose import discover_targets, load_compose
+def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan]:
+    """Targets from a Compose file's labelled services in the chosen profiles, and the turns that
+    bring them up; the default tasks on all of them."""
+    from orchestrator.compose import ComposeError, load_compose
+    from orchestrator.lifecycle import plan_turns
 
     path = Path(args.compose)
-    targets = discover_targets(load_compose(path), args.profile or [])
-    profile = "-".join(args.profile) if args.profile else "all"
+    profiles = [p for value in args.profile or [] for p in _split(value)]
+    if not profiles and not args.all_profiles:
+        raise ComposeError(f"{path}: name the profiles to bring up in turn (--profile 0.5b,7b) or --all-profiles")
+    plan = plan_turns(load_compose(path), path, None if args.all_profiles else profiles, args.health_timeout)
+    name = "all" if args.all_profiles else "-".join(profiles)
     data = {
-        "run": {"name": f"{path.stem}-{profile}", "output_dir": str(Path.cwd() / "runs")},
+        "run": {"name": f"{path.stem}-{name}", "output_dir": str(Path.cwd() / "runs")},
         "tasks": {name: {} for name in TASKS},
-        # One server per GPU: measure them side by side; wait for servers still loading weights.
+        # One server per GPU: measure a turn's servers side by side (each is healthy before it starts).
         "client": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout},
-        "targets": targets,
+        "targets": [s.target() for s in plan.services],
     }
-    return parse_manifest(data, str(path))
+    return parse_manifest(data, str(path)), plan
 
 
-async def _bench_async(runner: Runner) -> list[TargetOutcome]:
+async def _bench_async(runner: Runner, only: list[str] | None = None) -> list[TargetOutcome]:
     import asyncio
     import signal
 
@@ -213,11 +225,13 @@ async def _bench_async(runner: Runner) -> list[TargetOutcome]:
     main = asyncio.current_task()
     assert main is not None
     # SIGTERM (docker stop, kubectl delete) ends the run like Ctrl-C: in-flight samples are dropped.
+    previous = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, main.cancel)
     try:
-        return await runner.run()
+        return await runner.run(only)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)  # a Compose run takes its turn down on SIGTERM
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -230,7 +244,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from orchestrator.runtime import run_async
     from orchestrator.tasks import SETUP_VERSIONS, manifest_tasks
 
-    manifest, store, meta = _load_for_bench(args)
+    manifest, store, meta, plan = _load_for_bench(args)
+    compose = None
+    if plan is not None:
+        from orchestrator.lifecycle import ComposeCLI
+
+        if args.dry_run:  # the plan only: nothing is started, no run directory made
+            for line in plan.lines():
+                _out().print(line, highlight=False)
+            return 0
+        compose = ComposeCLI.find(plan.file)  # no Compose v2 or no daemon: one line, exit 2, before the run exists
+        compose.check_daemon()
+        if not Path(plan.file).is_file():
+            raise ManifestError(plan.file, "", "the Compose file of this run is gone")
+    elif args.dry_run:
+        raise ManifestError("orchestrate bench", "--dry-run", "prints the turns of a Compose run: give --compose FILE")
     data_dir = _data_dir(manifest, args.data_dir)
     if args.resume and args.data_dir is None and meta.get("data_dir"):
         data_dir = Path(meta["data_dir"])  # resume with everything the run was started with
@@ -273,7 +301,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     disk: StoreError | None = None
     try:
         with progress.bars:
-            outcomes = run_async(_bench_async(runner))
+            if plan is not None and compose is not None:
+                outcomes = _bench_in_turns(plan, compose, runner, store, meta, args.keep_up)
+            else:
+                outcomes = run_async(_bench_async(runner))
         status = "failed" if any(o.failure for o in outcomes) else "done"
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the main task
         console.print(
@@ -326,6 +357,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _error(f"{row['target']}: {row['errors']} of {total} samples failed")
             return EXIT_FAILED
     return EXIT_FAILED if failed else 0
+
+
+def _bench_in_turns(
+    plan: Plan, compose: Any, runner: Runner, store: RunStore, meta: dict[str, Any], keep_up: bool
+) -> list[TargetOutcome]:
+    """The Compose turns: each profile brought up, benched, its logs saved, taken down."""
+    from orchestrator.lifecycle import Lifecycle
+    from orchestrator.runner import TargetOutcome
+    from orchestrator.runtime import run_async
+
+    def say(text: str) -> None:
+        console.print(f"[cyan]compose:[/] {escape(text)}", highlight=False)
+
+    lifecycle = Lifecycle(plan, compose, store, meta, keep_up=keep_up, say=say)
+    outcomes, unhealthy = lifecycle.run(lambda names: run_async(_bench_async(runner, names)), runner.pending)
+    return [*outcomes, *(TargetOutcome(f.name, failure=f.failure) for f in unhealthy)]
 
 
 def _disk_failure(exc: StoreError, runner: Runner, store: RunStore) -> int:
@@ -654,9 +701,18 @@ def build_parser() -> argparse.ArgumentParser:
         "alone changes, the floor the quantization deltas are read against (also run.noise_floor)",
     )
     b.add_argument("--tasks", help="comma-separated subset of the manifest's tasks")
-    b.add_argument("--compose", metavar="FILE", help="discover targets from a Compose file's labelled services")
-    b.add_argument("--profile", action="append", help="with --compose: only services of this profile (repeatable)")
-    b.add_argument("--health-timeout", type=float, default=1800.0, help="with --compose: seconds to wait for /health")
+    b.add_argument(
+        "--compose",
+        metavar="FILE",
+        help="bench a Compose file's labelled services, its profiles brought up, benched and taken down in turn",
+    )
+    b.add_argument("--profile", action="append", help="with --compose: the profiles, in order (0.5b,7b; repeatable)")
+    b.add_argument("--all-profiles", action="store_true", help="with --compose: every profile (the file's turns)")
+    b.add_argument(
+        "--health-timeout", type=float, default=1800.0, help="with --compose: seconds for a turn to become healthy"
+    )
+    b.add_argument("--keep-up", action="store_true", help="with --compose: leave the last (or interrupted) turn up")
+    b.add_argument("--dry-run", action="store_true", help="with --compose: print the turns, start nothing")
     b.add_argument(
         "--backend",
         choices=BACKENDS,

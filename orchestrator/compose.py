@@ -8,6 +8,7 @@ with a long start period, profiles per size and per quantization, the order in w
 profiles are brought up in turn (``x-orchestrator.turns``), and labels that let
 ``orchestrate bench --compose`` find the targets.
 
+``lifecycle.plan_turns`` reads the labelled services back as the targets of a run.
 ``check_compose`` validates a file against the Compose Specification JSON schema and then checks
 what the schema cannot express: count and device_ids never together, a GPU never given to two
 services that can run together (unless the file says GPUs are reused across size profiles), host
@@ -304,7 +305,8 @@ def _flag(command: list[str], *names: str) -> str | None:
     return None
 
 
-def _host_ports(service: dict[str, Any]) -> list[tuple[int, str]]:
+def host_ports(service: dict[str, Any]) -> list[tuple[int, str]]:
+    """(published host port, key path) of each of a service's port entries that publishes one."""
     out = []
     for i, entry in enumerate(service.get("ports") or []):
         if isinstance(entry, dict):
@@ -317,7 +319,7 @@ def _host_ports(service: dict[str, Any]) -> list[tuple[int, str]]:
     return out
 
 
-def _gpus(service: dict[str, Any]) -> tuple[list[str], list[str]]:
+def reserved_gpus(service: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(device ids, problems) of a service's GPU reservations."""
     devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
     ids: list[str] = []
@@ -354,11 +356,11 @@ def check_compose(doc: Any, source: str, schema: Path | None = None) -> list[str
     port_owner: dict[int, str] = {}
     for name, svc in services.items():
         prefix = f"{source}: services.{name}"
-        ids, gpu_problems = _gpus(svc)
+        ids, gpu_problems = reserved_gpus(svc)
         problems += [f"{prefix}.{p}" for p in gpu_problems]
         for gpu in ids:
             gpu_owner.setdefault(gpu, []).append(name)
-        for port, where in _host_ports(svc):
+        for port, where in host_ports(svc):
             if port in port_owner:
                 problems.append(f"{prefix}.{where}: host port {port} is also used by service {port_owner[port]}")
             else:
@@ -437,33 +439,3 @@ def load_compose(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ComposeError(f"{path}: expected a Compose mapping")
     return doc
-
-
-# ---------------------------------------------------------------------------------------------
-# Discovery
-# ---------------------------------------------------------------------------------------------
-def discover_targets(doc: dict[str, Any], profiles: list[str], host: str = "127.0.0.1") -> list[dict[str, Any]]:
-    """Manifest target entries for the services of the given profiles (all services if none)."""
-    targets = []
-    for name, svc in (doc.get("services") or {}).items():
-        svc_profiles = svc.get("profiles") or []
-        if profiles and not set(profiles) & set(svc_profiles):
-            continue
-        labels = svc.get("labels") or {}
-        backend = labels.get(f"{LABEL}.backend")
-        ports = _host_ports(svc)
-        if backend not in BACKENDS or not ports:
-            continue  # not a service of ours (no labels) or not reachable from the host
-        targets.append(
-            {
-                "name": name,
-                "model": labels.get(f"{LABEL}.model", name),
-                "model_id": labels.get(f"{LABEL}.model_id"),
-                "quantization": labels.get(f"{LABEL}.quantization", "?"),
-                "backend": backend,
-                "url": f"http://{host}:{ports[0][0]}",
-            }
-        )
-    if not targets:
-        raise ComposeError(f"no orchestrator-labelled service with a host port in profiles {profiles or ['(all)']}")
-    return targets

@@ -13,7 +13,7 @@ import dataclasses
 import random
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,26 +93,37 @@ class Runner:
         """Samples per task, as they will be sent."""
         return self._samples
 
-    def _prepare_files(self) -> None:
+    def pending(self, target: str) -> int:
+        """Samples of ``target`` without an answered record (what a resumed run would send)."""
+        setup = self.store_key
+        return sum(
+            len(samples) - len({s.id for s in samples} & self.store.completed_ids(target, task, setup))
+            for task, samples in self._samples.items()
+        )
+
+    def _prepare_files(self, targets: list[TargetConfig]) -> None:
         """Open every samples file this run will write before the first request, and make sure
         the open-file limit leaves room for one socket per request in flight: raise the soft
         limit when the hard one allows, else cap the concurrency and say so. (Opened only when a
         first request finished, a samples file could meet EMFILE after a thousand sockets.)"""
         setup = self.store_key
-        for target in self.manifest.targets:
+        for target in targets:
             for task in self.tasks:
                 if self._samples[task.name]:
                     self.store.writer(target.name, task.name, setup)
         client = self.manifest.client
-        parallel = len(self.manifest.targets) if client.targets_in_parallel else 1
-        replicas = max(len(t.urls) or 1 for t in self.manifest.targets)
+        parallel = len(targets) if client.targets_in_parallel else 1
+        replicas = max(len(t.urls) or 1 for t in targets)
         capped = fd_capped_concurrency(client.concurrency, parallel * replicas, self.notes)
         if capped != client.concurrency:
             self.manifest = dataclasses.replace(self.manifest, client=dataclasses.replace(client, concurrency=capped))
 
-    async def run(self) -> list[TargetOutcome]:
-        """Run every target (in parallel or in turn, as the manifest says)."""
-        self._prepare_files()
+    async def run(self, only: Collection[str] | None = None) -> list[TargetOutcome]:
+        """Run every target, or those named in ``only`` (in parallel or in turn, as the manifest says)."""
+        targets = [t for t in self.manifest.targets if only is None or t.name in only]
+        if not targets:
+            return []
+        self._prepare_files(targets)
         # Heavy scorers (IFEval's checkers: milliseconds of pure Python per reply) run in one
         # process of their own. In a thread here they would take the GIL from the event loop for
         # up to 5 ms at a time, and stream stamps due meanwhile would be late: measured at c=64
@@ -125,11 +136,11 @@ class Runner:
             if self.manifest.client.targets_in_parallel:
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        jobs = [tg.create_task(self._run_target(t, runtime)) for t in self.manifest.targets]
+                        jobs = [tg.create_task(self._run_target(t, runtime)) for t in targets]
                 except* StoreError as group:
                     raise group.exceptions[0] from None
                 return [j.result() for j in jobs]
-            return [await self._run_target(t, runtime) for t in self.manifest.targets]
+            return [await self._run_target(t, runtime) for t in targets]
 
     async def _run_target(self, target: TargetConfig, runtime: Runtime) -> TargetOutcome:
         outcome = TargetOutcome(target.name)

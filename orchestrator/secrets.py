@@ -8,12 +8,16 @@ environment variable that holds them (``api_key_env``).
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s\"'<>]+@")
 MASK = "***"
+# Environment variables whose values are credentials (HF_TOKEN, OPENAI_API_KEY, AWS_SECRET_ACCESS_KEY…).
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|(^|_)API_?KEY$|(^|_)KEY$", re.IGNORECASE)
 
 
 def redact(value: Any) -> Any:
@@ -48,3 +52,18 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     netloc = f"{host}:{parts.port}" if parts.port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return clean, (unquote(parts.username), unquote(parts.password or ""))
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values of the environment's credential-named variables (longest first; short ones, which
+    would mask ordinary words, left out)."""
+    env = os.environ if environ is None else environ
+    return sorted({v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 6}, key=len, reverse=True)
+
+
+def mask_secrets(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """``text`` (a server's log, a command's output) with URL credentials and the value of every
+    credential-named environment variable masked: what a container was given never reaches a file."""
+    for value in secret_values(environ):
+        text = text.replace(value, MASK)
+    return str(redact(text))

@@ -15,10 +15,10 @@ from orchestrator.compose import (
     ComposeError,
     ComposeOptions,
     check_compose,
-    discover_targets,
     dump_compose,
     render_compose,
 )
+from orchestrator.lifecycle import plan_turns
 from orchestrator.matrix import MATRIX, MatrixError, select
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,9 +215,9 @@ def test_cli_check_and_discovery(tmp_path: Path, schema: Path, capsys: pytest.Ca
     good = tmp_path / "good.yaml"
     assert main(["compose", "--backend", "vllm", "--sizes", "7b", "-o", str(good), "--schema", str(schema)]) == 0
     assert main(["compose", "--check", str(good), "--schema", str(schema)]) == 0
-    targets = discover_targets(yaml.safe_load(good.read_text()), ["7b"])
+    targets = [s.target() for s in plan_turns(yaml.safe_load(good.read_text()), good, ["7b"], 60).services]
     assert [t["quantization"] for t in targets] == ["BF16", "GPTQ-Int8", "GPTQ-Int4", "AWQ"]
     assert targets[0]["url"] == "http://127.0.0.1:8001" and targets[0]["backend"] == "vllm"
-    assert targets[0]["model"] == "Qwen2-7B-Instruct"
-    with pytest.raises(ComposeError):
-        discover_targets(yaml.safe_load(good.read_text()), ["72b"])
+    assert targets[0]["model"] == "Qwen2-7B-Instruct" and targets[0]["model_id"] == "Qwen/Qwen2-7B-Instruct"
+    with pytest.raises(ComposeError, match="no labelled service has profile 72b"):
+        plan_turns(yaml.safe_load(good.read_text()), good, ["72b"], 60)

@@ -1,0 +1,486 @@
+"""Compose profiles brought up, benched and taken down in turn: a matrix no box serves at once, in
+one run directory and one report.
+
+``orchestrate bench --compose FILE --profile 0.5b,7b`` (or ``--all-profiles``) plans one *turn* per
+profile: the profile's labelled services not benched in an earlier turn. Each turn is
+``docker compose -f FILE --profile P up -d --wait --wait-timeout T SERVICES``, the bench of those
+services, ``docker compose logs`` of each into ``servers/<service>.log``, ``docker compose
+--profile P down``. A turn whose services never become healthy is recorded as failed (with their
+logs) and the next turn goes on. The plan and every step are kept in run.json (``compose``), so
+``--resume`` brings up only the services with samples left. Ctrl-C / SIGTERM takes the current
+turn down before exiting, unless ``--keep-up`` (which also leaves the last turn up at the end).
+
+The Compose CLI is the user's (``docker compose`` v2, else a v2 ``docker-compose``); nothing is
+passed to it but the file, profiles and service names, and what it prints is masked of secrets
+before it is written or shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.compose import BACKENDS, LABEL, ComposeError, host_ports, reserved_gpus
+from orchestrator.errors import StoreError, UserError
+from orchestrator.secrets import mask_secrets
+from orchestrator.store import RunStore
+
+CHECK_TIMEOUT = 60.0  # `docker compose version`, `docker info`: seconds
+DOWN_TIMEOUT = 600.0  # `docker compose down` (stopping a server that holds 4 GPUs takes a while)
+
+
+class DockerUnavailable(UserError, RuntimeError):
+    """No Compose v2 CLI, no docker, or a daemon that does not answer: one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One labelled service of the Compose file: a target of the run."""
+
+    name: str
+    model: str
+    model_id: str | None
+    quantization: str
+    backend: str
+    url: str
+    port: int
+    gpus: tuple[str, ...]
+    image: str
+
+    def target(self) -> dict[str, Any]:
+        """The manifest target entry that benches it."""
+        return {
+            "name": self.name,
+            "model": self.model,
+            "model_id": self.model_id,
+            "quantization": self.quantization,
+            "backend": self.backend,
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One profile brought up: the services benched while it is up (None: services without profiles)."""
+
+    profile: str | None
+    services: tuple[Service, ...]
+
+    @property
+    def label(self) -> str:
+        """How the turn is named in messages."""
+        return f"profile {self.profile}" if self.profile else "services without a profile"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The turns of a Compose run, in order, and what each waits for."""
+
+    file: str  # absolute path of the Compose file
+    project: str | None  # the file's `name:` (None: Compose names it after the folder)
+    turns: tuple[Turn, ...]
+    health_timeout: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """run.json form."""
+        return {
+            "file": self.file,
+            "project": self.project,
+            "health_timeout": self.health_timeout,
+            "turns": [{"profile": t.profile, "services": [asdict(s) for s in t.services]} for t in self.turns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """Read back the run.json form."""
+        turns = tuple(
+            Turn(t["profile"], tuple(Service(**{**s, "gpus": tuple(s["gpus"])}) for s in t["services"]))
+            for t in data["turns"]
+        )
+        return cls(data["file"], data.get("project"), turns, float(data["health_timeout"]))
+
+    @property
+    def services(self) -> list[Service]:
+        """Every service, in turn order."""
+        return [s for t in self.turns for s in t.services]
+
+    def lines(self) -> list[str]:
+        """The plan as `--dry-run` prints it."""
+        out = [f"compose file: {self.file}" + (f" (project {self.project})" if self.project else "")]
+        for i, turn in enumerate(self.turns, 1):
+            gpus = sum(len(s.gpus) for s in turn.services)
+            out.append(
+                f"turn {i}: {turn.label}: {len(turn.services)} services, {gpus} GPUs; "
+                f"up -d --wait --wait-timeout {self.health_timeout:g}, bench, logs, down"
+            )
+            for s in turn.services:
+                where = f"GPUs {','.join(s.gpus)}" if s.gpus else "no GPU"
+                out.append(f"  {s.name}: {s.model} {s.quantization} on {s.backend} ({s.image}), {where}, port {s.port}")
+        return out
+
+
+def plan_turns(doc: dict[str, Any], file: Path, profiles: Sequence[str] | None, health_timeout: float) -> Plan:
+    """The turns for ``profiles`` in the order given (None: every profile: the file's
+    ``x-orchestrator.turns`` when it declares them, else each profile in order of first appearance).
+    A service is benched in the first turn that includes it; a profile with nothing new is no turn."""
+    services = {n: s for n, s in (doc.get("services") or {}).items() if _ours(s)}
+    if not services:
+        raise ComposeError(f"{file}: no orchestrator-labelled service with a host port")
+    known = list(dict.fromkeys(p for s in services.values() for p in s.get("profiles") or []))
+    if profiles is None:
+        declared = (doc.get("x-orchestrator") or {}).get("turns")
+        order: list[str | None] = list(declared) if isinstance(declared, list) and declared else list(known)
+        if any(not s.get("profiles") for s in services.values()):
+            order.insert(0, None)
+    else:
+        unknown = [p for p in profiles if p not in known]
+        if unknown:
+            raise ComposeError(
+                f"{file}: no labelled service has profile {', '.join(unknown)} (profiles: {', '.join(known)})"
+            )
+        order = list(dict.fromkeys(profiles))
+    taken: set[str] = set()
+    turns = []
+    for profile in order:
+        members = [
+            n
+            for n, s in services.items()
+            if n not in taken and (profile in (s.get("profiles") or []) if profile else not s.get("profiles"))
+        ]
+        if members:
+            taken.update(members)
+            turns.append(Turn(profile, tuple(_service(n, services[n]) for n in members)))
+    if not turns:
+        raise ComposeError(f"{file}: the profiles {', '.join(map(str, order))} select no labelled service")
+    return Plan(str(file.resolve()), doc.get("name"), tuple(turns), health_timeout)
+
+
+def _ours(svc: Any) -> bool:
+    labels = svc.get("labels") if isinstance(svc, dict) else None
+    return isinstance(labels, dict) and labels.get(f"{LABEL}.backend") in BACKENDS and bool(host_ports(svc))
+
+
+def _service(name: str, svc: dict[str, Any]) -> Service:
+    labels = svc["labels"]
+    port = host_ports(svc)[0][0]
+    return Service(
+        name=name,
+        model=str(labels.get(f"{LABEL}.model", name)),
+        model_id=labels.get(f"{LABEL}.model_id"),
+        quantization=str(labels.get(f"{LABEL}.quantization", "?")),
+        backend=str(labels[f"{LABEL}.backend"]),
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        gpus=tuple(reserved_gpus(svc)[0]),
+        image=str(svc.get("image", "?")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The Compose CLI
+# ---------------------------------------------------------------------------------------------
+class ComposeCLI:
+    """The user's Compose v2 CLI, for one file."""
+
+    def __init__(self, argv: list[str], file: str, version: str) -> None:
+        self.argv = argv  # ["docker", "compose"] or ["/path/docker-compose"]
+        self.file = file
+        self.version = version
+
+    @classmethod
+    def find(cls, file: str) -> ComposeCLI:
+        """``docker compose`` (v2), else a v2 ``docker-compose`` on PATH or beside this Python;
+        DockerUnavailable naming what is missing."""
+        candidates: list[list[str]] = []
+        if shutil.which("docker"):
+            candidates.append(["docker", "compose"])
+        standalone = shutil.which("docker-compose") or shutil.which(
+            "docker-compose", path=str(Path(sys.executable).parent)
+        )
+        if standalone:
+            candidates.append([standalone])
+        old = None
+        for argv in candidates:
+            version = _output([*argv, "version", "--short"])
+            if version and version.lstrip("v").split(".")[0].isdigit() and int(version.lstrip("v").split(".")[0]) >= 2:
+                return cls(argv, file, version.lstrip("v"))
+            old = old or (version and f"{' '.join(argv)} {version}")
+        if old:
+            raise DockerUnavailable(f"{old} is Compose v1; `orchestrate bench --compose` needs Compose v2")
+        if not candidates:
+            raise DockerUnavailable(
+                "neither `docker` nor `docker-compose` is installed: `orchestrate bench --compose` needs Docker "
+                "with Compose v2 (the compose plugin)"
+            )
+        raise DockerUnavailable("`docker compose` is not available (install Docker's Compose v2 plugin)")
+
+    def check_daemon(self) -> str:
+        """The engine's version; DockerUnavailable when the daemon does not answer."""
+        argv = ["docker", "info", "--format", "{{.ServerVersion}}"] if shutil.which("docker") else [*self.argv, "ls"]
+        done = _run(argv, CHECK_TIMEOUT)
+        if done.returncode != 0 or (argv[0] == "docker" and not done.stdout.strip()):
+            raise DockerUnavailable(f"the Docker daemon is unreachable: {_last_line(done)}")
+        return done.stdout.strip() if argv[0] == "docker" else "?"
+
+    def command(self, profile: str | None, *args: str) -> list[str]:
+        """A Compose command line for this file and profile."""
+        return [*self.argv, "-f", self.file, *(["--profile", profile] if profile else []), *args]
+
+    def up(self, turn: Turn, services: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """Start the services and wait until every one is healthy (or fails, or ``timeout`` s)."""
+        wait = ["--wait", "--wait-timeout", str(max(1, round(timeout)))]
+        return _run(self.command(turn.profile, "up", "-d", *wait, *services), None)
+
+    def down(self, turn: Turn) -> subprocess.CompletedProcess[str]:
+        """Stop and remove the turn's containers (and the network Compose made for them)."""
+        return _run(self.command(turn.profile, "down", "--remove-orphans"), DOWN_TIMEOUT)
+
+    def remove(self, services: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Stop and remove these services' containers (strays of an earlier, killed run)."""
+        return _run(self.command(None, "rm", "--stop", "--force", *services), DOWN_TIMEOUT)
+
+    def logs(self, service: str) -> str:
+        """A service's log (timestamps, no colour), masked of secrets."""
+        done = _run(self.command(None, "logs", "--no-color", "--timestamps", service), CHECK_TIMEOUT * 5)
+        return mask_secrets(done.stdout + done.stderr)
+
+    def states(self, services: Sequence[str]) -> dict[str, str]:
+        """Each existing container's state (``running (healthy)``, ``exited (1)``) by service."""
+        done = _run(self.command(None, "ps", "--all", "--format", "json", *services), CHECK_TIMEOUT)
+        out: dict[str, str] = {}
+        for line in done.stdout.splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                row = json.loads(line)
+                for item in row if isinstance(row, list) else [row]:
+                    state = str(item.get("State", "?"))
+                    if state == "exited":
+                        state += f" ({item.get('ExitCode', '?')})"
+                    elif item.get("Health"):
+                        state += f" ({item['Health']})"
+                    out[str(item.get("Service"))] = state
+        return out
+
+
+def _run(argv: list[str], timeout: float | None) -> subprocess.CompletedProcess[str]:
+    """Run a Docker command in a session of its own (a Ctrl-C reaches the orchestrator only, which
+    then takes the turn down itself); its output masked of secrets."""
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, start_new_session=True, check=False
+        )
+    except FileNotFoundError:
+        raise DockerUnavailable(f"{argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", f"{' '.join(argv[:3])} did not finish in {timeout:g} s")
+    return subprocess.CompletedProcess(argv, done.returncode, mask_secrets(done.stdout), mask_secrets(done.stderr))
+
+
+def _output(argv: list[str]) -> str | None:
+    try:
+        done = _run(argv, CHECK_TIMEOUT)
+    except DockerUnavailable:
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+def _healthy(state: str) -> bool:
+    return state.startswith("running") and ("(healthy)" in state or "(" not in state)  # no healthcheck: running
+
+
+def _last_log_line(log: str) -> str:
+    """A container log's last line without Compose's ``service-1  | <timestamp>`` prefix."""
+    lines = [ln.split("|", 1)[-1].strip() for ln in log.splitlines() if ln.strip()]
+    words = lines[-1].split(" ", 1) if lines else [""]
+    return words[-1] if len(words) == 2 and words[0][:4].isdigit() and "T" in words[0] else (lines or [""])[-1]
+
+
+def _last_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln.strip() for ln in (done.stderr + "\n" + done.stdout).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The turns
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TurnFailure:
+    """A service of a turn that never became healthy: its target's failure."""
+
+    name: str
+    failure: str
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (docker stop, kill, a scheduler) ends the run as Ctrl-C does: through the code that
+    takes the current turn down, not past it."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held off while a turn is taken down: a second Ctrl-C must not leave
+    GPU containers running."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Lifecycle:
+    """Runs a plan's turns: up, bench, logs, down; what happened is kept in ``meta['compose']``."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        cli: ComposeCLI,
+        store: RunStore,
+        meta: dict[str, Any],
+        keep_up: bool = False,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.plan = plan
+        self.cli = cli
+        self.store = store
+        self.meta = meta
+        self.keep_up = keep_up
+        self.say = say
+        record = meta.setdefault("compose", {})
+        record.update(plan.to_dict())
+        record["cli"] = {"command": " ".join(cli.argv), "version": cli.version}
+        record.setdefault("events", [])
+
+    def run(
+        self, bench: Callable[[list[str]], list[Any]], pending: Callable[[str], int]
+    ) -> tuple[list[Any], list[TurnFailure]]:
+        """Every turn with samples left, in order. ``bench(names)`` benches those targets while their
+        turn is up; ``pending(name)`` says how many samples a target has left. Returns the bench
+        outcomes and the services that never became healthy."""
+        outcomes: list[Any] = []
+        failed: list[TurnFailure] = []
+        todo = [(t, [s.name for s in t.services if pending(s.name)]) for t in self.plan.turns]
+        todo_turns = [(t, names) for t, names in todo if names]
+        for turn, names in todo:
+            if not names:
+                self._event(turn, "skipped", "every sample answered")
+        with terminate_as_interrupt():
+            for i, (turn, names) in enumerate(todo_turns):
+                last = i == len(todo_turns) - 1
+                self._clear_strays(keep=set(names))
+                try:
+                    failed += self._up(turn, names)
+                    healthy = [n for n in names if n not in {f.name for f in failed}]
+                    if healthy:
+                        outcomes += bench(healthy)
+                    self._event(turn, "benched", ", ".join(healthy) or "nothing healthy")
+                except BaseException:  # Ctrl-C, SIGTERM, a full disk: never leave the turn's servers up
+                    self._finish(turn, names, interrupted=True)
+                    raise
+                self._finish(turn, names, interrupted=False, last=last)
+        return outcomes, failed
+
+    def _up(self, turn: Turn, names: list[str]) -> list[TurnFailure]:
+        self.say(f"{turn.label}: starting {', '.join(names)}")
+        self._event(turn, "up", " ".join(names))
+        t0 = time.monotonic()
+        done = self.cli.up(turn, names, self.plan.health_timeout)
+        seconds = round(time.monotonic() - t0, 1)
+        if done.returncode == 0:
+            self.say(f"{turn.label}: healthy in {seconds:g} s")
+            self._event(turn, "healthy", f"{seconds:g} s")
+            return []
+        why = _last_line(done)
+        states = self.cli.states(names)
+        # Compose stops waiting at the first container that exits: the others may still be loading.
+        starting = [n for n in names if states.get(n, "").startswith("running") and not _healthy(states[n])]
+        left = self.plan.health_timeout - (time.monotonic() - t0)
+        if starting and left >= 1:
+            self.cli.up(turn, starting, left)
+            states = self.cli.states(names)
+        seconds = round(time.monotonic() - t0, 1)
+        unhealthy = [n for n in names if not _healthy(states.get(n, ""))] or names
+        self.say(f"{turn.label}: {', '.join(unhealthy)} not healthy after {seconds:g} s: {why}")
+        self._event(turn, "failed", f"{' '.join(unhealthy)}: {why}")
+        out = []
+        for name in unhealthy:
+            state = states.get(name, "no container")
+            said = _last_log_line(self.cli.logs(name))
+            out.append(
+                TurnFailure(
+                    name,
+                    f"{name}: {turn.label} did not become healthy ({state}; compose: {why}"
+                    + (f"; its last words: {said}" if said else "")
+                    + f"); log: {self.store.server_log(name)}",
+                )
+            )
+        return out
+
+    def _finish(self, turn: Turn, names: list[str], interrupted: bool, last: bool = False) -> None:
+        """Logs of the turn's services into servers/, then down (unless kept up)."""
+        with uninterrupted():
+            for name in names:
+                self._save_log(name)
+            if self.keep_up and (interrupted or last):
+                self.say(f"{turn.label}: left up (--keep-up): `{' '.join(self.cli.command(turn.profile, 'down'))}`")
+                self._event(turn, "kept up", "interrupted" if interrupted else "last turn")
+                return
+            done = self.cli.down(turn)
+            if done.returncode != 0:
+                self.say(f"{turn.label}: down failed: {_last_line(done)}")
+            self._event(turn, "down" if done.returncode == 0 else "down failed", "interrupted" if interrupted else "")
+
+    def _clear_strays(self, keep: set[str]) -> None:
+        """Containers of this plan's other services (an earlier run was killed before its down):
+        removed, so that the next turn has its GPUs and ports."""
+        others = [s.name for s in self.plan.services if s.name not in keep]
+        strays = [n for n, state in self.cli.states(others).items() if n in others]
+        if strays:
+            self.say(f"removing containers left by an earlier run: {', '.join(strays)}")
+            with uninterrupted():
+                self.cli.remove(strays)
+
+    def _save_log(self, name: str) -> None:
+        path = self.store.server_log(name)
+        text = self.cli.logs(name)
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"==== docker compose logs {name} at {stamp} ====\n{text}")
+                if text and not text.endswith("\n"):
+                    f.write("\n")
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def _event(self, turn: Turn, event: str, detail: str) -> None:
+        """One step of the lifecycle, kept in run.json at once (a killed run still says how far it got)."""
+        self.meta["compose"]["events"].append(
+            {
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "profile": turn.profile,
+                "event": event,
+                "detail": detail,
+            }
+        )
+        with contextlib.suppress(StoreError):  # the bench's own writes report a full disk
+            self.store.write_meta(self.meta)
