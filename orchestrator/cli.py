@@ -31,6 +31,7 @@ from orchestrator.manifest import (
     TargetConfig,
     load_manifest,
     parse_manifest,
+    read_manifest_data,
     with_overrides,
 )
 from orchestrator.records import RECORD_SCHEMA
@@ -207,12 +208,19 @@ def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan]:
         raise ComposeError(f"{path}: name the profiles to bring up in turn (--profile 0.5b,7b) or --all-profiles")
     plan = plan_turns(load_compose(path), path, None if args.all_profiles else profiles, args.health_timeout)
     name = "all" if args.all_profiles else "-".join(profiles)
+    # One server per GPU: measure a turn's servers side by side (each is healthy before it starts).
+    client = {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout}
+    targets = [s.target() for s in plan.services]
+    if args.manifest:  # its run, tasks, generation and client settings; the Compose file's targets
+        data = read_manifest_data(args.manifest)
+        if isinstance(data, dict):
+            data = {**data, "client": {**client, **(data.get("client") or {})}, "targets": targets}
+        return parse_manifest(data, args.manifest), plan
     data = {
         "run": {"name": f"{path.stem}-{name}", "output_dir": str(Path.cwd() / "runs")},
         "tasks": {name: {} for name in TASKS},
-        # One server per GPU: measure a turn's servers side by side (each is healthy before it starts).
-        "client": {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout},
-        "targets": [s.target() for s in plan.services],
+        "client": client,
+        "targets": targets,
     }
     return parse_manifest(data, str(path)), plan
 

@@ -480,6 +480,12 @@ class _ManifestLoader(yaml.SafeLoader):
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a YAML manifest file: any input gives a Manifest or one ManifestError,
     in bounded time and memory (size cap, UTF-8 only, no aliases, bounded nesting)."""
+    return parse_manifest(read_manifest_data(path), str(path))
+
+
+def read_manifest_data(path: str | Path) -> Any:
+    """A manifest file's YAML as data, read within the same bounds as :func:`load_manifest`
+    (not yet validated: a caller may complete it first, e.g. with a Compose file's targets)."""
     source = str(path)
     try:
         with open(path, "rb") as f:
@@ -505,7 +511,7 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(source, "", f"{where}{problem}") from None
     except RecursionError:
         raise ManifestError(source, "", f"nested deeper than {MAX_DEPTH} levels") from None
-    return parse_manifest(data, source)
+    return data
 
 
 NOISE_SUFFIXES = (("noise", None), ("noise-c1", 1))  # name suffix, requests in flight (None: the run's)
