@@ -196,33 +196,36 @@ def _restore_credentials(manifest: Manifest, meta: dict[str, Any], run_dir: Path
     return dataclasses.replace(manifest, targets=tuple(targets))
 
 
-def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan]:
+def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan | None]:
     """Targets from a Compose file's labelled services in the chosen profiles, and the turns that
-    bring them up; the default tasks on all of them."""
+    bring them up (None with --running: they are up already); the default tasks on all of them,
+    or the manifest's."""
     from orchestrator.compose import ComposeError, load_compose
     from orchestrator.lifecycle import plan_turns
 
     path = Path(args.compose)
     profiles = [p for value in args.profile or [] for p in _split(value)]
-    if not profiles and not args.all_profiles:
+    if not profiles and not args.all_profiles and not args.running:
         raise ComposeError(f"{path}: name the profiles to bring up in turn (--profile 0.5b,7b) or --all-profiles")
-    plan = plan_turns(load_compose(path), path, None if args.all_profiles else profiles, args.health_timeout)
+    everything = args.all_profiles or not profiles
+    plan = plan_turns(load_compose(path), path, None if everything else profiles, args.health_timeout)
     name = "all" if args.all_profiles else "-".join(profiles)
     # One server per GPU: measure a turn's servers side by side (each is healthy before it starts).
     client = {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout}
     targets = [s.target() for s in plan.services]
+    turns = None if args.running else plan
     if args.manifest:  # its run, tasks, generation and client settings; the Compose file's targets
         data = read_manifest_data(args.manifest)
         if isinstance(data, dict):
             data = {**data, "client": {**client, **(data.get("client") or {})}, "targets": targets}
-        return parse_manifest(data, args.manifest), plan
+        return parse_manifest(data, args.manifest), turns
     data = {
         "run": {"name": f"{path.stem}-{name}", "output_dir": str(Path.cwd() / "runs")},
         "tasks": {name: {} for name in TASKS},
         "client": client,
         "targets": targets,
     }
-    return parse_manifest(data, str(path)), plan
+    return parse_manifest(data, str(path)), turns
 
 
 async def _bench_async(runner: Runner, only: list[str] | None = None) -> list[TargetOutcome]:
@@ -720,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--health-timeout", type=float, default=1800.0, help="with --compose: seconds for a turn to become healthy"
     )
     b.add_argument("--keep-up", action="store_true", help="with --compose: leave the last (or interrupted) turn up")
+    b.add_argument(
+        "--running",
+        action="store_true",
+        help="with --compose: the services are up already (docker compose up by hand): wait for /health and "
+        "bench them; nothing is started or stopped",
+    )
     b.add_argument("--dry-run", action="store_true", help="with --compose: print the turns, start nothing")
     b.add_argument(
         "--backend",

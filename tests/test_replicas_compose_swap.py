@@ -131,8 +131,8 @@ async def test_bench_from_compose_waits_for_health(tmp_path: Path, data_dir: Pat
         compose = tmp_path / "c.yaml"
         compose.write_text(yaml.safe_dump(compose_doc([int(p) for p in ports if p])))
         code, out, err = await run_cli(
-            "bench", "--compose", str(compose), "--profile", "7b", "--limit", "60", "--tasks", "mmlu,ceval",
-            "--data-dir", str(data_dir), "--run-id", "c", "--no-progress", cwd=tmp_path,
+            "bench", "--compose", str(compose), "--running", "--profile", "7b", "--limit", "60",
+            "--tasks", "mmlu,ceval", "--data-dir", str(data_dir), "--run-id", "c", "--no-progress", cwd=tmp_path,
         )  # fmt: skip
     finally:
         await a.close()
@@ -151,8 +151,8 @@ async def test_service_not_up_is_named(tmp_path: Path, data_dir: Path) -> None:
         compose = tmp_path / "c.yaml"
         compose.write_text(yaml.safe_dump(compose_doc([int(a.port or 0)])))
         code, _, err = await run_cli(
-            "bench", "--compose", str(compose), "--health-timeout", "2", "--limit", "10", "--tasks", "ceval",
-            "--data-dir", str(data_dir), "--run-id", "c", "--no-progress", cwd=tmp_path,
+            "bench", "--compose", str(compose), "--running", "--health-timeout", "2", "--limit", "10",
+            "--tasks", "ceval", "--data-dir", str(data_dir), "--run-id", "c", "--no-progress", cwd=tmp_path,
         )  # fmt: skip
     finally:
         await a.close()
