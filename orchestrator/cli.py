@@ -331,16 +331,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             store.close()
         except StoreError as exc:
             disk = disk or exc
-        failures = meta.setdefault("failures", {})
-        for o in outcomes:
-            if o.server:
-                meta["servers"][o.name] = o.server
-            # Why a target stopped early, for its row in the report; a later session that
-            # completes it clears the reason.
-            if o.failure:
-                failures[o.name] = o.failure
-            else:
-                failures.pop(o.name, None)
+        _record_outcomes(meta, outcomes)
         session["ended_at"] = _now()
         session["status"] = status
         session["client_cpu_s"] = round(time.process_time() - cpu0, 3)  # is the client ever the bottleneck?
@@ -370,6 +361,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def _record_outcomes(meta: dict[str, Any], outcomes: list[TargetOutcome]) -> None:
+    """Each target's server facts and, if it stopped early, why (for its row in the report; a later
+    session that completes it clears the reason)."""
+    failures = meta.setdefault("failures", {})
+    for o in outcomes:
+        if o.server:
+            meta.setdefault("servers", {})[o.name] = o.server
+        if o.failure:
+            failures[o.name] = o.failure
+        else:
+            failures.pop(o.name, None)
+
+
 def _bench_in_turns(
     plan: Plan, compose: Any, runner: Runner, store: RunStore, meta: dict[str, Any], keep_up: bool
 ) -> list[TargetOutcome]:
@@ -381,8 +385,15 @@ def _bench_in_turns(
     def say(text: str) -> None:
         console.print(f"[cyan]compose:[/] {escape(text)}", highlight=False)
 
+    def bench(names: list[str]) -> list[TargetOutcome]:
+        outcomes = run_async(_bench_async(runner, names))
+        # Kept at once: a later turn interrupted or killed must not lose what this one measured.
+        _record_outcomes(meta, outcomes)
+        store.write_meta(meta)
+        return outcomes
+
     lifecycle = Lifecycle(plan, compose, store, meta, keep_up=keep_up, say=say)
-    outcomes, unhealthy = lifecycle.run(lambda names: run_async(_bench_async(runner, names)), runner.pending)
+    outcomes, unhealthy = lifecycle.run(bench, runner.pending)
     return [*outcomes, *(TargetOutcome(f.name, failure=f.failure) for f in unhealthy)]
 
 

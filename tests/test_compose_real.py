@@ -196,6 +196,7 @@ def test_all_profiles_in_turn_into_one_report(setup: Setup) -> None:
         log = (run_dir / "servers" / f"{name}.log").read_text()
         assert f"==== docker compose logs {name}" in log and "llama_server: model loaded" in log
     assert setup.containers() == []
+    assert sorted(meta["servers"]) == sorted(SERVICES)
     _no_secret_in(run_dir)  # HF_TOKEN went to the containers' environment, never into a file
     assert SECRET not in done.stdout + done.stderr
 
@@ -246,13 +247,13 @@ def test_a_profile_that_dies_at_start_is_failed_and_the_other_is_benched(setup: 
     assert setup.containers() == []
 
 
-def test_sigterm_takes_the_profile_down(setup: Setup) -> None:
+def test_sigterm_takes_the_profile_down_and_keeps_what_earlier_ones_measured(setup: Setup) -> None:
     run_dir = setup.root / "runs" / "stopped"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *setup.bench_args("stopped", "--profile", "0.5b")],
+        [sys.executable, "-m", "orchestrator.cli", *setup.bench_args("stopped", "--all-profiles")],
         env=setup.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    victim = run_dir / "samples" / "qwen2-0.5b-q8_0" / "mmlu.qwen@2.jsonl"
+    victim = run_dir / "samples" / "qwen2-1.5b-q8_0" / "mmlu.qwen@2.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if victim.exists() and victim.read_text().count("\n") >= 1:
@@ -262,6 +263,10 @@ def test_sigterm_takes_the_profile_down(setup: Setup) -> None:
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert setup.containers() == []
-    events = json.loads((run_dir / "run.json").read_text())["compose"]["events"]
-    assert (events[-1]["event"], events[-1]["detail"]) == ("down", "interrupted")
-    assert (run_dir / "servers" / "qwen2-0.5b-q8_0.log").is_file()
+    meta = json.loads((run_dir / "run.json").read_text())
+    events = meta["compose"]["events"]
+    assert (events[-1]["profile"], events[-1]["event"], events[-1]["detail"]) == ("1.5b", "down", "interrupted")
+    assert (run_dir / "servers" / "qwen2-1.5b-q8_0.log").is_file()
+    # The first turn's server facts (version, slots, client CPU) were kept when it ended.
+    for name in ("qwen2-0.5b-fp16", "qwen2-0.5b-q8_0"):
+        assert meta["servers"][name]["version"].startswith("llama-server b") and "client" in meta["servers"][name]
