@@ -158,4 +158,9 @@ def llama_image(env: dict[str, str], cache: Path) -> str:
         )  # fmt: skip
     if done.returncode != 0:
         raise Unavailable(f"docker import failed: {done.stderr.strip()}")
+    # Images of earlier llama-server builds are dead weight in the engine's data root.
+    listed = _run(["docker", "image", "ls", IMAGE_REPO, "--format", "{{.Repository}}:{{.Tag}}"], 60, env)
+    old = [t for t in listed.stdout.split() if t != tag]
+    if old:
+        _run(["docker", "image", "rm", *old], 300, env)
     return tag
