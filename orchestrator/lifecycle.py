@@ -397,6 +397,8 @@ class Lifecycle:
                     self._finish(turn, names, interrupted=True)
                     raise
                 self._finish(turn, names, interrupted=False, last=last)
+            if not self.keep_up:  # a resumed run with nothing left may still find a killed run's containers
+                self._clear_strays(keep=set())
         return outcomes, failed
 
     def _up(self, turn: Turn, names: list[str]) -> list[TurnFailure]:

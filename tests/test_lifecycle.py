@@ -236,6 +236,14 @@ def test_containers_left_by_a_killed_run_are_removed_before_a_turn(tmp_path: Pat
     assert any("left by an earlier run: qwen2-0.5b-bf16" in s for s in said)
 
 
+def test_a_finished_run_resumed_removes_what_a_kill_left_running(tmp_path: Path) -> None:
+    # Killed after its last bench, before its down: every sample is answered, the servers still run.
+    cli = FakeCompose(strays={"qwen2-7b-bf16", "qwen2-7b-awq"})
+    life, _, _ = _lifecycle(tmp_path, cli)
+    life.run(lambda names: [], lambda name: 0)
+    assert [c[0] for c in cli.calls] == ["rm"] and cli.running == set()
+
+
 # ---------------------------------------------------------------------------------------------
 # Docker itself, through fake executables
 # ---------------------------------------------------------------------------------------------
