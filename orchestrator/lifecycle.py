@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -87,7 +88,7 @@ class Plan:
     """The turns of a Compose run, in order, and what each waits for."""
 
     file: str  # absolute path of the Compose file
-    project: str | None  # the file's `name:` (None: Compose names it after the folder)
+    project: str | None  # $COMPOSE_PROJECT_NAME or the file's `name:` (None: Compose names it after the folder)
     turns: tuple[Turn, ...]
     health_timeout: float
 
@@ -162,7 +163,9 @@ def plan_turns(doc: dict[str, Any], file: Path, profiles: Sequence[str] | None, 
             turns.append(Turn(profile, tuple(_service(n, services[n]) for n in members)))
     if not turns:
         raise ComposeError(f"{file}: the profiles {', '.join(map(str, order))} select no labelled service")
-    return Plan(str(file.resolve()), doc.get("name"), tuple(turns), health_timeout)
+    # Compose's own precedence: COMPOSE_PROJECT_NAME over the file's `name:`.
+    project = os.environ.get("COMPOSE_PROJECT_NAME") or doc.get("name")
+    return Plan(str(file.resolve()), project, tuple(turns), health_timeout)
 
 
 def _ours(svc: Any) -> bool:
