@@ -119,8 +119,10 @@ def base_tarball(cache: Path) -> Path:
     if shutil.which("mmdebstrap") is None or os.geteuid() != 0:
         raise Unavailable("no base image and no mmdebstrap as root to build one (scripts/test.sh installs it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
-    done = _run(["mmdebstrap", "--variant=apt", f"--include={BASE_PACKAGES}", "bookworm", str(partial)], 1800)
+    partial = out.with_name(f"{out.stem}.partial.tar")  # a tarball: mmdebstrap goes by the suffix too
+    done = _run(
+        ["mmdebstrap", "--variant=apt", "--format=tar", f"--include={BASE_PACKAGES}", "bookworm", str(partial)], 1800
+    )
     if done.returncode != 0:
         raise Unavailable(f"mmdebstrap failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
     partial.rename(out)
