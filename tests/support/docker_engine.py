@@ -118,6 +118,8 @@ def base_tarball(cache: Path) -> Path:
         return out
     if shutil.which("mmdebstrap") is None or os.geteuid() != 0:
         raise Unavailable("no base image and no mmdebstrap as root to build one (scripts/test.sh installs it)")
+    if out.is_dir():  # left by a version of this helper that let mmdebstrap write a folder
+        shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f"{out.stem}.partial.tar")  # a tarball: mmdebstrap goes by the suffix too
     done = _run(
