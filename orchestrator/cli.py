@@ -40,7 +40,7 @@ from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
 
 if TYPE_CHECKING:  # the commands import what they run, when they run (fast --help)
-    from orchestrator.lifecycle import Plan
+    from orchestrator.lifecycle import ComposeCLI, Plan
     from orchestrator.runner import Runner, TargetOutcome
     from orchestrator.store import RunStore
 
@@ -209,7 +209,7 @@ def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan | N
         raise ComposeError(f"{path}: name the profiles to bring up in turn (--profile 0.5b,7b) or --all-profiles")
     everything = args.all_profiles or not profiles
     plan = plan_turns(load_compose(path), path, None if everything else profiles, args.health_timeout)
-    name = "all" if args.all_profiles else "-".join(profiles)
+    label = "all" if args.all_profiles else "-".join(profiles)
     # One server per GPU: measure a turn's servers side by side (each is healthy before it starts).
     client = {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout}
     targets = [s.target() for s in plan.services]
@@ -220,7 +220,7 @@ def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan | N
             data = {**data, "client": {**client, **(data.get("client") or {})}, "targets": targets}
         return parse_manifest(data, args.manifest), turns
     data = {
-        "run": {"name": f"{path.stem}-{name}", "output_dir": str(Path.cwd() / "runs")},
+        "run": {"name": f"{path.stem}-{label}", "output_dir": str(Path.cwd() / "runs")},
         "tasks": {name: {} for name in TASKS},
         "client": client,
         "targets": targets,
@@ -375,7 +375,7 @@ def _record_outcomes(meta: dict[str, Any], outcomes: list[TargetOutcome]) -> Non
 
 
 def _bench_in_turns(
-    plan: Plan, compose: Any, runner: Runner, store: RunStore, meta: dict[str, Any], keep_up: bool
+    plan: Plan, compose: ComposeCLI, runner: Runner, store: RunStore, meta: dict[str, Any], keep_up: bool
 ) -> list[TargetOutcome]:
     """The Compose turns: each profile brought up, benched, its logs saved, taken down."""
     from orchestrator.lifecycle import Lifecycle

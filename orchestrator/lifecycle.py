@@ -255,7 +255,7 @@ class ComposeCLI:
     def logs(self, service: str) -> str:
         """A service's log (timestamps, no colour), masked of secrets."""
         done = _run(self.command(None, "logs", "--no-color", "--timestamps", service), CHECK_TIMEOUT * 5)
-        return mask_secrets(done.stdout + done.stderr)
+        return done.stdout + done.stderr  # masked by _run
 
     def states(self, services: Sequence[str]) -> dict[str, str]:
         """Each existing container's state (``running (healthy)``, ``exited (1)``) by service."""
@@ -391,8 +391,9 @@ class Lifecycle:
                 last = i == len(todo_turns) - 1
                 self._clear_strays(keep=set(names))
                 try:
-                    failed += self._up(turn, names)
-                    healthy = [n for n in names if n not in {f.name for f in failed}]
+                    unhealthy = self._up(turn, names)
+                    failed += unhealthy
+                    healthy = [n for n in names if n not in {f.name for f in unhealthy}]
                     if healthy:
                         outcomes += bench(healthy)
                     self._event(turn, "benched", ", ".join(healthy) or "nothing healthy")
@@ -458,7 +459,7 @@ class Lifecycle:
         """Containers of this plan's other services (an earlier run was killed before its down):
         removed, so that the next turn has its GPUs and ports."""
         others = [s.name for s in self.plan.services if s.name not in keep]
-        strays = [n for n, state in self.cli.states(others).items() if n in others]
+        strays = [n for n in self.cli.states(others) if n in others]
         if strays:
             self.say(f"removing containers left by an earlier run: {', '.join(strays)}")
             with uninterrupted():

@@ -131,6 +131,21 @@ class Setup:
             "--health-timeout", "120", "--no-progress", *extra,
         ]  # fmt: skip
 
+    def start(self, run_id: str, victim: str, records: int) -> subprocess.Popen[str]:
+        """`orchestrate bench --all-profiles` in the background, once ``victim``'s MMLU file holds
+        ``records`` records (or the run ended, or 300 s passed)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *self.bench_args(run_id, "--all-profiles")],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        path = self.root / "runs" / run_id / "samples" / victim / "mmlu.qwen@2.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if path.exists() and path.read_text().count("\n") >= records:
+                break
+            time.sleep(0.05)  # a poll's pace, under the deadline
+        return proc
+
     def containers(self) -> list[str]:
         done = subprocess.run(
             ["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={self.project}", "--format",
@@ -203,16 +218,7 @@ def test_all_profiles_in_turn_into_one_report(setup: Setup) -> None:
 
 def test_kill_mid_profile_then_resume_finishes_without_duplicates(setup: Setup) -> None:
     run_dir = setup.root / "runs" / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *setup.bench_args("killed", "--all-profiles")],
-        env=setup.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    victim = run_dir / "samples" / "qwen2-0.5b-fp16" / "mmlu.qwen@2.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if victim.exists() and victim.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)  # a poll's pace, under the deadline
+    proc = setup.start("killed", "qwen2-0.5b-fp16", records=2)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -249,16 +255,7 @@ def test_a_profile_that_dies_at_start_is_failed_and_the_other_is_benched(setup: 
 
 def test_sigterm_takes_the_profile_down_and_keeps_what_earlier_ones_measured(setup: Setup) -> None:
     run_dir = setup.root / "runs" / "stopped"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *setup.bench_args("stopped", "--all-profiles")],
-        env=setup.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    victim = run_dir / "samples" / "qwen2-1.5b-q8_0" / "mmlu.qwen@2.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if victim.exists() and victim.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)  # a poll's pace, under the deadline
+    proc = setup.start("stopped", "qwen2-1.5b-q8_0", records=1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
