@@ -204,6 +204,8 @@ def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan | N
     from orchestrator.lifecycle import plan_turns
 
     path = Path(args.compose)
+    if args.health_timeout is not None and not args.health_timeout > 0:  # also NaN
+        raise ManifestError("orchestrate bench", "--health-timeout", f"seconds > 0, not {args.health_timeout:g}")
     profiles = [p for value in args.profile or [] for p in _split(value)]
     if not profiles and not args.all_profiles and not args.running:
         raise ComposeError(f"{path}: name the profiles to bring up in turn (--profile 0.5b,7b) or --all-profiles")
@@ -211,7 +213,7 @@ def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan | N
     plan = plan_turns(load_compose(path), path, None if everything else profiles, args.health_timeout)
     label = "all" if args.all_profiles else "-".join(profiles)
     # One server per GPU: measure a turn's servers side by side (each is healthy before it starts).
-    client = {"concurrency": 64, "targets_in_parallel": True, "health_timeout": args.health_timeout}
+    client = {"concurrency": 64, "targets_in_parallel": True, "health_timeout": plan.health_timeout}
     targets = [s.target() for s in plan.services]
     turns = None if args.running else plan
     if args.manifest:  # its run, tasks, generation and client settings; the Compose file's targets
@@ -731,7 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", action="append", help="with --compose: the profiles, in order (0.5b,7b; repeatable)")
     b.add_argument("--all-profiles", action="store_true", help="with --compose: every profile (the file's turns)")
     b.add_argument(
-        "--health-timeout", type=float, default=1800.0, help="with --compose: seconds for a turn to become healthy"
+        "--health-timeout",
+        type=float,
+        help="with --compose: seconds for a turn to become healthy (default: as long as the services' healthchecks "
+        "allow: start period + retries; 1800 without one)",
     )
     b.add_argument("--keep-up", action="store_true", help="with --compose: leave the last (or interrupted) turn up")
     b.add_argument(

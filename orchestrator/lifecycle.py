@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -130,10 +131,13 @@ class Plan:
         return out
 
 
-def plan_turns(doc: dict[str, Any], file: Path, profiles: Sequence[str] | None, health_timeout: float) -> Plan:
+def plan_turns(
+    doc: dict[str, Any], file: Path, profiles: Sequence[str] | None, health_timeout: float | None = None
+) -> Plan:
     """The turns for ``profiles`` in the order given (None: every profile: the file's
     ``x-orchestrator.turns`` when it declares them, else each profile in order of first appearance).
-    A service is benched in the first turn that includes it; a profile with nothing new is no turn."""
+    A service is benched in the first turn that includes it; a profile with nothing new is no turn.
+    ``health_timeout`` None: as long as the planned services' own healthchecks allow."""
     services = {n: s for n, s in (doc.get("services") or {}).items() if _ours(s)}
     if not services:
         raise ComposeError(f"{file}: no orchestrator-labelled service with a host port")
@@ -165,7 +169,48 @@ def plan_turns(doc: dict[str, Any], file: Path, profiles: Sequence[str] | None, 
         raise ComposeError(f"{file}: the profiles {', '.join(map(str, order))} select no labelled service")
     # Compose's own precedence: COMPOSE_PROJECT_NAME over the file's `name:`.
     project = os.environ.get("COMPOSE_PROJECT_NAME") or doc.get("name")
+    if health_timeout is None:
+        planned = {s.name for t in turns for s in t.services}
+        health_timeout = healthcheck_allowance([services[n] for n in planned])
     return Plan(str(file.resolve()), project, tuple(turns), health_timeout)
+
+
+# Docker's healthcheck defaults (docker run reference): interval 30 s, timeout 30 s, 3 retries, no start period.
+_HEALTH_DEFAULTS = {"interval": 30.0, "timeout": 30.0, "start_period": 0.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+NO_HEALTHCHECK_TIMEOUT = 1800.0  # services without a healthcheck are "up" once running; this only bounds that
+HEALTH_MARGIN = 60.0  # container creation, and the last check's own round trip
+
+
+def compose_duration(value: Any) -> float | None:
+    """A Compose duration (``1m30s``, ``40m``, ``500ms``; a bare number is seconds) in seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def healthcheck_allowance(services: Sequence[Any]) -> float:
+    """How long the slowest of these services' healthchecks can take to say healthy or unhealthy:
+    its start period, then ``retries`` failed checks a full interval and timeout apart, plus a
+    margin. `docker compose up --wait` returns as soon as a container is unhealthy or exits, so
+    waiting this long lets the healthcheck decide (a first download of a 72B checkpoint may fill
+    most of a 40-minute start period) and never waits for nothing."""
+    bounds = []
+    for svc in services:
+        check = svc.get("healthcheck") if isinstance(svc, dict) else None
+        if not isinstance(check, dict) or check.get("disable") or check.get("test") in (["NONE"], "NONE"):
+            continue  # no healthcheck: `--wait` takes a running container as up
+        t = {k: compose_duration(check.get(k, d)) for k, d in _HEALTH_DEFAULTS.items()}
+        interval, timeout, start = (v if v is not None else _HEALTH_DEFAULTS[k] for k, v in t.items())
+        retries = check.get("retries", 3)
+        retries = retries if isinstance(retries, int) and retries > 0 else 3
+        bounds.append(start + retries * (interval + timeout) + interval)
+    return round(max(bounds) + HEALTH_MARGIN) if bounds else NO_HEALTHCHECK_TIMEOUT
 
 
 def _ours(svc: Any) -> bool:

@@ -73,6 +73,37 @@ def test_plan_round_trips_and_its_lines_say_gpus_and_ports(tmp_path: Path) -> No
     assert plan.services[0].target()["model_id"] == "Qwen/Qwen2-72B-Instruct"
 
 
+def test_the_wait_for_health_is_what_the_healthchecks_allow(tmp_path: Path) -> None:
+    doc = render_compose(ComposeOptions(backend="llamacpp", sizes=("0.5b", "72b")))
+    # The generated healthcheck: a 40 min start period, then 3 retries 5 s apart with a 10 s
+    # timeout each: the turn waits that long, and a minute for the containers to be made.
+    check = doc["services"]["qwen2-72b-fp16"]["healthcheck"]
+    assert (check["start_period"], check["interval"], check["timeout"], check["retries"]) == ("40m", "5s", "10s", 3)
+    assert plan_turns(doc, tmp_path / "c.yaml", None).health_timeout == 2400 + 3 * 15 + 5 + 60
+    assert plan_turns(doc, tmp_path / "c.yaml", None, 90).health_timeout == 90  # --health-timeout wins
+    # The slowest planned service sets it; Docker's own defaults fill what a healthcheck leaves out.
+    doc["services"]["qwen2-0.5b-q8_0"]["healthcheck"] = {"test": ["CMD", "true"], "start_period": "1h2m30.5s"}
+    assert plan_turns(doc, tmp_path / "c.yaml", ["0.5b"]).health_timeout == round(3750.5 + 3 * 60 + 30 + 60)
+    assert plan_turns(doc, tmp_path / "c.yaml", ["72b"]).health_timeout == 2510  # 0.5b is not in this plan
+    # No healthcheck (none, disabled, NONE): `up --wait` takes a running container as up.
+    small = [svc for name, svc in doc["services"].items() if name.startswith("qwen2-0.5b-")]
+    assert len(small) == 4
+    for svc, check in zip(small, [{"disable": True}, {"test": ["NONE"]}, {"test": "NONE"}, None], strict=True):
+        svc.pop("healthcheck")
+        if check is not None:
+            svc["healthcheck"] = check
+    assert plan_turns(doc, tmp_path / "c.yaml", ["0.5b"]).health_timeout == 1800
+
+
+def test_compose_durations() -> None:
+    from orchestrator.lifecycle import compose_duration
+
+    assert [compose_duration(v) for v in ("40m", "1m30s", "500ms", "1h", "2.5s", 7, "90")] == [
+        2400, 90, 0.5, 3600, 2.5, 7, None
+    ]  # fmt: skip
+    assert compose_duration("5 s") is None and compose_duration("s") is None and compose_duration(True) is None
+
+
 class FakeCompose:
     """A scripted Compose CLI: which services come up healthy, what each logs; every call kept."""
 
@@ -317,6 +348,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(bare_path: Path, tmp_path: P
         (["--compose", "{file}", "--profile", "13b"], "no labelled service has profile 13b"),
         (["--compose", "{missing}", "--all-profiles"], "cannot read file"),
         (["{manifest}", "--dry-run"], "--dry-run: prints the turns of a Compose run: give --compose FILE"),
+        (["--compose", "{file}", "--all-profiles", "--health-timeout", "0"], "--health-timeout: seconds > 0, not 0"),
     ],
 )
 def test_bad_compose_invocations_are_one_line(tmp_path: Path, capsys: Any, args: list[str], expected: str) -> None:
