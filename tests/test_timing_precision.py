@@ -65,6 +65,9 @@ class PacedServer(threading.Thread):
                 self.before.append(time.perf_counter())
                 conn.sendall(_http_chunk(f"data: {json.dumps(event)}\n\n".encode()))
                 self.sent.append(time.perf_counter())
+            # [DONE] on its own too: sent right after the last chunk, it could arrive while the
+            # client is held by that chunk's hog, and no stamp can precede the loop's next read.
+            time.sleep(GAP_S)
             self.before.append(time.perf_counter())
             conn.sendall(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             self.sent.append(time.perf_counter())
