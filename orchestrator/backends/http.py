@@ -36,6 +36,9 @@ from orchestrator.timing import LoopPacer, Stamps
 READ_BUFSIZE = 4 * 1024 * 1024
 
 
+MAX_STALE_RESENDS = 64  # at-once resends of one request over stale kept-alive connections
+
+
 def _with_resends(error: BackendError, stamps: Stamps) -> BackendError:
     error.resends = stamps.resends  # the record counts every send
     return error
@@ -315,21 +318,27 @@ class HTTPBackend:
         stamps.mark_send()
         await self.pacer.turn()
         url = f"{self.base_url}{path}"
+        # The pool holds at most this many kept-alive connections, so at most this many can be stale.
+        pool = getattr(getattr(self.session, "connector", None), "limit", 0)
+        stale_bound = min(pool or MAX_STALE_RESENDS, MAX_STALE_RESENDS)
         try:
-            try:
-                resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if not stamps.reused:
-                    raise
-                # A kept-alive connection the server had already closed: nothing came back (it
-                # disconnected, or the body could not even be written: "Can not write request
-                # body", seen with llama-server at 16 streams), so the request was not taken; sent
-                # once more, on a new connection, and timed from there.
-                stamps.mark_send()
-                stamps.t_wire = None
-                stamps.reused = False
-                stamps.resends += 1
-                resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
+            while True:
+                try:
+                    resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                    if not stamps.reused or stamps.resends >= stale_bound:
+                        raise
+                    # A kept-alive connection the server had already closed: nothing came back
+                    # (it disconnected, or the body could not even be written: "Can not write
+                    # request body", seen with llama-server), so the request was not taken; sent
+                    # again at once and timed from there. The pool may hand out another connection
+                    # the server closed at the same time (llama-server closes idle ones together),
+                    # so again while it is a kept-alive one, at most once per pooled connection.
+                    stamps.mark_send()
+                    stamps.t_wire = None
+                    stamps.reused = False
+                    stamps.resends += 1
             async with resp:
                 yield resp
         except BackendError as exc:
