@@ -184,7 +184,7 @@ HEALTH_MARGIN = 60.0  # container creation, and the last check's own round trip
 
 
 def compose_duration(value: Any) -> float | None:
-    """A Compose duration (``1m30s``, ``40m``, ``500ms``; a bare number is seconds) in seconds."""
+    """A Compose duration (``1m30s``, ``40m``, ``500ms``; a YAML number is seconds) in seconds; None if unreadable."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     text = str(value).strip()
@@ -192,6 +192,12 @@ def compose_duration(value: Any) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def _health_seconds(check: dict[str, Any], key: str) -> float:
+    """One duration of a healthcheck, Docker's default where it is missing or unreadable."""
+    seconds = compose_duration(check.get(key, _HEALTH_DEFAULTS[key]))
+    return _HEALTH_DEFAULTS[key] if seconds is None else seconds
 
 
 def healthcheck_allowance(services: Sequence[Any]) -> float:
@@ -205,8 +211,7 @@ def healthcheck_allowance(services: Sequence[Any]) -> float:
         check = svc.get("healthcheck") if isinstance(svc, dict) else None
         if not isinstance(check, dict) or check.get("disable") or check.get("test") in (["NONE"], "NONE"):
             continue  # no healthcheck: `--wait` takes a running container as up
-        t = {k: compose_duration(check.get(k, d)) for k, d in _HEALTH_DEFAULTS.items()}
-        interval, timeout, start = (v if v is not None else _HEALTH_DEFAULTS[k] for k, v in t.items())
+        interval, timeout, start = (_health_seconds(check, key) for key in ("interval", "timeout", "start_period"))
         retries = check.get("retries", 3)
         retries = retries if isinstance(retries, int) and retries > 0 else 3
         bounds.append(start + retries * (interval + timeout) + interval)

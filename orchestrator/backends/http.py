@@ -318,16 +318,13 @@ class HTTPBackend:
         stamps.mark_send()
         await self.pacer.turn()
         url = f"{self.base_url}{path}"
-        # The pool holds at most this many kept-alive connections, so at most this many can be stale.
-        pool = getattr(getattr(self.session, "connector", None), "limit", 0)
-        stale_bound = min(pool or MAX_STALE_RESENDS, MAX_STALE_RESENDS)
         try:
             while True:
                 try:
                     resp = await self.session.post(url, json=body, trace_request_ctx=stamps, auth=self.auth)
                     break
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                    if not stamps.reused or stamps.resends >= stale_bound:
+                    if not stamps.reused or stamps.resends >= self._stale_bound():
                         raise
                     # A kept-alive connection the server had already closed: nothing came back
                     # (it disconnected, or the body could not even be written: "Can not write
@@ -350,6 +347,11 @@ class HTTPBackend:
             raise _with_resends(TransientError(f"{type(exc).__name__}: {exc}", kind="connection"), stamps) from exc
         except aiohttp.ClientError as exc:
             raise _with_resends(FatalError(f"{type(exc).__name__}: {exc}"), stamps) from exc
+
+    def _stale_bound(self) -> int:
+        """The pool holds at most this many kept-alive connections, so at most this many can be stale."""
+        pool = getattr(getattr(self.session, "connector", None), "limit", 0)
+        return min(pool or MAX_STALE_RESENDS, MAX_STALE_RESENDS)
 
     async def close(self) -> None:
         """Close the shared session."""
