@@ -2,8 +2,8 @@
 
 16 targets (4 models x BF16/GPTQ-Int8/GPTQ-Int4/AWQ) x full MMLU (14,042) + C-Eval val (1,346) +
 IFEval (541): 254,864 records, written to a temporary run directory first (not timed). Then
-`write_report` (reading the records, every interval and paired comparison with the default
-number of bootstrap resamples, report.json/md/html with all figures) is timed, and the peak RSS
+`write_report` (reading the records, every interval and paired comparison, report.json/md/html
+with all figures) is timed, and the peak RSS
 of the process is printed. Goal on the 2-core machine: under 10 s and under 1 GB.
 
 Usage: python benchmarks/report_speed.py [--targets 16] [--seed 0]
@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator import stats
 from orchestrator.manifest import parse_manifest
 from orchestrator.records import RECORD_SCHEMA, SampleRecord, Timing
 from orchestrator.report import write_report
@@ -105,7 +104,7 @@ def main() -> None:
         print(
             f"write_report: {elapsed:.2f} s, peak RSS {rss_mb:.0f} MB, largest child {worker_mb:.0f} MB "
             f"({len(report['rows'])} rows, {compared} "
-            f"compared, {stats.RESAMPLES} resamples, report.html {(run / 'report.html').stat().st_size / 1e3:.0f} kB)"
+            f"compared, report.html {(run / 'report.html').stat().st_size / 1e3:.0f} kB)"
         )
 
 

@@ -13,8 +13,9 @@ prefix: every position up to and including the first where the greedy tokens dif
 - For multiple choice, the probability each side puts on the reference's answer letter, at the
   position where the reference emitted it (when that position is in the common prefix).
 
-A task's figures are the mean, median and p99 over its paired samples, with a 95 % bootstrap
-interval of the mean (seeded like the other statistics).
+A task's figures are the mean, median and p99 over its paired samples, with a 95 % percentile
+bootstrap interval of the mean (seeded like the other statistics; none from a single sample).
+Figures are printed with significant digits: a mean of 9e-8 nats is not "0.0000".
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.stats import CONFIDENCE, RESAMPLES
+from orchestrator.stats import CONFIDENCE
+
+RESAMPLES = 2000
 
 TAIL_FLOOR = 1e-10  # a tail bucket the server reports as empty still holds some mass
 
@@ -121,6 +124,15 @@ def sample_divergence(
 def _spread(values: Sequence[float], rng: np.random.Generator, b: int) -> dict[str, Any]:
     """Mean, median, p99 and the bootstrap interval of the mean."""
     x = np.asarray(values, dtype=float)
+    out: dict[str, Any] = {
+        "mean": float(x.mean()),
+        "median": float(np.median(x)),
+        "p99": float(np.percentile(x, 99)),
+        "interval": None,
+        "interval_method": "bootstrap",
+    }
+    if len(x) < 2:
+        return out  # one sample says nothing of its spread: no interval
     # Resampled in chunks: b x n indices at once would be hundreds of MB for a full MMLU.
     means = []
     chunk = max(1, 2_000_000 // max(1, len(x)))
@@ -129,12 +141,21 @@ def _spread(values: Sequence[float], rng: np.random.Generator, b: int) -> dict[s
         means.append(x[idx].mean(axis=1))
     boot = np.concatenate(means)
     lo, hi = np.percentile(boot, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    return {
-        "mean": float(x.mean()),
-        "median": float(np.median(x)),
-        "p99": float(np.percentile(x, 99)),
-        "interval": [float(lo), float(hi)],
-    }
+    out["interval"] = [float(lo), float(hi)]
+    return out
+
+
+def sig(value: float | None, digits: int = 3) -> str:
+    """A divergence figure with significant digits (they span many orders of magnitude)."""
+    if value is None:
+        return ""
+    return "0" if value == 0 else f"{value:.{digits}g}"
+
+
+def with_interval(spread: Mapping[str, Any]) -> str:
+    """Mean [low, high], or the mean alone when there is no interval."""
+    ci = spread.get("interval")
+    return sig(spread["mean"]) + ("" if not ci else f" [{sig(ci[0])}, {sig(ci[1])}]")
 
 
 def summarize(
@@ -211,8 +232,7 @@ def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
             answer = d.get("answer_probability")
             out.append([
                 row["target"], row.get("reference") or "", name, str(d["n"]), str(d["k"]),
-                f"{kl['mean']:.4f} [{kl['interval'][0]:.4f}, {kl['interval'][1]:.4f}]",
-                f"{kl['median']:.4f}", f"{kl['p99']:.4f}", f"{d['kl_first']['mean']:.4f}",
+                with_interval(kl), sig(kl["median"]), sig(kl["p99"]), sig(d["kl_first"]["mean"]),
                 "" if d["top1_agreement"] is None else f"{100 * d['top1_agreement']:.1f}%",
                 f"{100 * d['first_top1_agreement']:.1f}%",
                 "" if not answer else f"{answer['reference']:.3f} / {answer['quantized']:.3f} (n={answer['n']})",
@@ -233,6 +253,8 @@ __all__ = [
     "k_of",
     "position_kl",
     "sample_divergence",
+    "sig",
     "summarize",
     "table_rows",
+    "with_interval",
 ]

@@ -18,6 +18,7 @@ from orchestrator.published import cell_text, compare_published, load_reference
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.saturation import Saturation, core_share, server_side
 from orchestrator.setups import run_setup_version, store_key
+from orchestrator.stats import METHODS
 from orchestrator.store import RunStore, atomic_write
 from orchestrator.summary import summarize_run
 from orchestrator.tasks import build_task
@@ -73,7 +74,51 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
         "rows": rows,
     }
     report["published"] = compare_published(report, load_reference(reference), manifest["tasks"])
+    report["intervals"] = interval_methods(report)
     return report
+
+
+def interval_methods(report: dict[str, Any]) -> dict[str, Any]:
+    """Which method made each kind of interval in this report (figure -> method), and what each
+    method is (stats.METHODS): every interval printed can be traced to how it was made."""
+    figures: dict[str, str] = {}
+    for row in report["rows"]:
+        for name, agg in row["tasks"].items():
+            title = TASKS.get(name, name)
+            for metric, method in (agg.get("interval_methods") or {}).items():
+                headline = " (headline)" if metric == agg.get("headline") else ""
+                figures.setdefault(f"{title} {metric}{headline}", method)
+        if row.get("average") is not None:
+            figures.setdefault("Average", row.get("average_interval_method", "mover"))
+        cmp = row.get("comparison") or {}
+        for name, p in (cmp.get("tasks") or {}).items():
+            figures.setdefault(f"Δ {TASKS.get(name, name)}", p.get("interval_method", ""))
+            if (p.get("divergence") or {}).get("kl_prefix"):
+                figures.setdefault("KLD mean", p["divergence"]["kl_prefix"].get("interval_method", "bootstrap"))
+        if cmp.get("average"):
+            figures.setdefault("Δ Average", cmp["average"].get("interval_method", ""))
+    used = dict.fromkeys(figures.values())
+    return {"figures": figures, "methods": {m: METHODS[m] for m in used if m in METHODS}}
+
+
+def interval_lines(report: dict[str, Any]) -> list[str]:
+    """One line per kind of interval: the figure, its method and what the method is."""
+    found = report.get("intervals") or interval_methods(report)
+    return [f"{figure}: {found['methods'].get(m, m)}" for figure, m in found["figures"].items()]
+
+
+def _interval_caption(report: dict[str, Any]) -> str:
+    """The headline figures' interval methods in one line, grouped by method."""
+    found = report.get("intervals") or interval_methods(report)
+    by_method: dict[str, list[str]] = {}
+    for figure, method in found["figures"].items():
+        if " micro" in figure or " macro" in figure or " inst" in figure or " prompt" in figure:
+            if "(headline)" not in figure:
+                continue  # the other averages: report.md lists them
+            figure = figure.split(" ")[0]
+        by_method.setdefault(method, []).append(figure)
+    listed = "; ".join(f"{m} ({', '.join(figures)})" for m, figures in by_method.items())
+    return f"95 % intervals: {listed}; report.md says what each method is" if listed else ""
 
 
 def _saturation(speed: dict[str, Any], server: dict[str, Any]) -> dict[str, Any] | None:
@@ -128,9 +173,9 @@ def _mark(verdict: str) -> str:
     return mark + ("~" if verdict.endswith("(inside the noise floor)") else "")
 
 
-def _ci(ci: list[float] | tuple[float, float] | None, signed: bool = False) -> str:
+def _ci(ci: list[float] | tuple[float, float] | None, signed: bool = False, note: str | None = None) -> str:
     if ci is None:
-        return ""
+        return "[no interval]" if note else ""
     fmt = "{:+.1f}" if signed else "{:.1f}"
     return f"[{fmt.format(100 * ci[0])}, {fmt.format(100 * ci[1])}]"
 
@@ -139,7 +184,8 @@ def _delta(p: dict[str, Any] | None) -> str:
     """A paired difference: Δ in points, its interval and the verdict's mark."""
     if not p or p.get("delta") is None:
         return ""
-    return f"{100 * p['delta']:+.1f} {_ci(p['interval'], signed=True)} {_mark(p['verdict'])}".strip()
+    ci = _ci(p["interval"], signed=True, note=p.get("interval_note"))
+    return f"{100 * p['delta']:+.1f} {ci} {_mark(p['verdict'])}".strip()
 
 
 def _ratio(value: float | None) -> str:
@@ -151,8 +197,7 @@ def _kld(cmp: dict[str, Any]) -> str:
     found = cmp.get("divergence")
     if not found:
         return ""
-    lo, hi = found["kl_prefix"]["interval"]
-    return f"{found['kl_prefix']['mean']:.4f} [{lo:.4f}, {hi:.4f}] top1 {100 * (found['top1_agreement'] or 0):.1f}%"
+    return f"{divergence.with_interval(found['kl_prefix'])} top1 {100 * (found['top1_agreement'] or 0):.1f}%"
 
 
 def _cells(row: dict[str, Any], sep: str = "\n", kld: bool = False) -> list[str]:
@@ -162,7 +207,8 @@ def _cells(row: dict[str, Any], sep: str = "\n", kld: bool = False) -> list[str]
         return [*blank, str(row["errors"])]
     cmp = row.get("comparison") or {}
     if row["average"] is not None:
-        cells = [f"{_pct(row['average'])} {_ci(row.get('average_interval'))}".strip()]
+        ci = _ci(row.get("average_interval"), note=row.get("average_interval_note"))
+        cells = [f"{_pct(row['average'])} {ci}".strip()]
     else:
         cells = ["–" if not row.get("average_missing") else f"– ({row['average_missing']})"]
     cells.append(_delta(cmp.get("average")))
@@ -176,7 +222,8 @@ def _cells(row: dict[str, Any], sep: str = "\n", kld: bool = False) -> list[str]
         # The unparsed rate stands next to the accuracy it qualifies: a low score with many
         # unparsed replies is an extraction problem, not (only) a model problem.
         unparsed = f", {_pct(agg['unparsed_rate'])}% unparsed" if agg.get("unparsed") else ""
-        cell = f"{_pct(agg['accuracy'])} {_ci(agg.get('interval'))} (n={agg['n']}{unparsed})"
+        ci = _ci(agg.get("interval"), note=agg.get("interval_note"))
+        cell = f"{_pct(agg['accuracy'])} {ci} (n={agg['n']}{unparsed})"
         delta = _delta((cmp.get("tasks") or {}).get(key))
         cells.append(cell + (f"{sep}Δ {delta}" if delta else ""))
     sp = row["speed"]
@@ -238,6 +285,7 @@ def render_table(report: dict[str, Any]) -> Table:
         [
             "Δ: paired difference against the model's reference row, 95 % interval; " + LEGEND,
             *([KLD_NOTE] if _has_kld(report) else []),
+            *([caption] if (caption := _interval_caption(report)) else []),
             *notes,
             *(["failed: " + " · ".join(failed)] if failed else []),
             *_pace_lines(report),
@@ -275,6 +323,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", KLD_NOTE + "."]
     lines += _published_markdown(report)
     lines += _averages_markdown(report)
+    if methods := interval_lines(report):
+        lines += ["", "## How the intervals are made", "", *(f"- {_md_cell(m)}" for m in methods)]
     if pace := _pace_lines(report):
         lines += ["", "## Who set the pace", "", *(f"- {_md_cell(p)}" for p in pace)]
     lines += [

@@ -153,7 +153,7 @@ def kl_plot(report: dict[str, Any]) -> str | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for target, d in curves:
-        ax.plot(range(101), d["quantiles"], label=f"{target} (mean {d['kl_prefix']['mean']:.4f})")
+        ax.plot(range(101), d["quantiles"], label=f"{target} (mean {divergence.sig(d['kl_prefix']['mean'])})")
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.set_xlabel("% of paired samples (sorted by KL)")
     ax.set_ylabel(f"KL(ref ‖ quant), nats, top-{min(d['k'] for _, d in curves)} estimate")
@@ -249,6 +249,10 @@ def render_html(report: dict[str, Any], table_rows: list[list[str]], headers: li
     for caption, img in figures:
         if img is not None:
             parts += [f"<h2>{esc(caption)}</h2>", img]
+    found = report.get("intervals") or {"figures": {}, "methods": {}}
+    if found["figures"]:
+        items = [f"<li>{esc(f)}: {esc(found['methods'].get(m, m))}</li>" for f, m in found["figures"].items()]
+        parts += ["<h2>How the intervals are made</h2>", "<ul>", *items, "</ul>"]
     pub = report.get("published") or {}
     if pub.get("rows"):
         cols = ["average", *report["tasks"]]

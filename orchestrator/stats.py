@@ -3,17 +3,45 @@
 A task's metric is a ratio of sums over samples grouped in strata (subjects): ``micro`` is
 Σnum / Σden over every sample, ``macro`` the mean over strata of each stratum's Σnum / Σden. An
 accuracy has num = 1 if right, den = 1; IFEval's instruction level has num = instructions
-followed, den = instructions of the prompt (so resampling prompts clusters instructions by
-prompt). Every interval is a percentile bootstrap stratified like the metric (samples resampled
-within their stratum, tasks independently), except a micro accuracy's own interval, which is
-Wilson's. A resample is drawn as multinomial counts over a stratum's distinct outcome tuples,
-which is the same distribution as drawing samples with replacement and costs O(distinct) per
-replicate instead of O(n).
+followed, den = instructions of the prompt (a prompt is a cluster of instructions). Both are one
+weighted ratio Σ w·num / Σ w·den with Σ w·den = 1: w = 1 / Σden (micro) or 1 / (S · Σden of the
+sample's stratum) (macro, S strata).
 
-A paired comparison (quantized vs reference) keeps the samples both answered and resamples them
-together; its p-value is McNemar's exact test (a two-sided binomial test on the discordant
-pairs), corrected with Holm's method across every comparison of a run. Seeds derive from the
-names compared, so a report is the same byte for byte each time it is built.
+Why these intervals (each checked by simulation against known truth, ``tests/test_coverage.py``,
+at 1, 2 and 3 samples per subject, one subject, unequal subjects, accuracies near 0.05, 0.5 and
+0.95, and tasks mixed in the Average). A percentile bootstrap stratified by subject, which this
+module used before, resamples a subject of one sample to itself: at one sample per subject
+(the embedded default) it gave zero-width intervals, at two it halved the variance. Every
+interval here is analytic and has a floor that no small sample can take away:
+
+- one accuracy, micro: Wilson's score interval (Brown, Cai & DasGupta 2001 recommend it at every
+  n; unlike Wald's it is never zero-width at 0 % or 100 %);
+- one accuracy, macro: Wilson's interval with Kish's effective sample size 1 / Σw² (the weights'
+  design effect, Kish 1965), the design effect of the strata themselves taken as 1 (Korn &
+  Graubard 1998 truncate it there). Within-subject variances cannot be estimated from one
+  sample per subject, and the variance they would give is never larger than this one (it is
+  smaller by the spread of the subjects' accuracies, which is modest on MMLU and C-Eval), so
+  the interval is honest at every subject size and only slightly conservative;
+- a ratio of clustered counts (IFEval's instruction level): Wilson's interval with Korn &
+  Graubard's effective sample size p(1 - p) / v, v the linearised (ratio-estimator) variance
+  over prompts, scaled by (z / t)² with t Student's for prompts - 1 degrees of freedom (the
+  variance is estimated from that few prompts), capped at the number of instructions;
+- the Average of tasks, and the Average's paired difference: MOVER (Zou & Donner 2008, the
+  general form of Newcombe's square-and-add): the tasks' own limits combined, tasks
+  independent, so each task keeps its own asymmetry near 0 or 1;
+- a paired difference of right/wrong outcomes (quantized vs reference): Bonett & Price's
+  adjusted Wald interval (2012; recommended by Fagerland, Lydersen & Laake 2013): one
+  discordant pair added each way, so no flips or one flip still gives an honest, non-zero
+  width; on Kish's effective counts for a macro average;
+- a paired difference of clustered ratios: the linearised paired variance plus the same two
+  pseudo-pairs, Student's t.
+
+Fewer than two samples (or paired samples, or prompts) give no interval, and the note says why.
+The minimum detectable difference comes from the same interval: (z + z_power) × its standard
+error. A paired comparison's p-value is McNemar's exact test (a two-sided binomial test on the
+discordant pairs; pooled over strata it is the Cochran–Mantel–Haenszel test of matched pairs),
+corrected with Holm's method across every comparison of a run. Nothing here is random: the same
+records give the same report, byte for byte.
 """
 
 from __future__ import annotations
@@ -22,7 +50,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property, lru_cache
 from statistics import NormalDist
 from typing import Any
 
@@ -31,20 +59,64 @@ import numpy as np
 CONFIDENCE = 0.95
 Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # 1.96
 Z_POWER = NormalDist().inv_cdf(0.80)  # 80 % power
-RESAMPLES = 2000
 EQUIVALENCE = 0.01  # an interval inside ±1 point is "no detectable change"
 ALPHA = 0.05
+MIN_SAMPLES = 2  # below this no interval is honest: one outcome says nothing of its own spread
+
+# Each interval method, named once: report.json names a figure's method, the reports explain it.
+METHODS: dict[str, str] = {
+    "wilson": "Wilson score interval",
+    "wilson-kish": "Wilson score interval on Kish's effective sample size of the subject weights "
+    "(subjects' design effect taken as 1)",
+    "wilson-cluster": "Wilson score interval on the effective sample size of the prompt-clustered "
+    "(linearised) variance, t-adjusted for the number of prompts",
+    "mover": "MOVER: the tasks' own intervals combined (tasks independent)",
+    "bonett-price": "Bonett–Price adjusted Wald interval for paired outcomes (one discordant pair added "
+    "each way), on Kish's effective counts",
+    "linearized-t": "linearised paired variance with one discordant pair added each way, Student's t",
+    "bootstrap": "percentile bootstrap of the mean over samples",
+}
 
 
-def wilson(k: int, n: int, z: float = Z) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion k/n."""
+def wilson(k: float, n: float, z: float = Z) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion k/n (n may be an effective, fractional size), with
+    Brown, Cai & DasGupta's modification near 0 and 1: for 0 < k ≤ k* (k* = 2 up to n = 50, 3
+    above) the lower limit is the exact Poisson one, and likewise the upper limit for n - k,
+    which removes Wilson's coverage dips at a few successes or failures."""
     if n <= 0:
         return None
+    k = min(float(n), max(0.0, float(k)))
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    edge = 2.0 if n <= 50 else 3.0
+    if 0 < k <= edge and z == Z:
+        lo = min(lo, _poisson_lower(k) / n)
+    if 0 < n - k <= edge and z == Z:
+        hi = max(hi, 1.0 - _poisson_lower(n - k) / n)
+    return (lo, hi)
+
+
+@lru_cache(maxsize=256)
+def _poisson_lower(k: float) -> float:
+    """The exact (Garwood) lower limit of a Poisson mean from k events, at the run's confidence."""
+    return float(_special().gammaincinv(k, (1 - CONFIDENCE) / 2))
+
+
+@cache
+def _special() -> Any:
+    """scipy.special, imported only when an interval needs it (it costs up to a second)."""
+    import scipy.special  # type: ignore[import-untyped]
+
+    return scipy.special
+
+
+@cache
+def t_quantile(df: int) -> float:
+    """Student's t quantile for the run's confidence."""
+    return float(_special().stdtrit(df, 0.5 + CONFIDENCE / 2))
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -136,6 +208,12 @@ class Outcomes:
             and np.array_equal(self.den, other.den)
         )
 
+    def weights(self, at: np.ndarray | None = None) -> np.ndarray:
+        """Each sample's weight w in the metric Σ w·num / Σ w·den (Σ w·den = 1), over the samples
+        at positions ``at`` (all by default)."""
+        codes, den = (self.codes, self.den) if at is None else (self.codes[at], self.den[at])
+        return weights(self.kind, codes, den)
+
     def point(self, at: np.ndarray | None = None) -> float | None:
         """The metric over the samples at positions ``at`` (all by default)."""
         codes, num, den = (
@@ -152,153 +230,96 @@ class Outcomes:
         return float(num.sum()) / total if total else None
 
 
-def _positions(sides: Sequence[Outcomes], ids: Sequence[str]) -> list[np.ndarray]:
-    """Each side's positions of ``ids``."""
-    return [np.fromiter((side.index[s] for s in ids), dtype=np.int64, count=len(ids)) for side in sides]
-
-
-def _binomial(rng: np.random.Generator, n: np.ndarray, p: np.ndarray, b: int) -> np.ndarray:
-    """(b, len(n)) draws of Binomial(n[s], p[s]) by inverting each one's CDF.
-
-    Exact like ``rng.binomial`` but ~5x faster here: the replicates need b draws of the same few
-    dozen (n, p), so one table per stratum and a binary search per draw beat a rejection sampler
-    set up for every draw.
-    """
-    out = np.zeros((b, len(n)), dtype=np.int64)
-    full = (p >= 1) & (n > 0)
-    out[:, full] = n[full]
-    live = np.flatnonzero((p > 0) & (p < 1) & (n > 0))
-    if not len(live):
-        return out
-    nl, pl = n[live], p[live]
-    sizes = nl + 1
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    seg = np.repeat(np.arange(len(live)), sizes)
-    k = np.arange(int(sizes.sum())) - starts[seg]
-    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, int(nl.max()) + 1)))))
-    nn = nl[seg]
-    log_pmf = log_fact[nn] - log_fact[k] - log_fact[nn - k] + k * np.log(pl)[seg] + (nn - k) * np.log1p(-pl)[seg]
-    pmf = np.exp(log_pmf - np.maximum.reduceat(log_pmf, starts)[seg])
-    u = rng.random((b, len(live)))
-    for j, s in enumerate(live):
-        cdf = np.cumsum(pmf[starts[j] : starts[j] + sizes[j]])
-        out[:, s] = np.minimum(np.searchsorted(cdf, u[:, j] * cdf[-1], side="right"), nl[j])
-    return out
-
-
-def _counts(rng: np.random.Generator, sizes: np.ndarray, probs: np.ndarray, b: int) -> np.ndarray:
-    """(b, strata, k) multinomial counts: each stratum's size spread over its k outcomes."""
-    k = probs.shape[1]
-    if k == 1:
-        return np.broadcast_to(sizes[None, :, None], (b, len(sizes), 1))
-    if k > 3:
-        return rng.multinomial(sizes, probs, size=(b, len(sizes)))
-    # Two or three outcomes (right/wrong; a paired difference -1/0/+1): the likeliest outcome's
-    # count is binomial, the next one's binomial in the few that are left (the same distribution
-    # as the multinomial; numpy's sampler is quick for those small counts).
-    order = np.argsort(-probs, axis=1, kind="stable")
-    p = np.take_along_axis(probs, order, axis=1)
-    first = _binomial(rng, sizes, p[:, 0], b)
-    if k == 2:
-        drawn = np.stack([first, sizes - first], axis=-1)
-    else:
-        rest = sizes - first
-        with np.errstate(invalid="ignore", divide="ignore"):
-            q = np.clip(np.where(p[:, 0] < 1, p[:, 1] / (1 - p[:, 0]), 0.0), 0.0, 1.0)
-        second = rng.binomial(rest, q)
-        drawn = np.stack([first, second, rest - second], axis=-1)
-    out = np.empty_like(drawn)
-    np.put_along_axis(out, np.broadcast_to(order[None], drawn.shape), drawn, axis=2)
-    return out
-
-
-def _draw(codes: np.ndarray, cols: np.ndarray, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
-    """Micro and macro replicates (b, sides) of one stratified draw over the samples whose stratum
-    codes are ``codes`` and whose (num, den) per side are the columns of ``cols``."""
-    width = cols.shape[1]
-    sides = width // 2
+def weights(kind: str, codes: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Per-sample weights w of a micro or macro metric, Σ w·num / Σ w·den with Σ w·den = 1."""
     if not len(codes):
-        empty = np.full((b, sides), np.nan)
-        return {"micro": empty, "macro": empty}
-    # Strata present, numbered 0..S-1; each sample's outcome row reduced to one integer key that
-    # sorts by stratum first (factorised column by column so that it never overflows).
-    _, key = np.unique(codes, return_inverse=True)
-    strata_of = key.copy()
-    for j in range(width):
-        levels, level = np.unique(cols[:, j], return_inverse=True)
-        _, key = np.unique(key * len(levels) + level, return_inverse=True)
-    _, first, tally = np.unique(key, return_index=True, return_counts=True)
-    stratum = strata_of[first]  # the distinct outcome rows, grouped by stratum
-    n_strata = int(strata_of.max()) + 1
-    sizes = np.bincount(strata_of, minlength=n_strata)
-    begin = np.searchsorted(stratum, np.arange(n_strata))
-    rank = np.arange(len(first)) - begin[stratum]
-    k = int(rank.max()) + 1
-    values = np.zeros((n_strata, k, width))
-    probs = np.zeros((n_strata, k))
-    values[stratum, rank] = cols[first]
-    probs[stratum, rank] = tally / sizes[stratum]
-    draws = _counts(rng, sizes, probs, b)  # (b, strata, k)
-    # A batched product per stratum: (strata, b, k) @ (strata, k, width) -> each replicate's Σnum
-    # and Σden per stratum and side.
-    sums = np.matmul(draws.transpose(1, 0, 2).astype(float), values).transpose(1, 0, 2)  # (b, strata, width)
-    s_num, s_den = sums[..., 0::2], sums[..., 1::2]  # (b, strata, sides)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_stratum = np.where(s_den > 0, s_num / np.where(s_den > 0, s_den, 1), 0.0)
-        nums, dens = s_num.sum(axis=1), s_den.sum(axis=1)
-        return {
-            "micro": np.asarray(np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan)),
-            "macro": np.asarray(per_stratum.mean(axis=1)),
-        }
+        return np.zeros(0)
+    if kind == "macro":
+        present, stratum = np.unique(codes, return_inverse=True)
+        d_by = np.bincount(stratum, weights=den)
+        per = np.zeros(len(present))
+        np.divide(1.0, len(present) * d_by, out=per, where=d_by > 0)
+        return np.asarray(per[stratum])
+    total = float(den.sum())
+    return np.full(len(codes), 1.0 / total if total else 0.0)
 
 
-def _side_columns(sides: Sequence[Outcomes], at: Sequence[np.ndarray]) -> np.ndarray:
-    return np.column_stack([c for side, pos in zip(sides, at, strict=True) for c in (side.num[pos], side.den[pos])])
+@dataclass(frozen=True)
+class Interval:
+    """A 95 % interval, the method that made it (a key of ``METHODS``), or why there is none."""
+
+    bounds: tuple[float, float] | None
+    method: str
+    note: str | None = None
+
+    @property
+    def listed(self) -> list[float] | None:
+        """The bounds as report.json writes them."""
+        return None if self.bounds is None else [self.bounds[0], self.bounds[1]]
+
+    @property
+    def se(self) -> float | None:
+        """The standard error the interval implies (its width over 2z)."""
+        return None if self.bounds is None else (self.bounds[1] - self.bounds[0]) / (2 * Z)
 
 
-def _replicates(
-    kind: str, ids: Sequence[str], sides: Sequence[Outcomes], rng: np.random.Generator, b: int
-) -> np.ndarray:
-    """(b, len(sides)) bootstrap replicates of the metric on each side, resampling samples together."""
-    at = _positions(sides, ids)
-    return _draw(sides[0].codes[at[0]], _side_columns(sides, at), rng, b)[kind]
+def _too_few(n: int, method: str, what: str) -> Interval:
+    return Interval(None, method, f"{n} {what}{'' if n == 1 else 's'}: too few for an interval")
 
 
-def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.nanpercentile(values, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    return (float(lo), float(hi))
+def _is_binary(num: np.ndarray, den: np.ndarray) -> bool:
+    return bool(np.all(den == 1) and np.all((num == 0) | (num == 1)))
 
 
-def replicates(outcomes: Outcomes, seed: int, b: int = RESAMPLES) -> dict[str, np.ndarray]:
-    """(b,) bootstrap replicates of one side's metric, stratified: micro and macro of the same draw."""
-    cols = np.column_stack([outcomes.num, outcomes.den])
-    drawn = _draw(outcomes.codes, cols, np.random.default_rng(seed), b)
-    return {kind: reps[:, 0] for kind, reps in drawn.items()}
+def interval(outcomes: Outcomes) -> Interval:
+    """95 % interval of one side's metric (the module's docstring says why each method)."""
+    binary = _is_binary(outcomes.num, outcomes.den)
+    method = ("wilson" if outcomes.kind == "micro" else "wilson-kish") if binary else "wilson-cluster"
+    n = len(outcomes)
+    if n < MIN_SAMPLES:
+        return _too_few(n, method, "sample" if binary else "prompt")
+    w = outcomes.weights()
+    theta = float(np.dot(w, outcomes.num))
+    if binary:
+        # Kish's effective size of the weights: N for a micro average or subjects of equal size.
+        n_eff = 1.0 / float(np.dot(w, w))
+        return Interval(wilson(theta * n_eff, n_eff), method)
+    return Interval(_cluster_wilson(theta, w, outcomes.num, outcomes.den), method)
 
 
-def interval(
-    outcomes: Outcomes, seed: int, b: int = RESAMPLES, reps: np.ndarray | None = None
-) -> tuple[float, float] | None:
-    """95 % interval of one side's metric: Wilson for a micro accuracy, else the stratified
-    bootstrap (``reps``: its replicates, when already drawn)."""
-    if not len(outcomes):
-        return None
-    if outcomes.kind == "micro" and outcomes.binary:
-        return wilson(int(outcomes.num.sum()), len(outcomes))
-    return _percentile_interval(replicates(outcomes, seed, b)[outcomes.kind] if reps is None else reps)
+def _cluster_wilson(theta: float, w: np.ndarray, num: np.ndarray, den: np.ndarray) -> tuple[float, float] | None:
+    """Wilson's interval of a ratio of clustered counts on Korn & Graubard's effective size."""
+    clusters = len(w)
+    resid = w * (num - theta * den)  # each cluster's linearised contribution (they sum to 0)
+    var = clusters / (clusters - 1) * float(np.dot(resid, resid))
+    units = 1.0 / float(np.dot(w * w, den))  # every unit independent: the most it can be worth
+    if 0.0 < theta < 1.0 and var > 0:
+        n_eff = min(units, theta * (1 - theta) / var * (Z / t_quantile(clusters - 1)) ** 2)
+    else:
+        # At 0 or 1 (or every cluster exactly at the mean) the variance says nothing: each
+        # cluster counted once, as if its units always agreed (the most they can be correlated).
+        n_eff = 1.0 / float(np.dot(w * den, w * den))
+    return wilson(theta * n_eff, n_eff)
 
 
-def average_interval(
-    tasks: Sequence[Outcomes], seed: int, b: int = RESAMPLES, reps: Sequence[np.ndarray] | None = None
-) -> tuple[float, float] | None:
-    """95 % interval of the mean of task metrics (the Average column): tasks resampled
-    independently (``reps``: each task's replicates, when already drawn)."""
-    if not tasks or any(not len(t) for t in tasks):
-        return None
-    if reps is None:
-        rng = np.random.default_rng(seed)
-        reps = [_replicates(t.kind, t.ids, [t], rng, b)[:, 0] for t in tasks]
-    return _percentile_interval(np.sum(reps, axis=0) / len(tasks))
+def average_interval(points: Sequence[float], intervals: Sequence[Interval]) -> Interval:
+    """95 % interval of the mean of independent task metrics (the Average column), by MOVER:
+    each task's distances to its own limits, added in quadrature."""
+    missing = [i for i in intervals if i.bounds is None]
+    if not intervals or missing:
+        return Interval(None, "mover", missing[0].note if missing else "no task")
+    return Interval(_mover(points, [i.bounds for i in intervals if i.bounds is not None], 0.0, 1.0), "mover")
+
+
+def _mover(
+    points: Sequence[float], bounds: Sequence[tuple[float, float]], floor: float, ceiling: float
+) -> tuple[float, float]:
+    """Zou & Donner's MOVER for the mean of independent estimates with their own intervals."""
+    count = len(points)
+    mean = sum(points) / count
+    below = math.sqrt(sum((p - lo) ** 2 for p, (lo, _) in zip(points, bounds, strict=True))) / count
+    above = math.sqrt(sum((hi - p) ** 2 for p, (_, hi) in zip(points, bounds, strict=True))) / count
+    return (max(floor, mean - below), min(ceiling, mean + above))
 
 
 @dataclass(frozen=True)
@@ -316,16 +337,17 @@ class Paired:
     wrong_to_right: int
     changed: int  # extracted answers that differ, right or wrong
     p_value: float  # exact McNemar on the discordant pairs
-    mdd: float | None  # minimum detectable difference at 80 % power for this n and discordance
+    mdd: float | None  # minimum detectable difference at 80 % power, from the interval's standard error
     p_holm: float | None = None
     verdict: str = ""
+    interval_method: str = "bonett-price"
+    interval_note: str | None = None  # why there is no interval
     extra: dict[str, Any] = field(default_factory=dict)
-    # The bootstrap replicates of the difference (for the Average's; not written anywhere).
-    diffs: Any = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for report.json."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("extra", "diffs")}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        out["interval"] = None if self.interval is None else list(self.interval)
         out["flip_rate"] = (self.right_to_wrong + self.wrong_to_right) / self.n if self.n else None
         out["changed_rate"] = self.changed / self.n if self.n else None
         return {**out, **self.extra}
@@ -337,6 +359,16 @@ def _common(reference: Outcomes, quantized: Outcomes) -> list[str]:
     return [sid for sid in reference.ids if sid in theirs]
 
 
+def _positions(sides: Sequence[Outcomes], ids: Sequence[str]) -> list[np.ndarray]:
+    """Each side's positions of ``ids``."""
+    return [np.fromiter((side.index[s] for s in ids), dtype=np.int64, count=len(ids)) for side in sides]
+
+
+def mdd_of(ci: Interval) -> float | None:
+    """The smallest difference this interval's precision detects at 80 % power."""
+    return None if ci.se is None else (Z + Z_POWER) * ci.se
+
+
 def paired(
     reference: Outcomes,
     quantized: Outcomes,
@@ -344,8 +376,6 @@ def paired(
     quant_answers: Mapping[str, Any],
     ref_verdicts: Mapping[str, bool],
     quant_verdicts: Mapping[str, bool],
-    seed: int,
-    b: int = RESAMPLES,
 ) -> Paired:
     """Paired difference of a task's metric, its interval, flips, McNemar's p and the MDD.
 
@@ -356,73 +386,74 @@ def paired(
     only_ref = len(reference) - len(common)
     only_quant = len(quantized) - len(common)
     if not common:
-        return Paired(0, only_ref, only_quant, None, None, None, None, 0, 0, 0, 1.0, None)
+        return Paired(0, only_ref, only_quant, None, None, None, None, 0, 0, 0, 1.0, None, interval_note="no sample")
     ir, iq = _positions([reference, quantized], common)
     v_ref = np.fromiter((bool(ref_verdicts[s]) for s in common), dtype=bool, count=len(common))
     v_quant = np.fromiter((bool(quant_verdicts[s]) for s in common), dtype=bool, count=len(common))
     r2w = int(np.sum(v_ref & ~v_quant))
     w2r = int(np.sum(v_quant & ~v_ref))
     changed = sum(1 for s in common if ref_answers.get(s) != quant_answers.get(s))
-    p = mcnemar_exact(r2w, w2r)
     ref_point = reference.point(ir)
     quant_point = quantized.point(iq)
     delta = None if ref_point is None or quant_point is None else quant_point - ref_point
-    rng = np.random.default_rng(seed)
-    codes = reference.codes[ir]
-    whole = bool(np.all(reference.den[ir] == 1) and np.all(quantized.den[iq] == 1))
-    if whole:
-        # One outcome per sample (right or wrong): each stratum's difference is Σ(q - r) / n, so
-        # resampling the per-sample difference (-1, 0, +1) gives the same replicates as both sides
-        # together, with one column instead of two.
-        change = quantized.num[iq] - reference.num[ir]
-        diffs = _draw(codes, np.column_stack([change, np.ones(len(common))]), rng, b)[reference.kind][:, 0]
-    else:
-        reps = _draw(codes, _side_columns([reference, quantized], [ir, iq]), rng, b)[reference.kind]
-        diffs = reps[:, 1] - reps[:, 0]
-    ci = _percentile_interval(diffs)
-    binary = reference.kind == "micro" and whole
-    # A binary metric: the paired test's standard error for this n and the observed discordance
-    # (at least one discordant pair, so that no discordance yet is not "any change would show").
-    discordance = max(r2w + w2r, 1) / len(common)
-    se = math.sqrt(discordance / len(common)) if binary else float(np.nanstd(diffs))
-    mdd = (Z + Z_POWER) * se
+    ci = paired_interval(reference, quantized, ir, iq)
     return Paired(
-        len(common), only_ref, only_quant, ref_point, quant_point, delta, ci, r2w, w2r, changed, p, mdd, diffs=diffs
-    )
+        len(common), only_ref, only_quant, ref_point, quant_point, delta, ci.bounds, r2w, w2r, changed,
+        mcnemar_exact(r2w, w2r), mdd_of(ci), interval_method=ci.method, interval_note=ci.note,
+    )  # fmt: skip
 
 
-def paired_average(
-    parts: Sequence[tuple[Outcomes, Outcomes]],
-    seed: int,
-    b: int = RESAMPLES,
-    diffs: Sequence[np.ndarray | None] | None = None,
-) -> tuple[tuple[float, float], float] | None:
-    """Interval (and bootstrap standard error) of the paired difference of the Average over tasks,
-    each task paired on its common samples and resampled independently of the others (``diffs``:
-    each task's replicates of its difference, when ``paired`` drew them already)."""
-    if not parts:
-        return None
-    rng = np.random.default_rng(seed)
-    total = np.zeros(b)
-    for i, (ref, quant) in enumerate(parts):
-        drawn = None if diffs is None else diffs[i]
-        if drawn is None:
-            common = _common(ref, quant)
-            if not common:
-                return None
-            reps = _replicates(ref.kind, common, [ref, quant], rng, b)
-            drawn = reps[:, 1] - reps[:, 0]
-        total = total + drawn
-    mean = total / len(parts)
-    return _percentile_interval(mean), float(np.nanstd(mean))
+def paired_interval(reference: Outcomes, quantized: Outcomes, ir: np.ndarray, iq: np.ndarray) -> Interval:
+    """95 % interval of quantized - reference on the paired samples at ``ir``/``iq``."""
+    nr, dr, nq, dq = reference.num[ir], reference.den[ir], quantized.num[iq], quantized.den[iq]
+    binary = _is_binary(nr, dr) and _is_binary(nq, dq)
+    method = "bonett-price" if binary else "linearized-t"
+    n = len(ir)
+    if n < MIN_SAMPLES:
+        return _too_few(n, method, "paired sample")
+    codes = reference.codes[ir]
+    wr = weights(reference.kind, codes, dr)
+    if binary:
+        # Bonett & Price: the discordant proportions with one pseudo-pair added each way, on
+        # Kish's effective count (a macro average weights subjects, not samples).
+        n_eff = 1.0 / float(np.dot(wr, wr))
+        change = nq - nr
+        lost = float(np.dot(wr, change < 0)) * n_eff
+        gained = float(np.dot(wr, change > 0)) * n_eff
+        p_lost, p_gained = (lost + 1) / (n_eff + 2), (gained + 1) / (n_eff + 2)
+        centre = p_gained - p_lost
+        se = math.sqrt(max(0.0, p_lost + p_gained - centre * centre) / (n_eff + 2))
+        return Interval((max(-1.0, centre - Z * se), min(1.0, centre + Z * se)), method)
+    wq = weights(quantized.kind, codes, dq)
+    theta_r, theta_q = float(np.dot(wr, nr)), float(np.dot(wq, nq))
+    resid = wq * (nq - theta_q * dq) - wr * (nr - theta_r * dr)
+    clusters = 1.0 / float(np.dot(wr * dr, wr * dr))
+    # The same two pseudo-pairs as Bonett-Price (one unit lost, one gained): never zero-width.
+    var = n / (n - 1) * float(np.dot(resid, resid)) + 2.0 / (clusters + 2) ** 2
+    half = t_quantile(n - 1) * math.sqrt(var)
+    delta = theta_q - theta_r
+    return Interval((max(-1.0, delta - half), min(1.0, delta + half)), method)
+
+
+def paired_average(parts: Sequence[Paired]) -> Interval:
+    """95 % interval of the paired difference of the Average over tasks, by MOVER from each
+    task's paired interval (tasks independent)."""
+    missing = [p for p in parts if p.interval is None or p.delta is None]
+    if not parts or missing:
+        return Interval(None, "mover", missing[0].interval_note if missing else "no task")
+    bounds = [p.interval for p in parts if p.interval is not None]
+    return Interval(_mover([p.delta for p in parts if p.delta is not None], bounds, -1.0, 1.0), "mover")
 
 
 def verdict(
     delta: float | None, ci: tuple[float, float] | None, p_holm: float | None, n: int, mdd: float | None
 ) -> str:
-    """What a user reads: loss, gain, no detectable change, or inconclusive (with what would show)."""
-    if delta is None or ci is None or n == 0:
+    """What a user reads: loss, gain, no detectable change, or inconclusive (with what would show).
+    No interval (too few samples) is never a loss, a gain or "no change"."""
+    if delta is None or n == 0:
         return "not compared"
+    if ci is None:
+        return f"inconclusive — n too small: {n} paired sample{'' if n == 1 else 's'}, too few for an interval"
     significant = p_holm is not None and p_holm < ALPHA and not ci[0] <= 0.0 <= ci[1]
     if significant:
         return "loss" if delta < 0 else "gain"
@@ -433,16 +464,21 @@ def verdict(
 
 
 __all__ = [
+    "METHODS",
+    "Interval",
     "Outcomes",
     "Paired",
     "average_interval",
     "holm",
     "interval",
     "mcnemar_exact",
+    "mdd_of",
     "paired",
     "paired_average",
-    "replicates",
+    "paired_interval",
     "seed_for",
+    "t_quantile",
     "verdict",
+    "weights",
     "wilson",
 ]

@@ -53,42 +53,36 @@ def target_statistics(
     aggregate in place, and the Average over its complete tasks. Returns each task's headline
     outcomes and the Average's fields."""
     outcomes: dict[str, Outcomes] = {}
-    drawn: dict[str, Any] = {}  # each headline's bootstrap replicates, drawn once
+    headline: dict[str, stats.Interval] = {}
     for name, agg in aggregates.items():
         recs = records[name]
         out = tasks[name].outcomes(recs)
         outcomes[name] = out
-        seed = stats.seed_for(target, name)
-        if len(out):
-            drawn[name] = stats.replicates(out, seed)
-        both = drawn.get(name) or {}
-        ci = stats.interval(out, seed, reps=both.get(out.kind))
-        agg["interval"] = None if ci is None else list(ci)
+        ci = headline[name] = stats.interval(out)
+        agg["interval"] = ci.listed
+        agg["interval_method"] = ci.method
+        agg["interval_note"] = ci.note
         agg["intervals"] = {}
+        agg["interval_methods"] = {}
         for metric in tasks[name].metrics:
-            if metric == agg.get("headline"):
-                agg["intervals"][metric] = agg["interval"]  # the headline's own, not drawn again
-                continue
-            alt = tasks[name].outcomes(recs, metric)
-            # The same samples under the other average: the same draw serves (no second one).
-            shared = both.get(alt.kind) if alt.same_samples(out) else None
-            level = stats.interval(alt, seed, reps=shared)
-            agg["intervals"][metric] = None if level is None else list(level)
+            level = ci if metric == agg.get("headline") else stats.interval(tasks[name].outcomes(recs, metric))
+            agg["intervals"][metric] = level.listed
+            agg["interval_methods"][metric] = level.method
         want = expected.get(name)
         agg["expected"] = want
         # Complete: every sample of the run was sent and ended (answered or an error record).
         agg["complete"] = bool(agg["n"]) and (want is None or agg["n"] + agg["errors"] >= want)
     complete = [n for n, a in aggregates.items() if a["complete"]]
     missing = [n for n in aggregates if n not in complete]
-    average: dict[str, Any] = {"average_tasks": complete, "average": None, "average_interval": None}
+    average: dict[str, Any] = {
+        "average_tasks": complete, "average": None, "average_interval": None, "average_interval_method": "mover"
+    }  # fmt: skip
     if aggregates and not missing:
-        average["average"] = sum(a["accuracy"] for a in aggregates.values()) / len(aggregates)
-        ci = stats.average_interval(
-            [outcomes[n] for n in complete],
-            stats.seed_for(target, "average"),
-            reps=[drawn[n][outcomes[n].kind] for n in complete],
-        )
-        average["average_interval"] = None if ci is None else list(ci)
+        points = [a["accuracy"] for a in aggregates.values()]
+        average["average"] = sum(points) / len(aggregates)
+        ci = stats.average_interval(points, [headline[n] for n in aggregates])
+        average["average_interval"] = ci.listed
+        average["average_interval_note"] = ci.note
         average["average_missing"] = None
     else:
         average["average_missing"] = "incomplete: " + ", ".join(
@@ -136,7 +130,7 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
             if row is ref:
                 continue
             cmp: dict[str, Any] = {"tasks": {}, "average": None}
-            parts: list[tuple[Outcomes, Outcomes]] = []
+            parts: list[Paired] = []
             pooled = [0, 0, 0, 0]  # n, right->wrong, wrong->right, changed
             kl_all: dict[tuple[str, str], divergence.SampleDivergence] = {}  # every task's paired samples
             kl_k: list[int] = []
@@ -145,15 +139,7 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
                     continue
                 r_side, q_side = sides[(ref["target"], name)], sides[(row["target"], name)]
                 r_out, q_out = r_side.outcomes, q_side.outcomes
-                p = stats.paired(
-                    r_out,
-                    q_out,
-                    r_side.answers,
-                    q_side.answers,
-                    r_side.verdicts,
-                    q_side.verdicts,
-                    stats.seed_for(ref["target"], row["target"], name),
-                )
+                p = stats.paired(r_out, q_out, r_side.answers, q_side.answers, r_side.verdicts, q_side.verdicts)
                 if r_side.logprobs and q_side.logprobs:
                     found = divergence.divergences(
                         r_side.logprobs, q_side.logprobs, r_side.answers if name in MULTIPLE_CHOICE_TASKS else None
@@ -166,17 +152,13 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
                 cmp["tasks"][name] = p
                 family.append((cmp["tasks"], p))
                 if name in row["average_tasks"] and name in ref["average_tasks"] and p.n:
-                    parts.append((r_out, q_out))
+                    parts.append(p)
                     pooled = [
                         a + b for a, b in zip(pooled, (p.n, p.right_to_wrong, p.wrong_to_right, p.changed), strict=True)
                     ]
             common = [n for n in row["tasks"] if n in row["average_tasks"] and n in ref["average_tasks"]]
             if parts and len(parts) == len(common):
-                boot = stats.paired_average(
-                    parts,
-                    stats.seed_for(ref["target"], row["target"], "average"),
-                    diffs=[cmp["tasks"][n].diffs for n in common],
-                )
+                ci = stats.paired_average(parts)
                 deltas = [cmp["tasks"][n].delta for n in common]
                 n, r2w, w2r, changed = pooled
                 avg = Paired(
@@ -184,9 +166,11 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
                     sum(cmp["tasks"][n_].reference for n_ in common) / len(common),
                     sum(cmp["tasks"][n_].quantized for n_ in common) / len(common),
                     sum(deltas) / len(deltas),
-                    None if boot is None else boot[0],
+                    ci.bounds,
                     r2w, w2r, changed, stats.mcnemar_exact(r2w, w2r),
-                    None if boot is None else (stats.Z + stats.Z_POWER) * boot[1],
+                    stats.mdd_of(ci),
+                    interval_method=ci.method,
+                    interval_note=ci.note,
                     extra={"tasks": common},
                 )  # fmt: skip
                 cmp["average"] = avg
@@ -297,9 +281,7 @@ def paired_runs(
             same = {sid for sid in da if db.get(sid) == da[sid]}
             oa = task.outcomes([r for r in ra if r.id in same])
             ob = task.outcomes([r for r in rb if r.id in same])
-            p = stats.paired(
-                oa, ob, answers_of(ra), answers_of(rb), verdicts_of(ra), verdicts_of(rb), stats.seed_for(ta, tb, name)
-            )
+            p = stats.paired(oa, ob, answers_of(ra), answers_of(rb), verdicts_of(ra), verdicts_of(rb))
             per_task[name] = dataclasses.replace(
                 p, only_reference=len(da) - len(same), only_quantized=len(db) - len(same)
             )

@@ -114,7 +114,7 @@ def test_the_report_ranks_quantizations_by_kl_and_shows_the_kld_column(tmp_path:
     md = render_markdown(report)
     header = next(line for line in md.splitlines() if "Δ Avg" in line)
     assert "| Δ Avg | KLD | MMLU |" in header
-    assert f"{q4['kl_prefix']['mean']:.4f}" in md and "lower bound of the full KL" in md
+    assert divergence.sig(q4["kl_prefix"]["mean"]) in md and "lower bound of the full KL" in md
     assert "## Divergence from the reference" in md and len(q4["quantiles"]) == 101
 
 

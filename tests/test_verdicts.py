@@ -105,7 +105,9 @@ def test_no_average_over_unlike_things(tmp_path: Path) -> None:
     assert rows["q4"]["average"] is None and "ceval (10/200 sent)" in rows["q4"]["average_missing"]
     average = rows["q4"]["comparison"]["average"]
     assert average["tasks"] == ["mmlu"] and average["delta"] == 0.0
-    assert average["verdict"] == "no detectable change"
+    # No flip in 200 samples: not a change, but not proof of none within a point either.
+    assert average["interval"][0] < 0 < average["interval"][1] and average["interval_method"] == "mover"
+    assert average["verdict"].startswith("inconclusive — n too small: with 200 samples")
     # The ceval comparison still pairs the 10 samples both answered, and counts the rest.
     ceval = rows["q4"]["comparison"]["tasks"]["ceval"]
     assert (ceval["n"], ceval["only_reference"], ceval["only_quantized"]) == (10, N - 10, 0)
@@ -345,3 +347,67 @@ def test_a_malformed_record_in_a_worker_is_one_line(tmp_path: Path, monkeypatch:
         f.write('{"not": "a record"}\n')
     with pytest.raises(DataError, match="is not a record of this run"):
         build_report(run)
+
+
+def test_one_sample_per_subject_gets_honest_intervals_and_says_how(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The embedded default's size (one sample per subject): every interval of the report has a
+    width this n can honestly claim, names its method, and an old run's zero-width figures are
+    replaced when `orchestrate report` re-renders it (nothing is sent again)."""
+    from orchestrator import stats
+    from orchestrator.cli import main
+    from orchestrator.tasks import build_task
+
+    run = _run(tmp_path, [_target("f16", "M", "F16"), _target("q8", "M", "Q8_0")], {"mmlu": 57, "ceval": 52})
+    store = RunStore(run)
+    ref = {"mmlu": [i % 3 != 0 for i in range(57)], "ceval": [i % 2 == 0 for i in range(52)]}
+    for task, rights in ref.items():
+        _write(store, "f16", task, rights, subjects=len(rights))
+        flipped = list(rights)
+        flipped[0] = not flipped[0]  # one flip, none the other way: McNemar p = 1
+        _write(store, "q8", task, flipped, subjects=len(rights))
+    store.close()
+    # What an earlier version wrote: a zero-width C-Eval interval and a "no detectable change".
+    (run / "report.json").write_text(
+        json.dumps({"rows": [{"target": "f16", "tasks": {"ceval": {"interval": [0.5, 0.5]}}}]})
+    )
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run / "report.json").read_text())
+    rows = {r["target"]: r for r in report["rows"]}
+    ceval = rows["f16"]["tasks"]["ceval"]
+    task = build_task("ceval", None, setup="qwen")
+    expected = stats.interval(task.outcomes(store.records("f16", "ceval", "qwen@2")))
+    assert ceval["interval_method"] == "wilson-kish" and ceval["interval"] == expected.listed
+    assert ceval["interval"][1] - ceval["interval"][0] > 0.2  # 52 samples at 50 %: about ±13 points
+    assert rows["f16"]["average_interval"][0] < rows["f16"]["average"] < rows["f16"]["average_interval"][1]
+    for name in ("mmlu", "ceval"):
+        cmp = rows["q8"]["comparison"]["tasks"][name]
+        assert cmp["interval"][0] < 0 < cmp["interval"][1] and cmp["interval_method"] == "bonett-price"
+        assert cmp["verdict"].startswith("inconclusive") and cmp["mdd"] > 0.05
+    average = rows["q8"]["comparison"]["average"]
+    assert average["interval"][0] < 0 < average["interval"][1] and average["verdict"].startswith("inconclusive")
+    figures = report["intervals"]["figures"]
+    assert figures["C-Eval macro (headline)"] == "wilson-kish" and figures["MMLU micro (headline)"] == "wilson"
+    assert figures["Average"] == "mover" and figures["Δ C-Eval"] == "bonett-price" and figures["Δ Average"] == "mover"
+    md = (run / "report.md").read_text()
+    assert "## How the intervals are made" in md and "Bonett–Price" in md and "Kish" in md
+    assert "How the intervals are made" in (run / "report.html").read_text()
+    assert "95 % intervals: wilson (MMLU); wilson-kish (C-Eval); mover (Average, Δ Average)" in out
+
+
+def test_a_task_of_one_sample_has_no_interval_and_no_verdict(tmp_path: Path) -> None:
+    run = _run(tmp_path, [_target("bf16", "M", "BF16"), _target("q4", "M", "Q4_K_M")], {"mmlu": 1})
+    store = RunStore(run)
+    _write(store, "bf16", "mmlu", [True])
+    _write(store, "q4", "mmlu", [False])
+    store.close()
+    report = build_report(run)
+    rows = {r["target"]: r for r in report["rows"]}
+    agg = rows["bf16"]["tasks"]["mmlu"]
+    assert agg["interval"] is None and agg["interval_note"] == "1 sample: too few for an interval"
+    assert rows["bf16"]["average"] == 1.0 and rows["bf16"]["average_interval"] is None
+    cmp = rows["q4"]["comparison"]["tasks"]["mmlu"]
+    assert cmp["interval"] is None and cmp["verdict"].startswith("inconclusive — n too small: 1 paired sample")
+    assert "[no interval]" in render_markdown(report)
