@@ -5,17 +5,32 @@ measures offline, here on the prompts the accuracy run sent).
 Per sample, on the positions both sides decoded from the same context (the common generated
 prefix: every position up to and including the first where the greedy tokens differ):
 
-- KL(ref ‖ quant) per position, a **top-k estimate**: the tokens in both top-k lists are buckets
-  of their own and all the rest of each side's mass is one tail bucket. Merging outcomes never
-  increases a KL divergence, so the estimate is a lower bound of the full-vocabulary KL, tight
-  when the top-k lists hold nearly all the mass (as for confident answers).
-- Top-1 agreement: whether both sides' most likely token is the same.
+- KL(ref ‖ quant) per position, a **top-k lower bound**: the smallest KL consistent with what
+  both servers reported. Each side names its top-k tokens with their probabilities; a token
+  absent from a side's list has at most that side's k-th listed probability there (it would
+  have been listed otherwise). The tokens in either list are buckets of their own, the rest of
+  the vocabulary one tail bucket, and the bound is the minimum of the KL over those buckets
+  across every unreported value the caps allow (a convex problem, solved exactly: see
+  ``position_kl``). Merging outcomes never increases a KL divergence and the true values are
+  among those allowed, so the bound is never above the full-vocabulary KL; it is tight when the
+  lists hold nearly all the mass, and two lists that share no token give a positive bound, never
+  0 (the old shared-tokens-plus-tail estimate read exactly those samples, the ones that diverge
+  most, as 0).
+- Tokens are matched by id where both servers sent ids (llama-server, TGI), else by text (then
+  pieces of a multi-byte character, shown as "\ufffd", and empty texts cannot be matched and
+  count in the tail); each comparison says which, how many positions had disjoint lists, and
+  how much of each side's mass its top-k covered.
+- Top-1 agreement ("same top p"), and Δp: the quantized side's probability of the reference's
+  chosen token minus the reference's (a token absent from the quantized list counts at its cap,
+  so |Δp| is a lower bound there), as llama-perplexity reports them.
 - For multiple choice, the probability each side puts on the reference's answer letter, at the
   position where the reference emitted it (when that position is in the common prefix).
 
 A task's figures are the mean, median and p99 over its paired samples, with a 95 % percentile
-bootstrap interval of the mean (seeded like the other statistics; none from a single sample).
-Figures are printed with significant digits: a mean of 9e-8 nats is not "0.0000".
+bootstrap interval of the mean (seeded like the other statistics; none from a single sample),
+and llama-perplexity's token statistics over every compared position: KLD percentiles
+99/95/90/median/10/5/1, RMS Δp and same top p. Figures are printed with significant digits: a
+mean of 9e-8 nats is not "0.0000".
 """
 
 from __future__ import annotations
@@ -41,31 +56,139 @@ def _ambiguous(token: str) -> bool:
     return not token or "\ufffd" in token
 
 
-def _top(position: Sequence[Any]) -> dict[str, float]:
-    """A position's alternatives as token -> logprob (the chosen token included), without the
-    ambiguous ones: their mass joins the tail bucket rather than being matched to another token."""
-    top = {str(t): float(lp) for t, lp in position[2] if not _ambiguous(str(t))}
+Key = int | str  # a token id, or its text where a side has no ids
+
+
+@dataclass(frozen=True)
+class Top:
+    """One side's report at one position: its listed tokens (key -> logprob), the most an
+    unlisted token can have (its k-th listed probability; 1 when it listed nothing to bound
+    with), and whether the keys are ids."""
+
+    listed: dict[Key, float]
+    cap: float
+    by_id: bool
+
+
+def _has_ids(position: Sequence[Any]) -> bool:
+    return len(position) > 3 and all(len(alt) > 2 for alt in position[2])
+
+
+def _top(position: Sequence[Any], by_id: bool) -> Top:
+    """A position's alternatives (the chosen token included) by id, or by text without the
+    ambiguous ones (their mass joins the tail rather than being matched to another token)."""
+    alts = position[2]
+    cap = math.exp(min(float(a[1]) for a in alts)) if alts else 1.0
+    if by_id:
+        listed: dict[Key, float] = {int(a[2]): float(a[1]) for a in alts}
+        if position[1] is not None:
+            listed.setdefault(int(position[3]), float(position[1]))
+        return Top(listed, cap, True)
+    listed = {str(t): float(lp) for t, lp, *_ in alts if not _ambiguous(str(t))}
     if position[1] is not None and not _ambiguous(str(position[0])):
-        top.setdefault(str(position[0]), float(position[1]))
-    return top
+        listed.setdefault(str(position[0]), float(position[1]))
+    return Top(listed, cap, False)
 
 
-def position_kl(ref: Mapping[str, float], quant: Mapping[str, float]) -> float:
-    """KL(ref ‖ quant) in nats over the shared top-k tokens plus one tail bucket per side."""
-    shared = ref.keys() & quant.keys()
+def _sides(ref: Sequence[Any], quant: Sequence[Any]) -> tuple[Top, Top]:
+    """Both sides' reports at one position, by id when both have ids."""
+    by_id = _has_ids(ref) and _has_ids(quant)
+    return _top(ref, by_id), _top(quant, by_id)
+
+
+def _chosen(position: Sequence[Any], top: Top) -> Key | None:
+    return (int(position[3]) if top.by_id else str(position[0])) if position[1] is not None else None
+
+
+def position_kl(
+    ref: Mapping[Key, float], quant: Mapping[Key, float], ref_cap: float = 1.0, quant_cap: float = 1.0
+) -> float:
+    """The smallest KL(ref ‖ quant) in nats consistent with both sides' top-k reports.
+
+    ``ref``/``quant``: each side's listed tokens (key -> logprob); ``*_cap``: the most an
+    unlisted token can have on that side (its k-th listed probability). Buckets: A, the tokens
+    both listed (known on both sides); B, listed by the reference only (the quantized side's x_b
+    ≤ quant_cap unknown); C, listed by the quantized side only (the reference's y_c ≤ ref_cap
+    unknown); R, the rest. The minimum over x, y of
+        Σ_A p log p/q + Σ_B p_b log p_b/x_b + Σ_C y_c log y_c/q_c + P_R log P_R/Q_R
+    (jointly convex) has, by its KKT conditions, x_b = min(quant_cap, p_b / λ) and
+    y_c = min(ref_cap, q_c λ) with λ = P_R / Q_R; λ is the root of P_R(λ) − λ Q_R(λ), which
+    decreases in λ, found by bisection.
+    """
     kl = 0.0
     mass_p = mass_q = 0.0
-    for token in shared:
+    for token in ref.keys() & quant.keys():
         lp, lq = ref[token], quant[token]
         p = math.exp(lp)
         kl += p * (lp - lq)
         mass_p += p
         mass_q += math.exp(lq)
-    tail_p = max(0.0, 1.0 - mass_p)
-    tail_q = max(TAIL_FLOOR, 1.0 - mass_q)
-    if tail_p > 0.0:
-        kl += tail_p * math.log(tail_p / tail_q)
-    return max(0.0, kl)
+    only_ref = [math.exp(lp) for t, lp in ref.items() if t not in quant]
+    only_quant = [math.exp(lq) for t, lq in quant.items() if t not in ref]
+    left_p = max(0.0, 1.0 - mass_p - sum(only_ref))  # the reference's mass on C and R
+    left_q = max(0.0, 1.0 - mass_q - sum(only_quant))  # the quantized side's mass on B and R
+    return max(0.0, kl + _unlisted_kl(only_ref, only_quant, left_p, left_q, ref_cap, quant_cap))
+
+
+def _unlisted_kl(pb: list[float], qc: list[float], left_p: float, left_q: float, cap_p: float, cap_q: float) -> float:
+    """min over the unreported values of the B, C and R terms (``position_kl``).
+
+    Two cases of the KKT conditions: either R holds mass on both sides and x, y share one
+    multiplier λ = P_R / Q_R (bisection on P_R(λ) − λ Q_R(λ)), or R is empty on both sides and
+    the C tokens take all of the reference's unlisted mass at level λ_c, the B tokens all of the
+    quantized side's at level μ_c; that corner is the optimum when μ_c ≥ λ_c (moving mass into R
+    would change the KL by δ·log(μ_c / λ_c))."""
+    lam_c = _level(qc, cap_p, left_p, rising=True)
+    mu_c = _level(pb, cap_q, left_q, rising=False)
+    if lam_c is not None and mu_c is not None and mu_c >= lam_c:
+        x = [min(cap_q, p / mu_c) for p in pb]
+        y = [min(cap_p, q * lam_c) for q in qc]
+        rest_p = rest_q = 0.0
+    else:
+
+        def solution(lam: float) -> tuple[list[float], list[float], float, float]:
+            # No mass left on a side: its unlisted tokens have none.
+            x = [min(cap_q, p / lam) if left_q > 0 else 0.0 for p in pb]
+            y = [min(cap_p, q * lam) if left_p > 0 else 0.0 for q in qc]
+            return x, y, left_p - sum(y), left_q - sum(x)
+
+        lam = 1.0
+        if pb or qc:
+            lo, hi = math.log(TAIL_FLOOR), -math.log(TAIL_FLOOR)
+            for _ in range(80):  # bisection in log λ: 2^-80 of a range of 46
+                mid = (lo + hi) / 2
+                _, _, rest_p, rest_q = solution(math.exp(mid))
+                if rest_q < 0 or (rest_p >= 0 and rest_p - math.exp(mid) * rest_q > 0):
+                    lo = mid  # λ too small: the quantized side's unlisted mass overdrawn, or P_R > λ Q_R
+                else:
+                    hi = mid
+            lam = math.exp((lo + hi) / 2)
+        x, y, rest_p, rest_q = solution(lam)
+    total = sum(p * math.log(p / max(TAIL_FLOOR, xb)) for p, xb in zip(pb, x, strict=True) if p > 0)
+    total += sum(yc * math.log(yc / q) for yc, q in zip(y, qc, strict=True) if yc > 0 and q > 0)
+    rest_p = max(0.0, rest_p)
+    if rest_p > 0.0:
+        total += rest_p * math.log(rest_p / max(TAIL_FLOOR, rest_q))
+    return total
+
+
+def _level(values: list[float], cap: float, total: float, rising: bool) -> float | None:
+    """The multiplier m at which Σ min(cap, v·m) (rising) or Σ min(cap, v / m) (falling) is
+    ``total``; None when even every value at its cap holds less than that."""
+    if total <= 0:
+        return 0.0 if rising else math.inf
+    if not values or cap * len(values) < total:
+        return None
+    lo, hi = math.log(TAIL_FLOOR) * 2, -math.log(TAIL_FLOOR) * 2
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        m = math.exp(mid)
+        held = sum(min(cap, v * m) if rising else min(cap, v / m) for v in values)
+        if (held < total) == rising:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2)
 
 
 @dataclass(frozen=True)
@@ -79,6 +202,12 @@ class SampleDivergence:
     first_top1: bool
     ref_answer_p: float | None = None  # P(reference's answer letter), each side, where comparable
     quant_answer_p: float | None = None
+    kls: tuple[float, ...] = ()  # each compared position's KL bound
+    dps: tuple[float, ...] = ()  # each position's Δp (quantized − reference, the reference's token)
+    disjoint: int = 0  # positions whose top-k lists shared no token
+    by_id: int = 0  # positions matched by token id (the others by text)
+    mass_ref: float = 0.0  # the probability mass each side's top-k listed, summed over positions
+    mass_quant: float = 0.0
 
 
 def sample_divergence(
@@ -89,36 +218,59 @@ def sample_divergence(
     if n == 0:
         return None
     kls: list[float] = []
-    agree = 0
+    dps: list[float] = []
+    agree = disjoint = by_id = 0
+    mass_ref = mass_quant = 0.0
     answer_at: int | None = None
+    first: tuple[Top, Top] | None = None
     for i in range(n):
-        top_r, top_q = _top(ref[i]), _top(quant[i])
-        if not top_r or not top_q:
+        top_r, top_q = _sides(ref[i], quant[i])
+        if not top_r.listed or not top_q.listed:
             break
-        kls.append(position_kl(top_r, top_q))
-        agree += max(top_r, key=top_r.__getitem__) == max(top_q, key=top_q.__getitem__)
+        first = first or (top_r, top_q)
+        kls.append(position_kl(top_r.listed, top_q.listed, top_r.cap, top_q.cap))
+        agree += _best(top_r) == _best(top_q)
+        disjoint += not (top_r.listed.keys() & top_q.listed.keys())
+        by_id += top_r.by_id
+        mass_ref += sum(math.exp(v) for v in top_r.listed.values())
+        mass_quant += sum(math.exp(v) for v in top_q.listed.values())
+        token = _chosen(ref[i], top_r)
+        if token is not None and token in top_r.listed:
+            lq = top_q.listed.get(token)
+            dps.append((math.exp(lq) if lq is not None else min(top_q.cap, 1.0)) - math.exp(top_r.listed[token]))
         if answer is not None and answer_at is None and str(ref[i][0]).strip() == answer:
             answer_at = i
-        if ref[i][0] != quant[i][0]:
+        if ref[i][0] != quant[i][0] or _chosen(ref[i], top_r) != _chosen(quant[i], top_q):
             break  # the contexts differ from here on
-    if not kls:
+    if not kls or first is None:
         return None
-    first_r, first_q = _top(ref[0]), _top(quant[0])
     ref_p = quant_p = None
     if answer_at is not None:
-        token = str(ref[answer_at][0])
-        ref_p = math.exp(_top(ref[answer_at])[token])
-        lq = _top(quant[answer_at]).get(token)
-        quant_p = math.exp(lq) if lq is not None else 0.0  # outside its top-k: next to nothing
+        top_r, top_q = _sides(ref[answer_at], quant[answer_at])
+        token = _chosen(ref[answer_at], top_r)
+        if token is not None and token in top_r.listed:
+            ref_p = math.exp(top_r.listed[token])
+            lq = top_q.listed.get(token)
+            quant_p = math.exp(lq) if lq is not None else 0.0  # outside its top-k: next to nothing
     return SampleDivergence(
         first_kl=kls[0],
         prefix_kl=sum(kls) / len(kls),
         positions=len(kls),
         top1_agree=agree,
-        first_top1=max(first_r, key=first_r.__getitem__) == max(first_q, key=first_q.__getitem__),
+        first_top1=_best(first[0]) == _best(first[1]),
         ref_answer_p=ref_p,
         quant_answer_p=quant_p,
+        kls=tuple(kls),
+        dps=tuple(dps),
+        disjoint=disjoint,
+        by_id=by_id,
+        mass_ref=mass_ref,
+        mass_quant=mass_quant,
     )
+
+
+def _best(top: Top) -> Key:
+    return max(top.listed, key=top.listed.__getitem__)
 
 
 def _spread(values: Sequence[float], rng: np.random.Generator, b: int) -> dict[str, Any]:
@@ -168,10 +320,17 @@ def summarize(
     rows = list(per_sample.values())
     positions = sum(r.positions for r in rows)
     answers = [(r.ref_answer_p, r.quant_answer_p) for r in rows if r.ref_answer_p is not None]
+    by_id = sum(r.by_id for r in rows)
     return {
         "n": len(rows),
         "k": k,
-        "estimate": f"top-{k} (shared top-{k} tokens plus one tail bucket: a lower bound of the full KL)",
+        "estimate": f"top-{k} lower bound (each side's top-{k}, its k-th probability capping any token it did not "
+        "list; the smallest KL consistent with both)",
+        "matched_by": "id"
+        if by_id == positions
+        else "text"
+        if by_id == 0
+        else "id where both sides sent ids, else text",
         "kl_prefix": _spread([r.prefix_kl for r in rows], rng, b),
         "kl_first": _spread([r.first_kl for r in rows], rng, b),
         # The per-sample KL's quantiles (0 %, 1 %, ..., 100 %): the sorted curve the page plots.
@@ -179,6 +338,12 @@ def summarize(
         "top1_agreement": sum(r.top1_agree for r in rows) / positions if positions else None,
         "first_top1_agreement": sum(r.first_top1 for r in rows) / len(rows),
         "positions": positions,
+        "disjoint_positions": sum(r.disjoint for r in rows),
+        "mass_covered": {
+            "reference": sum(r.mass_ref for r in rows) / positions if positions else None,
+            "quantized": sum(r.mass_quant for r in rows) / positions if positions else None,
+        },
+        "tokens": _token_statistics(rows),
         "answer_probability": (
             {
                 "n": len(answers),
@@ -188,6 +353,31 @@ def summarize(
             if answers
             else None
         ),
+    }
+
+
+# llama-perplexity --kl-divergence's percentiles of the per-token KL.
+KLD_PERCENTILES = (99, 95, 90, 50, 10, 5, 1)
+
+
+def _token_statistics(rows: Sequence[SampleDivergence]) -> dict[str, Any] | None:
+    """Over every compared position (llama-perplexity's "KL divergence statistics" and "token
+    probability statistics"): KLD mean and percentiles, RMS Δp, same top p."""
+    kls = np.fromiter((v for r in rows for v in r.kls), dtype=float)
+    dps = np.fromiter((v for r in rows for v in r.dps), dtype=float)
+    if not len(kls):
+        return None
+    positions = sum(r.positions for r in rows)
+    return {
+        "positions": len(kls),
+        "kld_mean": float(kls.mean()),
+        "kld_percentiles": {
+            str(q): float(v) for q, v in zip(KLD_PERCENTILES, np.percentile(kls, KLD_PERCENTILES), strict=True)
+        },
+        "kld_max": float(kls.max()),
+        "mean_dp": float(dps.mean()) if len(dps) else None,
+        "rms_dp": float(np.sqrt(np.mean(dps * dps))) if len(dps) else None,
+        "same_top_p": sum(r.top1_agree for r in rows) / positions if positions else None,
     }
 
 
@@ -212,10 +402,12 @@ def divergences(
 
 NOTE = (
     "KLD: mean KL(reference ‖ quantized) in nats over the common generated prefix, 95 % interval, and top-1 "
-    "token agreement; a top-k estimate from the servers' logprobs (a lower bound of the full KL)"
+    "token agreement; from the servers' top-k logprobs, the smallest KL consistent with both sides' lists (a "
+    "lower bound of the full KL; llama-perplexity's figures are over a text's every token, these over generated text)"
 )
 HEADERS = ["target", "vs", "task", "paired n", "k", "KL prefix mean [95 % CI]", "median", "p99", "KL first",
-           "top-1 agree", "first top-1", "P(ref answer) ref / quant"]  # fmt: skip
+           "top-1 agree", "first top-1", "P(ref answer) ref / quant", "tokens", "KLD p99 / p90 / median",
+           "RMS Δp", "disjoint top-k", "top-k mass ref / quant", "matched by"]  # fmt: skip
 
 
 def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
@@ -236,8 +428,26 @@ def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 "" if d["top1_agreement"] is None else f"{100 * d['top1_agreement']:.1f}%",
                 f"{100 * d['first_top1_agreement']:.1f}%",
                 "" if not answer else f"{answer['reference']:.3f} / {answer['quantized']:.3f} (n={answer['n']})",
+                *_token_cells(d),
             ])  # fmt: skip
     return out
+
+
+def _token_cells(d: Mapping[str, Any]) -> list[str]:
+    """The per-token statistics (llama-perplexity's terms), the disjoint lists, the mass covered."""
+    tokens = d.get("tokens") or {}
+    pct = tokens.get("kld_percentiles") or {}
+    mass = d.get("mass_covered") or {}
+    return [
+        str(tokens.get("positions", "")),
+        " / ".join(sig(pct.get(q)) for q in ("99", "90", "50")) if pct else "",
+        sig(tokens.get("rms_dp")),
+        str(d.get("disjoint_positions", "")),
+        " / ".join(f"{100 * v:.1f}%" if v is not None else "" for v in (mass.get("reference"), mass.get("quantized")))
+        if mass
+        else "",
+        str(d.get("matched_by", "")),
+    ]
 
 
 def k_of(logprobs: Mapping[str, Sequence[Sequence[Any]]]) -> int:

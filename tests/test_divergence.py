@@ -140,3 +140,142 @@ def test_the_page_shows_the_divergence_table_and_plot(tmp_path: Path) -> None:
         path.write_text("".join(json.dumps({**r, "logprobs": None}) + "\n" for r in lines))
     write_report(run)
     assert (run / "report.html").read_text().count("data:image/png;base64,") == figures - 1
+
+
+def _listed(logp: np.ndarray, k: int) -> tuple[dict[int | str, float], float]:
+    """A side's top-k by token id, and its cap: the k-th listed probability."""
+    order = np.argsort(-logp)[:k]
+    return {int(i): float(logp[i]) for i in order}, float(np.exp(logp[order[-1]]))
+
+
+def _minimum_by_solver(ref: dict[int | str, float], quant: dict[int | str, float], cap_r: float, cap_q: float) -> float:
+    """The bound's definition solved by a general-purpose optimiser (scipy's SLSQP, several
+    starts): the smallest bucketed KL over every unreported value the caps allow."""
+    from scipy.optimize import minimize
+
+    shared = ref.keys() & quant.keys()
+    known = sum(math.exp(ref[t]) * (ref[t] - quant[t]) for t in shared)
+    pb = np.array([math.exp(v) for t, v in ref.items() if t not in quant])
+    qc = np.array([math.exp(v) for t, v in quant.items() if t not in ref])
+    left_p = max(0.0, 1 - sum(math.exp(ref[t]) for t in shared) - pb.sum())
+    left_q = max(0.0, 1 - sum(math.exp(quant[t]) for t in shared) - qc.sum())
+    nb = len(pb)
+
+    def objective(z: np.ndarray) -> float:
+        x, y = z[:nb], z[nb:]
+        rest_p, rest_q = left_p - y.sum(), left_q - x.sum()
+        value = float(np.sum(pb * np.log(pb / np.maximum(x, 1e-10))))
+        value += float(np.sum(np.where(y > 0, y * np.log(np.maximum(y, 1e-300) / np.maximum(qc, 1e-300)), 0.0)))
+        return value + (rest_p * math.log(rest_p / max(rest_q, 1e-10)) if rest_p > 0 else 0.0)
+
+    if not nb and not len(qc):
+        return known + objective(np.zeros(0))
+    bounds = [(1e-12, max(1e-12, min(cap_q, left_q)))] * nb + [(0.0, min(cap_r, left_p))] * len(qc)
+    cons = [
+        {"type": "ineq", "fun": lambda z: left_q - z[:nb].sum()},
+        {"type": "ineq", "fun": lambda z: left_p - z[nb:].sum()},
+    ]
+    rng = np.random.default_rng(0)
+    best = math.inf
+    for _ in range(8):
+        start = np.array([rng.uniform(lo, hi) for lo, hi in bounds]) * 0.5
+        found = minimize(objective, start, bounds=bounds, constraints=cons, method="SLSQP", options={"ftol": 1e-14})
+        if all(c["fun"](found.x) >= -1e-9 for c in cons):
+            best = min(best, float(found.fun))
+    return known + best
+
+
+def test_the_bound_is_the_smallest_kl_both_reports_allow_and_never_above_the_exact_kl() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(120):
+        logits = rng.normal(0, rng.uniform(0.5, 4), 30)
+        lp, lq = _logsoftmax(logits), _logsoftmax(logits + rng.normal(0, rng.uniform(0.05, 3), 30))
+        k = int(rng.integers(1, 8))
+        (ref, cap_r), (quant, cap_q) = _listed(lp, k), _listed(lq, k)
+        bound = divergence.position_kl(ref, quant, cap_r, cap_q)
+        exact = _exact_kl(np.exp(lp), np.exp(lq))
+        assert bound <= exact + 1e-9
+        # Tighter than (or as tight as) merging every unshared token into the tail.
+        assert bound >= divergence.position_kl(ref, quant) - 1e-9
+        # The optimiser finds no smaller value: the bound is the minimum, not just below the truth.
+        assert bound <= _minimum_by_solver(ref, quant, cap_r, cap_q) + 1e-6
+
+
+def test_disjoint_top_k_lists_bound_the_kl_away_from_zero() -> None:
+    """The issue's sample: F16 starts "A" with p = 0.13, Q4_K_M starts "根" with p ≈ 1.0."""
+    ref = {"A": math.log(0.13), "B": math.log(0.12), "C": math.log(0.11), "D": math.log(0.1), "E": math.log(0.09)}
+    quant = {"根": math.log(0.9995), "x": math.log(1e-4), "y": math.log(9e-5), "z": math.log(8e-5), "w": math.log(7e-5)}
+    bound = divergence.position_kl(ref, quant, 0.09, 7e-5)
+    # Each of A..E has at most 7e-5 on the quantized side: 0.55 of mass moved from ≤ 3.5e-4.
+    assert bound > 0.4
+    # Without the caps (nothing known of unlisted tokens) the bound is smaller, never negative.
+    assert 0.0 <= divergence.position_kl(ref, quant) < bound
+
+
+def _position(token: str, token_id: int, alternatives: list[tuple[str, float, int]]) -> list[Any]:
+    chosen = next(lp for t, lp, i in alternatives if i == token_id)
+    return [token, chosen, [[t, lp, i] for t, lp, i in alternatives], token_id]
+
+
+def test_tokens_are_matched_by_id_where_the_servers_send_ids() -> None:
+    """llama-server shows a chosen piece of a character as the finished character ("你") but the
+    same token among the alternatives as "\\ufffd", and end-of-turn as "": by text they would be
+    dropped, by id they match."""
+    alts = [("\ufffd", math.log(0.6), 100), ("", math.log(0.3), 2), ("a", math.log(0.05), 7)]
+    ref = [_position("你", 100, alts)]
+    quant_alts = [("\ufffd", math.log(0.5), 100), ("", math.log(0.4), 2), ("a", math.log(0.05), 7)]
+    quant = [_position("你", 100, quant_alts)]
+    by_id = divergence.sample_divergence(ref, quant)
+    assert by_id is not None and by_id.by_id == 1 and by_id.disjoint == 0
+    expected = divergence.position_kl(
+        {100: math.log(0.6), 2: math.log(0.3), 7: math.log(0.05)},
+        {100: math.log(0.5), 2: math.log(0.4), 7: math.log(0.05)},
+        0.05,
+        0.05,
+    )
+    assert by_id.first_kl == pytest.approx(expected) and expected > 0.01
+    assert by_id.dps == pytest.approx((0.5 - 0.6,))
+    # The same records without ids: only "你" and "a" can be matched by text.
+    strip = [[p[0], p[1], [a[:2] for a in p[2]]] for p in ref], [[p[0], p[1], [a[:2] for a in p[2]]] for p in quant]
+    by_text = divergence.sample_divergence(*strip)
+    assert by_text is not None and by_text.by_id == 0
+
+
+def test_the_summary_has_llama_perplexity_token_statistics_and_what_the_lists_covered() -> None:
+    rng = np.random.default_rng(2)
+    per_sample = {}
+    for i in range(40):
+        positions_r, positions_q = [], []
+        for _ in range(3):
+            logits = rng.normal(0, 2, 12)
+            lp, lq = _logsoftmax(logits), _logsoftmax(logits + rng.normal(0, 0.4, 12))
+            best = int(np.argmax(lp))
+            for logp, out in ((lp, positions_r), (lq, positions_q)):
+                order = np.argsort(-logp)[:4]
+                out.append([f"t{best}", float(logp[best]) if best in order else None,
+                            [[f"t{j}", float(logp[j]), int(j)] for j in order], best])  # fmt: skip
+        found = divergence.sample_divergence(positions_r, positions_q)
+        assert found is not None
+        per_sample[str(i)] = found
+    summary = divergence.summarize(per_sample, 4, seed=1)
+    assert summary is not None and summary["matched_by"] == "id"
+    kls = np.array([v for d in per_sample.values() for v in d.kls])
+    dps = np.array([v for d in per_sample.values() for v in d.dps])
+    tokens = summary["tokens"]
+    assert tokens["positions"] == len(kls) == summary["positions"]
+    assert tokens["kld_percentiles"]["99"] == pytest.approx(np.percentile(kls, 99))
+    assert tokens["kld_percentiles"]["50"] == pytest.approx(np.median(kls))
+    assert tokens["rms_dp"] == pytest.approx(math.sqrt(np.mean(dps**2)))
+    assert tokens["same_top_p"] == summary["top1_agreement"]
+    assert 0 < summary["mass_covered"]["reference"] <= 1 and summary["disjoint_positions"] >= 0
+    row = divergence._token_cells(summary)
+    assert row[-1] == "id" and row[0] == str(len(kls))
+
+
+def test_server_token_ids_are_kept() -> None:
+    from orchestrator.backends.logprobs import from_openai
+
+    alternative = {"id": 9, "token": "\ufffd", "logprob": -0.1}
+    content = [{"id": 9, "token": "你", "logprob": -0.1, "top_logprobs": [alternative]},
+               {"token": "a", "logprob": -0.2, "top_logprobs": [{"token": "a", "logprob": -0.2}]}]  # fmt: skip
+    assert from_openai(content) == [["你", -0.1, [["\ufffd", -0.1, 9]], 9], ["a", -0.2, [["a", -0.2]]]]

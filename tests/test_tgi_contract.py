@@ -172,7 +172,9 @@ async def test_top_n_tokens_come_back_as_logprobs(tgi: tuple[TGINative, FakeTGI,
     c = await backend.generate(ChatRequest((("user", "x"),), max_tokens=3, seed=1, stream=stream, logprobs=4))
     assert fake.requests[-1]["parameters"]["top_n_tokens"] == 4
     assert c.logprobs is not None and [p[0] for p in c.logprobs] == ["The", " answer", " is"]
-    assert all(p[1] == -0.1 and len(p[2]) == 4 and p[2][0] == [p[0], -0.1] for p in c.logprobs)
+    assert all(p[1] == -0.1 and len(p[2]) == 4 and p[2][0][:2] == [p[0], -0.1] for p in c.logprobs)
+    # TGI's token ids are kept, the chosen token's and each alternative's (KL matches by id).
+    assert [p[3] for p in c.logprobs] == [p[2][0][2] for p in c.logprobs] == [100, 101, 102]
     plain = await backend.generate(ChatRequest((("user", "x"),), max_tokens=3, seed=1, stream=stream))
     assert "top_n_tokens" not in fake.requests[-1]["parameters"] and plain.logprobs is None
 

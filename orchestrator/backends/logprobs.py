@@ -1,12 +1,16 @@
 """Token log-probabilities as the servers give them, in one compact form for the store.
 
-Each generated token is one ``Position``: ``[token, logprob, [[token, logprob], ...]]``, the
-token the server chose (greedy: its top-1), its log-probability, and the server's top
+Each generated token is one ``Position``: ``[token, logprob, [[token, logprob(, id)], ...](, id)]``,
+the token the server chose (greedy: its top-1), its log-probability, and the server's top
 alternatives at that position (the chosen token among them where the server includes it). Token
-strings, not ids: every server names them, and two checkpoints of one model share a vocabulary.
-A position's alternatives are what the server returned, so ``returned_k`` is the k a run really
-got (a server may cap what was asked). A position may hold fewer: llama-cpp-python keys them by
-their detokenized text, so byte-fallback pieces of one character collide into one entry.
+strings always (every server names them; the answer letter is found by its text), and token ids
+where the server sends them (llama-server's ``id``, TGI's ``id``): text is not an identity, since
+llama-server shows a chosen piece of a multi-byte character as the finished character but the
+same token among its alternatives as "\ufffd", and end-of-turn tokens as "". Two checkpoints of
+one model share a vocabulary, so ids match across them. A position's alternatives are what the
+server returned, so ``returned_k`` is the k a run really got (a server may cap what was asked).
+A position may hold fewer: llama-cpp-python keys them by their detokenized text, so byte-fallback
+pieces of one character collide into one entry.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-Position = list[Any]  # [token, logprob, [[token, logprob], ...]]
+Position = list[Any]  # [token, logprob, [[token, logprob(, id)], ...](, id)]
 
 # Exact type checks, not isinstance against ABCs: this runs for every alternative of every token
 # on the event loop (20 a token at k = 20), where an ABC check cost more than the rest together.
@@ -29,21 +33,32 @@ def _text(value: Any) -> str:
     return value if value.__class__ is str else "" if value is None else str(value)
 
 
+def _with_id(entry: list[Any], item: dict[str, Any]) -> list[Any]:
+    """The entry with the server's token id appended, when it sent one (an int, not a bool)."""
+    token_id = item.get("id")
+    if token_id.__class__ is int:
+        entry.append(token_id)
+    return entry
+
+
 def _alternatives(items: Any, key: str) -> list[list[Any]]:
-    """[[token, logprob], ...] of the well-formed entries of a server's top list."""
+    """[[token, logprob(, id)], ...] of the well-formed entries of a server's top list."""
     out = []
     for alt in items or ():
         if alt.__class__ is dict:
             lp = alt.get("logprob")
             if lp.__class__ in _NUMBERS:
-                out.append([_text(alt.get(key)), lp])
+                out.append(_with_id([_text(alt.get(key)), lp], alt))
     return out
 
 
 def from_openai(content: Iterable[Any]) -> list[Position]:
     """From an OpenAI chat ``logprobs.content`` list (vLLM, SGLang, llama.cpp, TGI's chat route)."""
     return [
-        [_text(item.get("token")), _number(item.get("logprob")), _alternatives(item.get("top_logprobs"), "token")]
+        _with_id(
+            [_text(item.get("token")), _number(item.get("logprob")), _alternatives(item.get("top_logprobs"), "token")],
+            item,
+        )
         for item in content
         if item.__class__ is dict
     ]
@@ -51,7 +66,7 @@ def from_openai(content: Iterable[Any]) -> list[Position]:
 
 def from_tgi(token: dict[str, Any], top: Iterable[Any]) -> Position:
     """From one of TGI's ``Token`` objects and its ``top_tokens`` (native /generate routes)."""
-    return [_text(token.get("text")), _number(token.get("logprob")), _alternatives(top, "text")]
+    return _with_id([_text(token.get("text")), _number(token.get("logprob")), _alternatives(top, "text")], token)
 
 
 def returned_k(positions: Iterable[Position]) -> int:
