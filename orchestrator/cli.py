@@ -347,7 +347,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _disk_failure(disk, runner, store)
     report = write_report(store.root)
     _out().print(render_table(report))
-    if (published := render_published(report)) is not None:
+    for published in render_published(report):
         _out().print(published)
     console.print(f"report: {store.root / 'report.md'}")
     for note in runner.notes:
@@ -536,7 +536,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     reference = Path(args.reference) if getattr(args, "reference", None) else None
     report = write_report(Path(args.run_dir), reference)
     _out().print(render_table(report))
-    if (published := render_published(report)) is not None:
+    for published in render_published(report):
         _out().print(published)
     if getattr(args, "other_run", None):
         other = write_report(Path(args.other_run), reference)
@@ -791,7 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("other_run", nargs="?", help="a second run of the same checkpoints (e.g. another backend)")
     r.add_argument(
-        "--reference", metavar="FILE", help="published figures to compare with (JSON; default: the Qwen docs' table)"
+        "--reference",
+        metavar="FILE",
+        help="published figures to compare with (JSON; default: the shipped tables, Qwen docs' and SmolLM2's card)",
     )
     r.set_defaults(func=cmd_report)
 

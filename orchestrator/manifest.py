@@ -177,6 +177,9 @@ class TargetConfig:
     # Set by the orchestrator for the noise floor: this target sends that reference target's
     # samples again, to measure what serving alone changes.
     noise_of: str | None = None
+    # Where the weights come from when they are not the named checkpoint's own (e.g. "F16
+    # dequantized from Q4_1"): published figures are shown beside the row, never compared with it.
+    weights: str | None = None
 
 
 @dataclass(frozen=True)

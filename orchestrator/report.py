@@ -14,7 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator import divergence
-from orchestrator.published import cell_text, compare_published, load_reference
+from orchestrator.published import cell_text, compare_published, load_references
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.saturation import Saturation, core_share, server_side
 from orchestrator.setups import run_setup_version, store_key
@@ -51,6 +51,7 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
                 "model": t["model"],
                 "quantization": t["quantization"],
                 "noise_of": t.get("noise_of"),
+                "weights": t.get("weights"),
                 "concurrency": t.get("concurrency"),
                 "backend": t["backend"],
                 "server_version": server.get("version"),
@@ -73,7 +74,7 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
         "tasks": task_names,
         "rows": rows,
     }
-    report["published"] = compare_published(report, load_reference(reference), manifest["tasks"])
+    report["published"] = compare_published(report, load_references(reference), manifest["tasks"])
     report["intervals"] = interval_methods(report)
     return report
 
@@ -347,34 +348,40 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_published(report: dict[str, Any]) -> Table | None:
-    """Published vs measured for the checkpoints the reference table has (None when it has none)."""
-    pub = report.get("published") or {}
-    if not pub.get("rows"):
-        return None
-    columns = ["average", *report["tasks"]]
-    table = Table(title=f"Published vs measured · {pub['title']}", caption=pub.get("note") or pub["source"])
-    table.add_column("Target", style="bold")
-    for c in columns:
-        table.add_column("Average" if c == "average" else TASKS.get(c, c), justify="right")
-    for row in pub["rows"]:
-        table.add_row(row["target"], *(cell_text(row.get(c)) for c in columns))
-    return table
+def _published_columns(report: dict[str, Any], pub: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, title) of the columns a published table has for this run: Average, then the tasks."""
+    names = pub.get("columns") or {}
+    keys = [c for c in ("average", *report["tasks"]) if any(c in row for row in pub["rows"])]
+    return [(c, names.get(c) or ("Average" if c == "average" else TASKS.get(c, c))) for c in keys]
+
+
+def render_published(report: dict[str, Any]) -> list[Table]:
+    """Published vs measured, one table per published source with a matching checkpoint."""
+    tables = []
+    for pub in report.get("published") or []:
+        columns = _published_columns(report, pub)
+        table = Table(title=f"Published vs measured · {pub['title']}", caption=pub.get("note") or pub["source"])
+        table.add_column("Target", style="bold")
+        for _key, title in columns:
+            table.add_column(title, justify="right")
+        for row in pub["rows"]:
+            table.add_row(row["target"], *(cell_text(row.get(c)) for c, _ in columns))
+        tables.append(table)
+    return tables
 
 
 def _published_markdown(report: dict[str, Any]) -> list[str]:
     """Published vs measured, per matched checkpoint: does the published figure lie in our interval?"""
-    pub = report.get("published") or {}
-    if not pub.get("rows"):
-        return []
-    columns = ["average", *report["tasks"]]
-    head = ["Target", *("Average" if c == "average" else TASKS.get(c, c) for c in columns)]
-    lines = ["", f"## Published vs measured: [{pub['title']}]({pub['source']})", ""]
-    if pub.get("note"):
-        lines += [f"Note: {pub['note']}.", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for row in pub["rows"]:
-        lines.append("| " + " | ".join([row["target"], *(cell_text(row.get(c)) for c in columns)]) + " |")
+    lines: list[str] = []
+    for pub in report.get("published") or []:
+        columns = _published_columns(report, pub)
+        head = ["Target", *(title for _, title in columns)]
+        lines += ["", f"## Published vs measured: [{pub['title']}]({pub['source']})", ""]
+        if pub.get("note"):
+            lines += [f"Note: {pub['note']}.", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for row in pub["rows"]:
+            lines.append("| " + " | ".join([row["target"], *(cell_text(row.get(c)) for c, _ in columns)]) + " |")
     return lines
 
 

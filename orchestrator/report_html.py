@@ -253,13 +253,13 @@ def render_html(report: dict[str, Any], table_rows: list[list[str]], headers: li
     if found["figures"]:
         items = [f"<li>{esc(f)}: {esc(found['methods'].get(m, m))}</li>" for f, m in found["figures"].items()]
         parts += ["<h2>How the intervals are made</h2>", "<ul>", *items, "</ul>"]
-    pub = report.get("published") or {}
-    if pub.get("rows"):
-        cols = ["average", *report["tasks"]]
+    for pub in report.get("published") or []:
+        names = pub.get("columns") or {}
+        cols = [c for c in ("average", *report["tasks"]) if any(c in row for row in pub["rows"])]
         body = []
         for prow in pub["rows"]:
             body.append([esc(prow["target"]), *(esc(cell_text(prow.get(c))) for c in cols)])
-        heads = ["target", *("Average" if c == "average" else TASKS.get(c, c) for c in cols)]
+        heads = ["target", *(names.get(c) or ("Average" if c == "average" else TASKS.get(c, c)) for c in cols)]
         src = f"<a href='{esc(pub['source'])}'>{esc(pub['title'])}</a>"
         parts += [f"<h2>Published vs measured: {src}</h2>", _table(heads, body)]
         if pub.get("note"):

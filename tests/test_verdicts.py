@@ -152,7 +152,7 @@ def test_published_figures_against_the_measured_interval(tmp_path: Path, capsys:
     full = _run(tmp_path / "full", [target], {"mmlu": N})
     _write(RunStore(full), "bf16", "mmlu", [i < 76 for i in range(N)])
     RunStore(full).close()
-    pub = build_report(full)["published"]
+    pub = build_report(full)["published"][0]
     assert "qwen.readthedocs.io" in pub["source"]
     cell = pub["rows"][0]["mmlu"]
     assert cell["comparable"] and cell["published"] == 37.9 and cell["inside"] is True
@@ -166,7 +166,7 @@ def test_published_figures_against_the_measured_interval(tmp_path: Path, capsys:
     (sub / "run.json").write_text(json.dumps(manifest))
     _write(RunStore(sub), "bf16", "mmlu", [i < 10 for i in range(N)])
     RunStore(sub).close()
-    cell = build_report(sub)["published"]["rows"][0]["mmlu"]
+    cell = build_report(sub)["published"][0]["rows"][0]["mmlu"]
     assert not cell["comparable"] and cell["note"] == "subset, not comparable"
     assert "(subset, not comparable)" in render_markdown(build_report(sub))
     # A user's own reference file, same format; a malformed one is one line, exit 2.
@@ -175,7 +175,7 @@ def test_published_figures_against_the_measured_interval(tmp_path: Path, capsys:
         {"model": "qwen2-0.5b-instruct", "quantization": "bf16", "mmlu": 20.0}]}))  # fmt: skip
     assert main(["report", str(full), "--reference", str(own)]) == 0
     report = json.loads((full / "report.json").read_text())
-    assert report["published"]["rows"][0]["mmlu"]["inside"] is False
+    assert report["published"][0]["rows"][0]["mmlu"]["inside"] is False
     assert "Published vs measured" in capsys.readouterr().out
     own.write_text(json.dumps({"rows": [{"model": "m"}]}))
     assert main(["report", str(full), "--reference", str(own)]) == 2
@@ -411,3 +411,41 @@ def test_a_task_of_one_sample_has_no_interval_and_no_verdict(tmp_path: Path) -> 
     cmp = rows["q4"]["comparison"]["tasks"]["mmlu"]
     assert cmp["interval"] is None and cmp["verdict"].startswith("inconclusive — n too small: 1 paired sample")
     assert "[no interval]" in render_markdown(report)
+
+
+def _ifeval(store: RunStore, target: str, strict: list[list[bool]]) -> None:
+    writer = store.writer(target, "ifeval", "qwen@2")
+    for i, followed in enumerate(strict):
+        details = {"instruction_id_list": [f"kw:{j}" for j in range(len(followed))], "strict": followed,
+                   "loose": followed}  # fmt: skip
+        writer.write(SampleRecord(id=f"ifeval/{i}", task="ifeval", subject="if", target=target, gold=None,
+                                  reply="r", correct=all(followed), attempts=1, score_details=details))  # fmt: skip
+
+
+def test_a_second_published_model_and_rows_whose_weights_are_not_the_published_ones(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct's card publishes IFEval 29.9 (prompt/inst average, BF16): a BF16 row
+    is compared on that figure; an F16 dequantized from the shipped Q4_1 stands beside it, labelled
+    not comparable, never inside or outside."""
+    strict = [[True, False], [False, False, True], [True], [False]] * 10  # prompt 10/40, inst 30/70
+    targets = [
+        _target("bf16", "HuggingFaceTB/SmolLM2-135M-Instruct", "BF16"),
+        {**_target("f16", "SmolLM2-135M-Instruct", "F16"), "weights": "F16 dequantized from Q4_1"},
+    ]
+    run = _run(tmp_path, targets, {"ifeval": len(strict)})
+    store = RunStore(run)
+    for name in ("bf16", "f16"):
+        _ifeval(store, name, strict)
+    store.close()
+    report = build_report(run)
+    (smol,) = [t for t in report["published"] if "SmolLM2" in t["title"]]
+    cells = {row["target"]: row["ifeval"] for row in smol["rows"]}
+    expected = 100 * (10 / 40 + 30 / 70) / 2
+    assert cells["bf16"]["comparable"], cells
+    assert cells["bf16"]["measured"] == pytest.approx(expected)
+    lo, hi = cells["bf16"]["interval"]
+    assert lo < expected < hi and cells["bf16"]["inside"] is (lo <= 29.9 <= hi)
+    assert not cells["f16"]["comparable"] and cells["f16"]["inside"] is None
+    assert cells["f16"]["published"] == 29.9 and "dequantized from Q4_1" in cells["f16"]["note"]
+    md = render_markdown(report)
+    assert "SmolLM2-135M-Instruct model card" in md and "IFEval (average prompt/inst)" in md
+    assert "weights F16 dequantized from Q4_1, not the published checkpoint's, not comparable" in md
