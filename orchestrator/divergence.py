@@ -16,7 +16,10 @@ prefix: every position up to and including the first where the greedy tokens dif
   lists hold nearly all the mass, and two lists that share no token give a positive bound, never
   0 (the old shared-tokens-plus-tail estimate read exactly those samples, the ones that diverge
   most, as 0).
-- Tokens are matched by id where both servers sent ids (llama-server, TGI), else by text (then
+- llama-server reports a character made of several byte tokens as one entry with its last
+  token's probabilities: such entries line up only where both sides emitted the same piece, so
+  the common prefix ends before two different ones.
+- Tokens are matched by id where both servers sent ids (llama-server, TGI, vLLM), else by text (then
   pieces of a multi-byte character, shown as "\ufffd", and empty texts cannot be matched and
   count in the tail); each comparison says which, how many positions had disjoint lists, and
   how much of each side's mass its top-k covered.
@@ -42,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.records import LOGPROB_SPANS as SPANS
 from orchestrator.stats import CONFIDENCE
 
 RESAMPLES = 2000
@@ -68,6 +72,17 @@ class Top:
     listed: dict[Key, float]
     cap: float
     by_id: bool
+
+
+def _spans(position: Sequence[Any]) -> bool:
+    """An entry that stands for several tokens (backends/logprobs.py). Records stored before the
+    flag existed tell it too: the entry's text is a whole character while its own token, among
+    the alternatives, is a broken piece of one."""
+    if len(position) > SPANS:
+        return bool(position[SPANS])
+    if len(position) <= 3 or _ambiguous(str(position[0])):
+        return False
+    return any(len(alt) > 2 and alt[2] == position[3] and _ambiguous(str(alt[0])) for alt in position[2])
 
 
 def _has_ids(position: Sequence[Any]) -> bool:
@@ -227,6 +242,11 @@ def sample_divergence(
         top_r, top_q = _sides(ref[i], quant[i])
         if not top_r.listed or not top_q.listed:
             break
+        same = ref[i][0] == quant[i][0] and _chosen(ref[i], top_r) == _chosen(quant[i], top_q)
+        if not same and (_spans(ref[i]) or _spans(quant[i])):
+            # An entry for several tokens holds its last token's probabilities: where the sides
+            # emitted different pieces, the two entries are not at the same position.
+            break
         first = first or (top_r, top_q)
         kls.append(position_kl(top_r.listed, top_q.listed, top_r.cap, top_q.cap))
         agree += _best(top_r) == _best(top_q)
@@ -240,7 +260,7 @@ def sample_divergence(
             dps.append((math.exp(lq) if lq is not None else min(top_q.cap, 1.0)) - math.exp(top_r.listed[token]))
         if answer is not None and answer_at is None and str(ref[i][0]).strip() == answer:
             answer_at = i
-        if ref[i][0] != quant[i][0] or _chosen(ref[i], top_r) != _chosen(quant[i], top_q):
+        if not same:
             break  # the contexts differ from here on
     if not kls or first is None:
         return None

@@ -19,6 +19,11 @@ import itertools
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, NamedTuple, Self
 
+# A stored logprobs position's flag (index 4): the entry stands for several tokens. llama-server
+# reports a character made of several byte tokens as one entry holding its last token's
+# probabilities, so its index is not its token's position (backends/logprobs.py, divergence.py).
+LOGPROB_SPANS = 4
+
 RECORD_SCHEMA = 2
 
 
@@ -254,7 +259,8 @@ class SampleRecord(Exchange):
     reply: str | None = None
     raw: Any = None  # the server's own words (final chunks or the body)
     # When the run asked for them (`logprobs: k`): per generated token [token, logprob,
-    # [[token, logprob], ...]], the server's top alternatives (backends/logprobs.py).
+    # [[token, logprob(, id)], ...](, id(, spans))], the server's top alternatives and token ids
+    # (backends/logprobs.py).
     logprobs: list[Any] | None = None
     extracted: str | None = None
     rule: str | None = None  # the extraction rule that fired, or "unparsed"
@@ -294,4 +300,13 @@ class LoadRecord(Exchange):
         return not self.warmup and not self.cooldown
 
 
-__all__ = ["RECORD_SCHEMA", "Exchange", "LoadRecord", "SampleRecord", "ServerTiming", "Timing", "schema_of"]
+__all__ = [
+    "LOGPROB_SPANS",
+    "RECORD_SCHEMA",
+    "Exchange",
+    "LoadRecord",
+    "SampleRecord",
+    "ServerTiming",
+    "Timing",
+    "schema_of",
+]

@@ -279,3 +279,46 @@ def test_server_token_ids_are_kept() -> None:
     content = [{"id": 9, "token": "你", "logprob": -0.1, "top_logprobs": [alternative]},
                {"token": "a", "logprob": -0.2, "top_logprobs": [{"token": "a", "logprob": -0.2}]}]  # fmt: skip
     assert from_openai(content) == [["你", -0.1, [["\ufffd", -0.1, 9]], 9], ["a", -0.2, [["a", -0.2]]]]
+
+
+def test_vllm_token_ids_are_read_from_its_placeholders() -> None:
+    """Asked with return_tokens_as_token_ids, vLLM names tokens "token_id:N": the id is kept, and the
+    chosen token's text is read from its bytes (an alternative's bytes spell the placeholder)."""
+    from orchestrator.backends.base import ChatRequest
+    from orchestrator.backends.logprobs import from_openai
+    from orchestrator.backends.openai import VLLMChat
+
+    alternatives = [{"token": "token_id:9", "logprob": -0.1, "bytes": list(b"token_id:9")},
+                    {"token": "token_id:4", "logprob": -2.5, "bytes": list(b"token_id:4")}]  # fmt: skip
+    content = [{"token": "token_id:9", "logprob": -0.1, "bytes": list("你".encode()), "top_logprobs": alternatives}]
+    assert from_openai(content) == [["你", -0.1, [["", -0.1, 9], ["", -2.5, 4]], 9]]
+    backend = VLLMChat("http://127.0.0.1:1", None, model="m")  # build_body needs no session
+    asked = backend.build_body(ChatRequest((("user", "q"),), max_tokens=2, seed=1, logprobs=5))
+    assert asked["return_tokens_as_token_ids"] is True and asked["top_logprobs"] == 5
+    plain = backend.build_body(ChatRequest((("user", "q"),), max_tokens=2, seed=1))
+    assert "return_tokens_as_token_ids" not in plain
+
+
+def test_an_entry_for_several_tokens_lines_up_only_with_the_same_piece() -> None:
+    """llama-server reports "汉" (three byte tokens) as one entry with its last token's id and
+    probabilities; the entry is marked, and where the other side emitted another piece (here a
+    space, one token) the two are not compared (their indices are not the same position)."""
+    from orchestrator.backends.logprobs import from_openai
+
+    def entry(
+        token_id: int, text: str, own: bytes, p: float, alts: list[tuple[int, str, bytes, float]]
+    ) -> dict[str, Any]:
+        top = [{"id": i, "token": t, "bytes": list(b), "logprob": math.log(q)} for i, t, b, q in alts]
+        return {"id": token_id, "token": text, "bytes": list(own), "logprob": math.log(p), "top_logprobs": top}
+
+    letter = entry(49, "A", b"A", 0.26, [(49, "A", b"A", 0.26), (51, "C", b"C", 0.2)])
+    merged = entry(
+        134, " 汉", " 汉".encode(), 0.986, [(134, "\ufffd", b"\x89", 0.986), (230, "\ufffd", b"\x8a", 0.012)]
+    )
+    space = entry(216, " ", b" ", 0.378, [(216, " ", b" ", 0.378), (13223, " ", b"  ", 0.327)])
+    ref, quant = from_openai([letter, merged]), from_openai([letter, space])
+    assert ref[1][4] == 1 and len(quant[1]) == 4 and len(ref[0]) == 4  # only the merged entry is marked
+    found = divergence.sample_divergence(ref, quant)
+    assert found is not None and found.positions == 1  # the letter only: no KL of 4 nats from misaligned entries
+    same = divergence.sample_divergence(ref, from_openai([letter, merged]))
+    assert same is not None and same.positions == 2 and same.kls[1] == pytest.approx(0.0, abs=1e-12)

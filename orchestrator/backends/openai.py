@@ -209,6 +209,13 @@ class VLLMChat(OpenAIChat):
         """vLLM: temperature 0 is greedy; pin the other samplers to neutral values anyway."""
         return {**super().greedy_params(request), "top_k": -1, "repetition_penalty": 1.0}
 
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
+        """With logprobs, vLLM's tokens as ids ("token_id:N"): the KLD matches tokens by id."""
+        body = super().build_body(request)
+        if request.logprobs > 0:
+            body["return_tokens_as_token_ids"] = True
+        return body
+
 
 class SGLangChat(OpenAIChat):
     """SGLang's OpenAI server (honours ignore_eos / min_tokens like vLLM)."""
