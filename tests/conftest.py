@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import smollm2
 from tests.support.servers import VLLMServer
 from tests.support.tiny_model import VERSION, build
 
@@ -35,6 +36,13 @@ def data_dir() -> Path:
 def tiny_model(data_dir: Path) -> Path:
     """The tiny Qwen2 model: HF dir under hf/, GGUF f16/q8_0/q4_k_m beside it (cached by version)."""
     return build(cache_dir() / VERSION, data_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct (a real trained model, from PyPI): GGUF F16, Q8_0, Q4_K_M and the
+    shipped Q4_1 (tests/support/smollm2.py; cached)."""
+    return smollm2.build(cache_dir() / "smollm2-v1")
 
 
 @pytest.fixture(scope="session")
