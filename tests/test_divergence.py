@@ -202,7 +202,9 @@ def test_the_bound_is_the_smallest_kl_both_reports_allow_and_never_above_the_exa
 
 
 def test_disjoint_top_k_lists_bound_the_kl_away_from_zero() -> None:
-    """The issue's sample: F16 starts "A" with p = 0.13, Q4_K_M starts "根" with p ≈ 1.0."""
+    """Lists that share no token (shaped like the issue's sample, F16 "A" at p = 0.13 against a
+    quantization sure of "根"; that one was llama-server's entry for several byte tokens, which
+    test_an_entry_for_several_tokens_lines_up_only_with_the_same_piece covers)."""
     ref = {"A": math.log(0.13), "B": math.log(0.12), "C": math.log(0.11), "D": math.log(0.1), "E": math.log(0.09)}
     quant = {"根": math.log(0.9995), "x": math.log(1e-4), "y": math.log(9e-5), "z": math.log(8e-5), "w": math.log(7e-5)}
     bound = divergence.position_kl(ref, quant, 0.09, 7e-5)
