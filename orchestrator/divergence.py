@@ -39,7 +39,7 @@ mean of 9e-8 nats is not "0.0000".
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +127,7 @@ def position_kl(
     unknown); R, the rest. The minimum over x, y of
         Σ_A p log p/q + Σ_B p_b log p_b/x_b + Σ_C y_c log y_c/q_c + P_R log P_R/Q_R
     (jointly convex) has, by its KKT conditions, x_b = min(quant_cap, p_b / λ) and
-    y_c = min(ref_cap, q_c λ) with λ = P_R / Q_R; λ is the root of P_R(λ) − λ Q_R(λ), which
-    decreases in λ, found by bisection.
+    y_c = min(ref_cap, q_c λ) with λ = P_R / Q_R, or R is empty on both sides (``_unlisted_kl``).
     """
     kl = 0.0
     mass_p = mass_q = 0.0
@@ -167,18 +166,12 @@ def _unlisted_kl(pb: list[float], qc: list[float], left_p: float, left_q: float,
             y = [min(cap_p, q * lam) if left_p > 0 else 0.0 for q in qc]
             return x, y, left_p - sum(y), left_q - sum(x)
 
-        lam = 1.0
-        if pb or qc:
-            lo, hi = math.log(TAIL_FLOOR), -math.log(TAIL_FLOOR)
-            for _ in range(80):  # bisection in log λ: 2^-80 of a range of 46
-                mid = (lo + hi) / 2
-                _, _, rest_p, rest_q = solution(math.exp(mid))
-                if rest_q < 0 or (rest_p >= 0 and rest_p - math.exp(mid) * rest_q > 0):
-                    lo = mid  # λ too small: the quantized side's unlisted mass overdrawn, or P_R > λ Q_R
-                else:
-                    hi = mid
-            lam = math.exp((lo + hi) / 2)
-        x, y, rest_p, rest_q = solution(lam)
+        def too_small(lam: float) -> bool:
+            # The quantized side's unlisted mass overdrawn, or P_R > λ Q_R.
+            _, _, rest_p, rest_q = solution(lam)
+            return rest_q < 0 or (rest_p >= 0 and rest_p - lam * rest_q > 0)
+
+        x, y, rest_p, rest_q = solution(_bisect(too_small, -math.log(TAIL_FLOOR)) if pb or qc else 1.0)
     total = sum(p * math.log(p / max(TAIL_FLOOR, xb)) for p, xb in zip(pb, x, strict=True) if p > 0)
     total += sum(yc * math.log(yc / q) for yc, q in zip(y, qc, strict=True) if yc > 0 and q > 0)
     rest_p = max(0.0, rest_p)
@@ -194,12 +187,21 @@ def _level(values: list[float], cap: float, total: float, rising: bool) -> float
         return 0.0 if rising else math.inf
     if not values or cap * len(values) < total:
         return None
-    lo, hi = math.log(TAIL_FLOOR) * 2, -math.log(TAIL_FLOOR) * 2
+
+    def too_small(m: float) -> bool:
+        held = sum(min(cap, v * m) if rising else min(cap, v / m) for v in values)
+        return (held < total) == rising
+
+    return _bisect(too_small, -2 * math.log(TAIL_FLOOR))
+
+
+def _bisect(too_small: Callable[[float], bool], span: float) -> float:
+    """The m in [e^-span, e^span] where ``too_small`` turns false (it is monotone), bisected in
+    log m to 2^-80 of the range."""
+    lo, hi = -span, span
     for _ in range(80):
         mid = (lo + hi) / 2
-        m = math.exp(mid)
-        held = sum(min(cap, v * m) if rising else min(cap, v / m) for v in values)
-        if (held < total) == rising:
+        if too_small(math.exp(mid)):
             lo = mid
         else:
             hi = mid

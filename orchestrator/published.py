@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.registry import REFERENCE_QUANTS
+from orchestrator.registry import REFERENCE_QUANTS, TASKS
 
 DATA = Path(__file__).parent / "data"
 DEFAULT_REFERENCES = (DATA / "qwen2_quantized.json", DATA / "smollm2_instruct.json")
@@ -155,6 +155,14 @@ def _cell(
             "comparable": True, "note": precision}  # fmt: skip
 
 
+def published_columns(tasks: list[str], pub: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, title) of the columns a compared published table has for a run of ``tasks``: the
+    Average, then the tasks, each under the table's own title for it where it gives one."""
+    names = pub.get("columns") or {}
+    keys = [c for c in ("average", *tasks) if any(c in row for row in pub["rows"])]
+    return [(c, names.get(c) or ("Average" if c == "average" else TASKS.get(c, c))) for c in keys]
+
+
 def cell_text(cell: dict[str, Any] | None) -> str:
     """One compared cell as text: published vs measured [interval], inside or outside it."""
     if cell is None:
@@ -177,4 +185,5 @@ __all__ = [
     "compare_published",
     "load_reference",
     "load_references",
+    "published_columns",
 ]

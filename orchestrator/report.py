@@ -14,7 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator import divergence
-from orchestrator.published import cell_text, compare_published, load_references
+from orchestrator.published import cell_text, compare_published, load_references, published_columns
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.saturation import Saturation, core_share, server_side
 from orchestrator.setups import run_setup_version, store_key
@@ -80,26 +80,34 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
 
 
 def interval_methods(report: dict[str, Any]) -> dict[str, Any]:
-    """Which method made each kind of interval in this report (figure -> method), and what each
-    method is (stats.METHODS): every interval printed can be traced to how it was made."""
+    """Which method made each kind of interval in this report (figure -> method), what each method
+    is (stats.METHODS), and the headline figures' methods under short names (the terminal's line):
+    every interval printed can be traced to how it was made."""
     figures: dict[str, str] = {}
+    headline: dict[str, str] = {}  # the caption's subset: each task's headline, Average, Δ, KLD
+
+    def add(figure: str, method: str, short: str | None) -> None:
+        figures.setdefault(figure, method)
+        if short is not None:
+            headline.setdefault(short, method)
+
     for row in report["rows"]:
         for name, agg in row["tasks"].items():
             title = TASKS.get(name, name)
             for metric, method in (agg.get("interval_methods") or {}).items():
-                headline = " (headline)" if metric == agg.get("headline") else ""
-                figures.setdefault(f"{title} {metric}{headline}", method)
+                main = metric == agg.get("headline")
+                add(f"{title} {metric}{' (headline)' if main else ''}", method, title if main else None)
         if row.get("average") is not None:
-            figures.setdefault("Average", row.get("average_interval_method", "mover"))
+            add("Average", row.get("average_interval_method", "mover"), "Average")
         cmp = row.get("comparison") or {}
         for name, p in (cmp.get("tasks") or {}).items():
-            figures.setdefault(f"Δ {TASKS.get(name, name)}", p.get("interval_method", ""))
+            add(f"Δ {TASKS.get(name, name)}", p.get("interval_method", ""), f"Δ {TASKS.get(name, name)}")
             if (p.get("divergence") or {}).get("kl_prefix"):
-                figures.setdefault("KLD mean", p["divergence"]["kl_prefix"].get("interval_method", "bootstrap"))
+                add("KLD mean", p["divergence"]["kl_prefix"].get("interval_method", "bootstrap"), "KLD mean")
         if cmp.get("average"):
-            figures.setdefault("Δ Average", cmp["average"].get("interval_method", ""))
+            add("Δ Average", cmp["average"].get("interval_method", ""), "Δ Average")
     used = dict.fromkeys(figures.values())
-    return {"figures": figures, "methods": {m: METHODS[m] for m in used if m in METHODS}}
+    return {"figures": figures, "headline": headline, "methods": {m: METHODS[m] for m in used if m in METHODS}}
 
 
 def interval_lines(report: dict[str, Any]) -> list[str]:
@@ -112,11 +120,7 @@ def _interval_caption(report: dict[str, Any]) -> str:
     """The headline figures' interval methods in one line, grouped by method."""
     found = report.get("intervals") or interval_methods(report)
     by_method: dict[str, list[str]] = {}
-    for figure, method in found["figures"].items():
-        if " micro" in figure or " macro" in figure or " inst" in figure or " prompt" in figure:
-            if "(headline)" not in figure:
-                continue  # the other averages: report.md lists them
-            figure = figure.split(" ")[0]
+    for figure, method in found["headline"].items():
         by_method.setdefault(method, []).append(figure)
     listed = "; ".join(f"{m} ({', '.join(figures)})" for m, figures in by_method.items())
     return f"95 % intervals: {listed}; report.md says what each method is" if listed else ""
@@ -348,18 +352,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _published_columns(report: dict[str, Any], pub: dict[str, Any]) -> list[tuple[str, str]]:
-    """(key, title) of the columns a published table has for this run: Average, then the tasks."""
-    names = pub.get("columns") or {}
-    keys = [c for c in ("average", *report["tasks"]) if any(c in row for row in pub["rows"])]
-    return [(c, names.get(c) or ("Average" if c == "average" else TASKS.get(c, c))) for c in keys]
-
-
 def render_published(report: dict[str, Any]) -> list[Table]:
     """Published vs measured, one table per published source with a matching checkpoint."""
     tables = []
     for pub in report.get("published") or []:
-        columns = _published_columns(report, pub)
+        columns = published_columns(report["tasks"], pub)
         table = Table(title=f"Published vs measured · {pub['title']}", caption=pub.get("note") or pub["source"])
         table.add_column("Target", style="bold")
         for _key, title in columns:
@@ -374,7 +371,7 @@ def _published_markdown(report: dict[str, Any]) -> list[str]:
     """Published vs measured, per matched checkpoint: does the published figure lie in our interval?"""
     lines: list[str] = []
     for pub in report.get("published") or []:
-        columns = _published_columns(report, pub)
+        columns = published_columns(report["tasks"], pub)
         head = ["Target", *(title for _, title in columns)]
         lines += ["", f"## Published vs measured: [{pub['title']}]({pub['source']})", ""]
         if pub.get("note"):

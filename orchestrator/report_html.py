@@ -16,7 +16,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import divergence
-from orchestrator.published import cell_text
+from orchestrator.published import cell_text, published_columns
 from orchestrator.registry import TASKS
 
 if TYPE_CHECKING:
@@ -254,12 +254,9 @@ def render_html(report: dict[str, Any], table_rows: list[list[str]], headers: li
         items = [f"<li>{esc(f)}: {esc(found['methods'].get(m, m))}</li>" for f, m in found["figures"].items()]
         parts += ["<h2>How the intervals are made</h2>", "<ul>", *items, "</ul>"]
     for pub in report.get("published") or []:
-        names = pub.get("columns") or {}
-        cols = [c for c in ("average", *report["tasks"]) if any(c in row for row in pub["rows"])]
-        body = []
-        for prow in pub["rows"]:
-            body.append([esc(prow["target"]), *(esc(cell_text(prow.get(c))) for c in cols)])
-        heads = ["target", *(names.get(c) or ("Average" if c == "average" else TASKS.get(c, c)) for c in cols)]
+        cols = published_columns(report["tasks"], pub)
+        body = [[esc(prow["target"]), *(esc(cell_text(prow.get(c))) for c, _ in cols)] for prow in pub["rows"]]
+        heads = ["target", *(title for _, title in cols)]
         src = f"<a href='{esc(pub['source'])}'>{esc(pub['title'])}</a>"
         parts += [f"<h2>Published vs measured: {src}</h2>", _table(heads, body)]
         if pub.get("note"):

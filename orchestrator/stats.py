@@ -195,19 +195,6 @@ class Outcomes:
         seen: dict[str, int] = {}
         return np.fromiter((seen.setdefault(s, len(seen)) for s in self.strata), dtype=np.int64, count=len(self.ids))
 
-    @cached_property
-    def binary(self) -> bool:
-        """One right-or-wrong outcome per sample (den 1 everywhere)."""
-        return bool(np.all(self.den == 1))
-
-    def same_samples(self, other: Outcomes) -> bool:
-        """The same samples with the same outcomes (two metrics that differ only in how they average)."""
-        return (
-            list(self.ids) == list(other.ids)
-            and np.array_equal(self.num, other.num)
-            and np.array_equal(self.den, other.den)
-        )
-
     def weights(self, at: np.ndarray | None = None) -> np.ndarray:
         """Each sample's weight w in the metric Σ w·num / Σ w·den (Σ w·den = 1), over the samples
         at positions ``at`` (all by default)."""

@@ -303,20 +303,14 @@ def test_a_real_server_that_dies_is_reported_not_scored(
 @pytest.fixture(scope="module")
 def llamacpp_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A llama.cpp server started by the test (not managed by the orchestrator), on the F16 GGUF."""
-    from tests.support.servers import free_port, wait_http
+    from tests.support.servers import free_port, started
 
     port = free_port()
     log = tmp_path_factory.mktemp("llamacpp") / "server.log"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_model / "tiny-qwen2-f16.gguf"),
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "32768", "--interrupt_requests", "False"]  # fmt: skip
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", 120, proc, log)
+    with started(cmd, f"http://127.0.0.1:{port}/v1/models", log):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_backend_swap_side_by_side(

@@ -31,7 +31,7 @@ from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
 from tests.support import smollm2
 from tests.support.recording_proxy import RecordingProxy
-from tests.support.servers import free_port, wait_http
+from tests.support.servers import free_port, started, venv_python
 
 pytestmark = pytest.mark.real_server
 
@@ -167,28 +167,13 @@ def peer_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     cmd = [str(binary), "-m", str(smollm2.path(smollm2_dir, "F16")), "--host", "127.0.0.1", "--port", str(port),
            "--jinja", "--ctx-size", "4096", "--parallel", "1", "--no-cache-prompt", "--cache-ram", "0",
            "--no-webui"]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 120, proc, log)
+    with started(cmd, f"http://127.0.0.1:{port}/health", log):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _lm_eval_python() -> str:
-    """lm-eval's venv: from scripts/test.sh, else set up here (scripts/setup_lm_eval.sh)."""
-    if python := os.environ.get("ORCHESTRATOR_LM_EVAL_PYTHON"):
-        return python
-    done = subprocess.run(["bash", str(REPO / "scripts" / "setup_lm_eval.sh")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip().splitlines()[-1]
 
 
 def _lm_eval(proxy: str, subset: Path, out: Path) -> dict[str, dict[str, Any]]:
     """lm-eval's IFEval (its own task, pointed at ``subset``) through ``proxy``; its samples by key."""
-    python = _lm_eval_python()
+    python = venv_python("ORCHESTRATOR_LM_EVAL_PYTHON", "setup_lm_eval.sh")
     tasks = out / "tasks"
     tasks.mkdir()
     site = subprocess.run([python, "-c", "import lm_eval, os; print(os.path.dirname(lm_eval.__file__))"],

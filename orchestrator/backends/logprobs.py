@@ -67,7 +67,10 @@ def _spans_tokens(item: dict[str, Any], position: Position) -> bool:
     """Whether an entry stands for several tokens: its bytes are longer than those its own token
     has among the alternatives (llama-server, at a character made of byte tokens)."""
     own = item.get("bytes")
-    if len(position) <= 3 or own.__class__ is not list:
+    text = position[0]
+    # Only a piece that completes a multi-byte character can: the common ASCII token costs one test
+    # (this runs on the event loop for every generated token).
+    if len(position) <= 3 or own.__class__ is not list or not text or text[-1] < "\x80":
         return False
     for alt in item.get("top_logprobs") or ():
         if alt.__class__ is dict and alt.get("id") == position[3] and alt.get("bytes").__class__ is list:

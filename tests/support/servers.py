@@ -1,4 +1,5 @@
-"""Start a real vLLM server (its own venv) on the tiny model, and wait for it."""
+"""Start real servers for the tests (vLLM in its own venv, or any command the test names), and
+wait for them; the venvs of tools that live apart from the project's (vLLM, lm-eval)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,13 +23,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def vllm_python() -> str:
-    """The vLLM venv's interpreter, installing it through scripts/setup_vllm.sh when missing."""
-    explicit = os.environ.get("ORCHESTRATOR_VLLM_PYTHON")
+def venv_python(variable: str, script: str) -> str:
+    """A separate venv's interpreter: ``$variable`` (scripts/test.sh sets it), else installed by
+    ``scripts/<script>`` (which prints it last)."""
+    explicit = os.environ.get(variable)
     if explicit:
         return explicit
-    done = subprocess.run(["bash", str(REPO / "scripts" / "setup_vllm.sh")], check=True, capture_output=True, text=True)
+    done = subprocess.run(["bash", str(REPO / "scripts" / script)], check=True, capture_output=True, text=True)
     return done.stdout.strip().splitlines()[-1]
+
+
+def vllm_python() -> str:
+    """The vLLM venv's interpreter, installing it through scripts/setup_vllm.sh when missing."""
+    return venv_python("ORCHESTRATOR_VLLM_PYTHON", "setup_vllm.sh")
+
+
+@contextmanager
+def started(cmd: Sequence[str], ready: str, log: Path, timeout: float = 120) -> Iterator[None]:
+    """A server the test starts itself (not one the orchestrator manages), up once ``ready``
+    answers 200, terminated on leaving."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(ready, timeout, proc, log)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
