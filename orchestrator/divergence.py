@@ -131,8 +131,13 @@ def position_kl(
     """
     kl = 0.0
     mass_p = mass_q = 0.0
-    for token in ref.keys() & quant.keys():
-        lp, lq = ref[token], quant[token]
+    # In the reference's own order, not a set's: a set of strings iterates in an order that
+    # changes with the hash seed, and so would the float sums' last digits (report.json must
+    # render byte-identical on every re-render).
+    for token, lp in ref.items():
+        if token not in quant:
+            continue
+        lq = quant[token]
         p = math.exp(lp)
         kl += p * (lp - lq)
         mass_p += p

@@ -1,0 +1,44 @@
+"""Every stored run renders its golden reports byte for byte, whatever the hash seed.
+
+The runs and their golden reports live in ``tests/data/runs/`` (``tests/support/stored_runs.py``
+wrote them); a change that alters a report is either a bug fixed, re-rendered on purpose with
+``python -m tests.support.stored_runs --golden``, or a regression this test catches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.stored_runs import GOLDEN, RUNS, without_images
+
+STORED = sorted(p.name for p in RUNS.iterdir() if (p / "golden").is_dir())
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _render(run: Path, seed: int) -> dict[str, bytes]:
+    """`orchestrate report` on a copy of a stored run, in a process of its own with that hash seed."""
+    env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+    cli = "from orchestrator.cli import main; main()"
+    subprocess.run([sys.executable, "-c", cli, "report", str(run)], check=True, cwd=ROOT, env=env, capture_output=True)
+    return {name: (run / name).read_bytes() for name in GOLDEN}
+
+
+@pytest.mark.parametrize("name", STORED)
+def test_a_stored_run_renders_its_golden_reports_under_any_hash_seed(tmp_path: Path, name: str) -> None:
+    assert STORED, "no stored run found"
+    renders = []
+    for seed in (0, 1, 2):
+        run = tmp_path / f"seed{seed}"
+        shutil.copytree(RUNS / name / "run", run)
+        renders.append(_render(run, seed))
+    for name_ in GOLDEN:
+        assert renders[1][name_] == renders[0][name_] == renders[2][name_], f"{name_} changes with the hash seed"
+        golden = (RUNS / name / "golden" / name_).read_bytes()
+        fresh = without_images(renders[0][name_]) if name_.endswith(".html") else renders[0][name_]
+        assert fresh == golden, f"{name}/{name_} differs from its golden copy"
