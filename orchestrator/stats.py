@@ -295,6 +295,8 @@ def average_interval(points: Sequence[float], intervals: Sequence[Interval]) -> 
     missing = [i for i in intervals if i.bounds is None]
     if not intervals or missing:
         return Interval(None, "mover", missing[0].note if missing else "no task")
+    if len(intervals) == 1:
+        return intervals[0]  # the Average of one task is that task: its own interval, by its own method
     return Interval(_mover(points, [i.bounds for i in intervals if i.bounds is not None], 0.0, 1.0), "mover")
 
 

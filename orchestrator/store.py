@@ -26,7 +26,7 @@ import orjson
 
 from orchestrator.errors import DataError, StoreError, UserError
 from orchestrator.records import RECORD_SCHEMA, Exchange, LoadRecord, SampleRecord, schema_of
-from orchestrator.secrets import redact
+from orchestrator.secrets import mask_secrets, redact
 
 T = TypeVar("T")
 
@@ -288,6 +288,20 @@ class RunStore:
         path = self.root / name
         try:
             _atomic_write_json(path, redact(data))
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a text file (a report) into the run dir atomically, credentials masked."""
+        return self.write_bytes(name, mask_secrets(text).encode("utf-8"))
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write a file (a figure) into the run dir atomically; a failure is a StoreError (exit 4)."""
+        path = self.root / name
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path

@@ -82,6 +82,7 @@ def target_statistics(
         average["average"] = sum(points) / len(aggregates)
         ci = stats.average_interval(points, [headline[n] for n in aggregates])
         average["average_interval"] = ci.listed
+        average["average_interval_method"] = ci.method
         average["average_interval_note"] = ci.note
         average["average_missing"] = None
     else:
@@ -114,6 +115,7 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
     family: list[tuple[dict[str, Any], Paired]] = []  # every comparison, for Holm's correction
+    singles: list[tuple[dict[str, Any], str]] = []  # comparisons whose Average is their one task
 
     by_name = {row["target"]: row for row in rows}
     for model, group in by_model.items():
@@ -157,7 +159,10 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
                         a + b for a, b in zip(pooled, (p.n, p.right_to_wrong, p.wrong_to_right, p.changed), strict=True)
                     ]
             common = [n for n in row["tasks"] if n in row["average_tasks"] and n in ref["average_tasks"]]
-            if parts and len(parts) == len(common):
+            if len(common) == 1 and len(parts) == 1:
+                # The Average of one task is that task: the same comparison (one test for Holm).
+                singles.append((cmp, common[0]))
+            elif parts and len(parts) == len(common):
                 ci = stats.paired_average(parts)
                 deltas = [cmp["tasks"][n].delta for n in common]
                 n, r2w, w2r, changed = pooled
@@ -191,6 +196,9 @@ def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -
         for key, value in list(holder.items()):
             if value is p:
                 holder[key] = final
+    for cmp, name in singles:
+        task = cmp["tasks"][name]
+        cmp["average"] = dataclasses.replace(task, extra={**task.extra, "tasks": [name]})
     for row in rows:
         done: dict[str, Any] | None = row.get("comparison")
         if done is None:

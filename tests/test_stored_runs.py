@@ -7,11 +7,13 @@ wrote them); a change that alters a report is either a bug fixed, re-rendered on
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +44,42 @@ def test_a_stored_run_renders_its_golden_reports_under_any_hash_seed(tmp_path: P
         golden = (RUNS / name / "golden" / name_).read_bytes()
         fresh = without_images(renders[0][name_]) if name_.endswith(".html") else renders[0][name_]
         assert fresh == golden, f"{name}/{name_} differs from its golden copy"
+
+
+def _report(tmp_path: Path, name: str) -> dict[str, object]:
+    from orchestrator.report import write_report
+
+    run = tmp_path / name
+    shutil.copytree(RUNS / name / "run", run)
+    return write_report(run)
+
+
+def test_a_one_task_run_has_that_task_alone_and_its_average_is_that_task(tmp_path: Path) -> None:
+    report: dict[str, Any] = _report(tmp_path, "one-task")
+    md = (tmp_path / "one-task" / "report.md").read_text()
+    head = md.splitlines()[2]
+    assert "MMLU" in head and "C-Eval" not in head and "IFEval" not in head
+    for row in report["rows"]:
+        mmlu = row["tasks"]["mmlu"]
+        assert (row["average"], row["average_interval"]) == (mmlu["accuracy"], mmlu["interval"])
+        assert row["average_interval_method"] == mmlu["interval_method"]
+    cmp = report["rows"][1]["comparison"]
+    assert {k: cmp["average"][k] for k in ("delta", "interval", "p_holm", "verdict")} == {
+        k: cmp["tasks"]["mmlu"][k] for k in ("delta", "interval", "p_holm", "verdict")
+    }
+
+
+def test_the_terminal_never_cuts_a_name_and_the_page_has_every_section_of_the_markdown(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from orchestrator.report import render_table
+
+    report: dict[str, Any] = _report(tmp_path, "matrix")
+    console = Console(width=110, record=True)
+    console.print(render_table(report))
+    assert "Qwen/Qwen2-7B-Instruct" in console.export_text()
+    md = (tmp_path / "matrix" / "report.md").read_text()
+    page = (tmp_path / "matrix" / "report.html").read_text()
+    for heading in [line[3:] for line in md.splitlines() if line.startswith("## ")]:
+        title = heading.split(": [")[0]
+        assert f"<h2>{html.escape(title)}" in page, heading

@@ -106,7 +106,10 @@ def test_no_average_over_unlike_things(tmp_path: Path) -> None:
     average = rows["q4"]["comparison"]["average"]
     assert average["tasks"] == ["mmlu"] and average["delta"] == 0.0
     # No flip in 200 samples: not a change, but not proof of none within a point either.
-    assert average["interval"][0] < 0 < average["interval"][1] and average["interval_method"] == "mover"
+    assert average["interval"][0] < 0 < average["interval"][1]
+    # The Average of the one complete task is that task's comparison, not a MOVER of one part.
+    mmlu = rows["q4"]["comparison"]["tasks"]["mmlu"]
+    assert {k: average[k] for k in mmlu} == mmlu and average["interval_method"] == "bonett-price"
     assert average["verdict"].startswith("inconclusive — n too small: with 200 samples")
     # The ceval comparison still pairs the 10 samples both answered, and counts the rest.
     ceval = rows["q4"]["comparison"]["tasks"]["ceval"]

@@ -338,6 +338,7 @@ class MultipleChoiceTask:
             "unparsed": unparsed,
             "unparsed_rate": unparsed / n if n else None,
             "subjects": subject_acc,
+            "subject_n": {s: len(per_subject[s]) for s in subject_acc},
         }
         if self.name == "ceval":
             out["categories"] = ceval_categories(subject_acc)

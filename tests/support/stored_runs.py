@@ -75,7 +75,7 @@ def _mc(rng: random.Random, store: RunStore, target: str, task: str, subjects: t
                 id=f"{task}/{subject}/{i}", task=task, subject=subject, target=target, gold=gold,
                 request={"messages": [{"role": "user", "content": f"Question {i} of {subject}"}], "temperature": 0},
                 reply=reply, finish_reason="stop", prompt_tokens=40 + i, completion_tokens=tokens,
-                token_source="usage", extracted=answer, rule=None if unparsed else "answer_is",
+                token_source="usage", extracted=answer, rule="unparsed" if unparsed else "answer_is",
                 correct=bool(right and not unparsed), attempts=1, prompt_digest=f"{task}{i:04d}",
                 timing=Timing(round(t0 + i * 0.05, 6), round(chunks[-1] + 0.001, 6), round(ttft, 6), chunks),
                 logprobs=_positions(random.Random(f"{task}{i}{noise}"), 6, noise) if logprobs else None,

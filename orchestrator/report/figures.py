@@ -1,7 +1,5 @@
-"""report.html: one self-contained page to read a bench run (no JavaScript, no CDN).
-
-The page holds the table (the terminal's layout), the comparisons behind every Δ, the published
-figures set against the measured ones, and static matplotlib figures embedded as PNG: a forest
+"""The figures of report.html and of the load report: one matplotlib setup (Agg, files only),
+each figure rendered in memory as PNG. For a bench run: a forest
 plot of each Δ with its interval (and the noise floor band when the run measured one), accuracy
 against output tokens/s and against TTFT p50 with the Pareto front, flips per task, the
 subjects each quantization moved most, and (runs that asked for logprobs) each quantization's
@@ -16,7 +14,6 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import divergence
-from orchestrator.published import cell_text, published_columns
 from orchestrator.registry import TASKS
 
 if TYPE_CHECKING:
@@ -27,19 +24,28 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
-def _png(fig: Figure) -> str:
-    """The figure as an embedded <img> (PNG, base64); the figure is closed."""
+def png_bytes(fig: Figure, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f"<img alt='figure' src='data:image/png;base64,{data}'>"
+    return buf.getvalue()
 
 
-def _pyplot() -> Any:
+def img(data: bytes, alt: str = "figure") -> str:
+    """PNG bytes as an embedded <img>."""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+
+
+def _png(fig: Figure) -> str:
+    return img(png_bytes(fig))
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display: files only)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -67,7 +73,7 @@ def forest_plot(report: dict[str, Any]) -> str | None:
     items = [(t, name, p) for t, name, p in _comparisons(report) if p.get("delta") is not None and p.get("interval")]
     if not items:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(items) + 1.2))
     colours = {"loss": "tab:red", "gain": "tab:green", "no detectable change": "tab:gray"}
     for y, (_, _, p) in enumerate(reversed(items)):
@@ -92,7 +98,7 @@ def pareto_plots(report: dict[str, Any]) -> str | None:
     rows = [r for r in report["rows"] if r.get("average") is not None]
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label, higher in (
         (axes[0], "output_tokens_per_s", "output tokens/s", True),
@@ -131,7 +137,7 @@ def flips_plot(report: dict[str, Any]) -> str | None:
     items = [(t, name, p) for t, name, p in _comparisons(report) if name != "Average" and p.get("n")]
     if not items:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(items) + 2), 3.5))
     xs = range(len(items))
     ax.bar(xs, [100 * p["right_to_wrong"] / p["n"] for *_, p in items], label="right → wrong", color="tab:red")
@@ -150,7 +156,7 @@ def kl_plot(report: dict[str, Any]) -> str | None:
     curves = [(r["target"], d) for r in report["rows"] if (d := (r.get("comparison") or {}).get("divergence"))]
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for target, d in curves:
         ax.plot(range(101), d["quantiles"], label=f"{target} (mean {divergence.sig(d['kl_prefix']['mean'])})")
@@ -161,108 +167,46 @@ def kl_plot(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def subject_plot(report: dict[str, Any], top: int = 12) -> str | None:
-    """Per quantized row, the subjects whose accuracy moved most against the reference."""
+def subject_plot(report: dict[str, Any], top: int = 8) -> str | None:
+    """Per task, the subjects whose accuracy quantization moved most against the reference, each
+    labelled with its task and its number of samples (a subject of 3 moves in steps of 33 points)."""
     by_target = {r["target"]: r for r in report["rows"]}
     bars: list[tuple[str, float]] = []
-    for row in report["rows"]:
-        ref = by_target.get(row.get("reference") or "")
-        if not row.get("comparison") or ref is None:
-            continue
-        for name, agg in row["tasks"].items():
+    for name, title in TASKS.items():
+        found: list[tuple[str, float]] = []
+        for row in report["rows"]:
+            ref = by_target.get(row.get("reference") or "")
+            agg = row["tasks"].get(name)
+            if not row.get("comparison") or ref is None or not agg:
+                continue
             mine, theirs = agg.get("subjects") or {}, ref["tasks"].get(name, {}).get("subjects") or {}
-            bars += [(f"{row['target']} · {s}", 100 * (mine[s] - theirs[s])) for s in mine if s in theirs]
+            counts = agg.get("subject_n") or {}
+            found += [
+                (
+                    f"{row['target']} · {title} · {s}" + (f" (n={counts[s]})" if s in counts else ""),
+                    100 * (v - theirs[s]),
+                )
+                for s, v in mine.items()
+                if s in theirs
+            ]
+        bars += sorted(found, key=lambda b: b[1])[:top]  # the ones quantization hurt most, per task
     if not bars:
         return None
-    bars = sorted(bars, key=lambda b: b[1])[:top]  # the ones quantization hurt most
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(bars) + 1.2))
     ax.barh(range(len(bars)), [b[1] for b in bars], color=["tab:red" if b[1] < 0 else "tab:green" for b in bars])
     ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.invert_yaxis()  # in reading order: each task's subjects together, worst first
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("Δ subject accuracy vs reference (points)")
     return _png(fig)
 
 
-def _table(head: list[str], body: list[list[str]]) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
-    return f"<table><tr>{cells}</tr>{rows}</table>"
-
-
-def render_html(report: dict[str, Any], table_rows: list[list[str]], headers: list[str], legend: str) -> str:
-    """The whole page. ``table_rows``: the terminal table's cells (already text)."""
-    esc = html.escape
-    title = f"Run {report['run_id']} · setup {report['setup_version']}"
-    parts = [
-        "<!doctype html><html lang='en'><meta charset='utf-8'>",
-        f"<title>{esc(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
-        "text-align:right;white-space:pre-line}th{background:#f4f4f4}table{border-collapse:collapse;"
-        "margin:0.5em 0 1.5em}img{max-width:100%}.note{color:#555}</style>",
-        f"<h1>{esc(title)}</h1>",
-        "<h2>Accuracy and speed</h2>",
-        _table(headers, [[esc(c) for c in r] for r in table_rows]),
-        f"<p class='note'>Δ: paired difference against the model's reference row, 95 % interval. {esc(legend)}</p>",
-    ]
-    for row in report["rows"]:
-        if row.get("failure"):
-            parts.append(f"<p><b>{esc(row['target'])} failed</b>: {esc(row['failure'])}</p>")
-        if row.get("average_missing"):
-            parts.append(f"<p>{esc(row['target'])}: no Average, {esc(row['average_missing'])}</p>")
-        if row.get("comparison_note"):
-            parts.append(f"<p>{esc(row['target'])}: {esc(row['comparison_note'])}</p>")
-    pace = [row for row in report["rows"] if row.get("saturation")]
-    if pace:
-        parts.append("<h2>Who set the pace</h2>")
-        parts += [f"<p><b>{esc(row['target'])}</b>: {esc(row['saturation']['line'])}</p>" for row in pace]
-    comparisons = _comparisons(report)
-    if comparisons:
-        head = ["target", "task", "paired n", "one side only", "Δ pts", "95 % CI", "p", "p (Holm)",
-                "right→wrong", "wrong→right", "changed", "recovery", "verdict"]  # fmt: skip
-        body = []
-        for target, name, p in comparisons:
-            ci = p.get("interval")
-            body.append([esc(str(x)) for x in (
-                target, name, p["n"], f"{p['only_reference']} / {p['only_quantized']}",
-                "" if p["delta"] is None else f"{100 * p['delta']:+.1f}",
-                "" if not ci else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
-                f"{p['p_value']:.3g}", "" if p["p_holm"] is None else f"{p['p_holm']:.3g}",
-                p["right_to_wrong"], p["wrong_to_right"], f"{_pct(p.get('changed_rate'))}%",
-                f"{_pct(p.get('recovery'))}%", p["verdict"],
-            )])  # fmt: skip
-        parts += ["<h2>What each quantization costs</h2>", _table(head, body)]
-    kl_rows = divergence.table_rows(report)
-    if kl_rows:
-        parts += [
-            "<h2>Divergence from the reference (servers' top-k logprobs)</h2>",
-            _table(divergence.HEADERS, [[esc(c) for c in r] for r in kl_rows]),
-            f"<p class='note'>{esc(divergence.NOTE)}</p>",
-        ]
-    figures = [
-        ("Δ against the reference", forest_plot(report)),
-        ("Accuracy against speed", pareto_plots(report)),
-        ("Flips", flips_plot(report)),
-        ("Per-sample divergence from the reference", kl_plot(report)),
-        ("Subjects moved most", subject_plot(report)),
-    ]
-    for caption, img in figures:
-        if img is not None:
-            parts += [f"<h2>{esc(caption)}</h2>", img]
-    found = report.get("intervals") or {"figures": {}, "methods": {}}
-    if found["figures"]:
-        items = [f"<li>{esc(f)}: {esc(found['methods'].get(m, m))}</li>" for f, m in found["figures"].items()]
-        parts += ["<h2>How the intervals are made</h2>", "<ul>", *items, "</ul>"]
-    for pub in report.get("published") or []:
-        cols = published_columns(report["tasks"], pub)
-        body = [[esc(prow["target"]), *(esc(cell_text(prow.get(c))) for c, _ in cols)] for prow in pub["rows"]]
-        heads = ["target", *(title for _, title in cols)]
-        src = f"<a href='{esc(pub['source'])}'>{esc(pub['title'])}</a>"
-        parts += [f"<h2>Published vs measured: {src}</h2>", _table(heads, body)]
-        if pub.get("note"):
-            parts.append(f"<p class='note'>{esc(pub['note'])}</p>")
-    parts.append("</html>")
-    return "\n".join(parts) + "\n"
-
-
-__all__ = ["render_html"]
+# The page's figures in reading order: (heading, figure from report.json's data).
+FIGURES = (
+    ("Δ against the reference", forest_plot),
+    ("Accuracy against speed", pareto_plots),
+    ("Flips", flips_plot),
+    ("Per-sample divergence from the reference", kl_plot),
+    ("Subjects moved most", subject_plot),
+)

@@ -1,0 +1,142 @@
+"""A bench run's report from the store only: every row's figures, each quantization against its
+reference, the published tables set against them, and which method made each interval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from orchestrator.published import compare_published, load_references
+from orchestrator.registry import TASKS
+from orchestrator.saturation import Saturation, core_share, server_side
+from orchestrator.setups import run_setup_version, store_key
+from orchestrator.stats import METHODS
+from orchestrator.store import RunStore
+from orchestrator.summary import summarize_run
+from orchestrator.verdicts import compare
+
+ACCURACY_COLUMNS = tuple(TASKS.items())
+
+
+def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]:
+    """Every figure of a run, computed from run.json and the sample records; ``reference``: a
+    published table to set the measurements against (the shipped Qwen table by default)."""
+    store = RunStore(run_dir)
+    meta = store.require_meta()
+    manifest = meta["manifest"]
+    setup = manifest["run"]["setup"]
+    version = run_setup_version(meta)
+    task_names = list(manifest["tasks"])
+    names = [t["name"] for t in manifest["targets"]]
+    summaries = summarize_run(run_dir, names, task_names, setup, store_key(version), meta.get("samples") or {})
+    rows = []
+    sides = {}
+    for t, summary in zip(manifest["targets"], summaries, strict=True):
+        server = meta.get("servers", {}).get(t["name"], {})
+        sides.update({(t["name"], name): side for name, side in summary.sides.items()})
+        rows.append(
+            {
+                "target": t["name"],
+                # Why the target stopped early (its server died, the error budget ran out), if it did.
+                "failure": meta.get("failures", {}).get(t["name"]),
+                "model": t["model"],
+                "quantization": t["quantization"],
+                "noise_of": t.get("noise_of"),
+                "weights": t.get("weights"),
+                "concurrency": t.get("concurrency"),
+                "backend": t["backend"],
+                "server_version": server.get("version"),
+                "served_model": server.get("served_model"),
+                "replicas": summary.replicas,
+                # The report never hides records that were not sent: n counts what is on disk.
+                "tasks": summary.tasks,
+                "errors": sum(v["errors"] for v in summary.tasks.values()),
+                "speed": summary.speed,
+                "saturation": _saturation(summary.speed, server),
+                **summary.average,
+            }
+        )
+    # Each quantization against its reference.
+    compare(rows, sides)
+    report = {
+        "run_id": meta.get("run_id", run_dir.name),
+        "setup": setup,
+        "setup_version": version,
+        "tasks": task_names,
+        "rows": rows,
+    }
+    report["published"] = compare_published(report, load_references(reference), manifest["tasks"])
+    report["intervals"] = interval_methods(report)
+    return report
+
+
+def interval_methods(report: dict[str, Any]) -> dict[str, Any]:
+    """Which method made each kind of interval in this report (figure -> method), what each method
+    is (stats.METHODS), and the headline figures' methods under short names (the terminal's line):
+    every interval printed can be traced to how it was made."""
+    figures: dict[str, str] = {}
+    headline: dict[str, str] = {}  # the caption's subset: each task's headline, Average, Δ, KLD
+
+    def add(figure: str, method: str, short: str | None) -> None:
+        figures.setdefault(figure, method)
+        if short is not None:
+            headline.setdefault(short, method)
+
+    for row in report["rows"]:
+        for name, agg in row["tasks"].items():
+            title = TASKS.get(name, name)
+            for metric, method in (agg.get("interval_methods") or {}).items():
+                main = metric == agg.get("headline")
+                add(f"{title} {metric}{' (headline)' if main else ''}", method, title if main else None)
+        if row.get("average") is not None:
+            add("Average", row.get("average_interval_method", "mover"), "Average")
+        cmp = row.get("comparison") or {}
+        for name, p in (cmp.get("tasks") or {}).items():
+            add(f"Δ {TASKS.get(name, name)}", p.get("interval_method", ""), f"Δ {TASKS.get(name, name)}")
+            if (p.get("divergence") or {}).get("kl_prefix"):
+                add("KLD mean", p["divergence"]["kl_prefix"].get("interval_method", "bootstrap"), "KLD mean")
+        if cmp.get("average"):
+            add("Δ Average", cmp["average"].get("interval_method", ""), "Δ Average")
+    used = dict.fromkeys(figures.values())
+    return {"figures": figures, "headline": headline, "methods": {m: METHODS[m] for m in used if m in METHODS}}
+
+
+def _saturation(speed: dict[str, Any], server: dict[str, Any]) -> dict[str, Any] | None:
+    """Who set the pace for this target (saturation.py), from its speed figures and run.json."""
+    if not speed.get("requests"):
+        return None
+    client = server.get("client") or {}
+    return Saturation(
+        client_core_share=core_share(client.get("cpu_s"), client.get("wall_s")),
+        send_delay_ms=speed.get("send_delay_p50_ms"),
+        e2e_ms=speed.get("e2e_p50_ms"),
+        ttft_ms=speed.get("ttft_p50_ms"),
+        tpot_ms=speed.get("tpot_p50_ms"),
+        server_tpot_ms=speed.get("server_tpot_p50_ms"),
+        server_wait_ms=speed.get("server_wait_p50_ms"),
+        **server_side(server.get("managed"), server.get("metrics_before"), server.get("metrics_after")),
+    ).to_json()
+
+
+def write_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]:
+    """Compute the report and write report.json, report.md and report.html into the run dir,
+    each through the store (atomic; a full disk is the store's one error)."""
+    from orchestrator.report.document import build_document
+    from orchestrator.report.html import render_html_document
+    from orchestrator.report.markdown import render_markdown_document
+
+    report = build_report(run_dir, reference)
+    doc = build_document(report)
+    store = RunStore(run_dir)
+    store.write_json("report.json", report)
+    store.write_text("report.md", render_markdown_document(doc))
+    store.write_text("report.html", render_html_document(doc, report))
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md's text."""
+    from orchestrator.report.document import build_document
+    from orchestrator.report.markdown import render_markdown_document
+
+    return render_markdown_document(build_document(report))

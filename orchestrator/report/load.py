@@ -1,0 +1,251 @@
+"""Load tests' reports: per target and level, throughput and latency percentiles (the ones the
+profile asked for), who set the pace, and throughput-vs-latency curves; JSON, CSV, PNG and one
+self-contained HTML page, all written through the store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from orchestrator.report import cells as c
+from orchestrator.saturation import Saturation, core_share, server_side
+from orchestrator.store import RunStore
+
+LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms", "post_ms")
+
+
+def build_load_report(run_dir: Path) -> dict[str, Any]:
+    """Every figure of a load-test run, from its records."""
+    from orchestrator.loadtest import LoadProfile, level_metrics
+
+    store = RunStore(run_dir)
+    meta = store.require_meta()
+    profile = LoadProfile.from_dict(meta["load_profile"])
+    targets: dict[str, list[dict[str, Any]]] = {}
+    for t in meta["manifest"]["targets"]:
+        levels = []
+        for records in store.load_levels(t["name"]):
+            metrics = level_metrics(records, profile)
+            metrics.update(mode=records[0].mode, level=records[0].level)
+            metrics["saturation"] = _level_saturation(meta, t["name"], records, metrics)
+            levels.append(metrics)
+        levels.sort(key=lambda m: (m["mode"] != "concurrency", m["level"]))
+        targets[t["name"]] = levels
+    return {
+        "run_id": meta.get("run_id", run_dir.name),
+        "profile": meta["load_profile"],
+        "notes": meta.get("load_notes", {}),
+        "client": meta.get("client", {}),
+        "roofline": meta.get("roofline", {}),
+        "targets": targets,
+        # Each model's checkpoints (target, quantization), for the chart that compares them.
+        "models": {
+            model: [(t["name"], t["quantization"]) for t in meta["manifest"]["targets"] if t["model"] == model]
+            for model in dict.fromkeys(t["model"] for t in meta["manifest"]["targets"])
+        },
+    }
+
+
+def _level_saturation(
+    meta: dict[str, Any], target: str, records: Sequence[Any], metrics: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Who set the pace of one load level (saturation.py): its metrics, the client's CPU time and
+    the server's /metrics around it (run.json)."""
+    if not metrics["completed"]:
+        return None
+    key = f"{target}/{records[0].mode}-{records[0].level:g}"
+    timed = [r.timing for r in records if r.timing is not None]
+    wall = max(t.wall_end for t in timed) - min(t.wall_send for t in timed) if timed else None
+    scraped = meta.get("server_metrics", {}).get(key) or {}
+
+    def p50(name: str) -> float | None:
+        return (metrics.get(name) or {}).get("p50")
+
+    return Saturation(
+        client_core_share=core_share(meta.get("client", {}).get("levels", {}).get(key), wall),
+        send_delay_ms=p50("queue_ms") if records[0].mode == "concurrency" else None,
+        e2e_ms=p50("e2el_ms"),
+        ttft_ms=p50("ttft_ms"),
+        tpot_ms=p50("tpot_ms"),
+        server_tpot_ms=p50("server_tpot_ms"),
+        server_wait_ms=p50("server_wait_ms"),
+        **server_side(meta.get("servers", {}).get(target), scraped.get("before"), scraped.get("after")),
+    ).to_json()
+
+
+def render_latency_table(report: dict[str, Any]) -> Table:
+    """Per target and level: throughput, then p50/p90/p99 of each latency metric (ms)."""
+    pcts = [f"p{q:g}" for q in report["profile"]["percentiles"]]
+    table = Table(title=f"Load test {report['run_id']} ({report['profile']['mode']})")
+    for col in ("Target", "Level", "req/s", "out tok/s", "ok/fail"):
+        table.add_column(col, justify="right" if col != "Target" else "left")
+    for metric in LATENCY_METRICS:
+        table.add_column(f"{metric.removesuffix('_ms').upper()} ms\n{'/'.join(pcts)}", justify="right")
+    if any(m.get("goodput") for levels in report["targets"].values() for m in levels):
+        table.add_column("goodput", justify="right")
+    table.add_column("limit")
+    for target, levels in report["targets"].items():
+        for m in levels:
+            cells = [
+                target,
+                # "1 wave": the requests outlast the level, so its rates are not a steady state.
+                f"{m['mode'][:4]} {m['level']:g}" + (" (1 wave)" if m.get("one_wave") else ""),
+                c.num(m["request_throughput"]),
+                c.num(m["output_throughput"], "{:.1f}"),
+                f"{m['completed']}/{m['failed']}",
+            ]
+            for metric in LATENCY_METRICS:
+                s = m[metric]
+                cells.append(" / ".join(c.num(s.get(p), "{:.1f}") or "-" for p in pcts))
+            if m.get("goodput"):
+                g = m["goodput"]
+                cells.append(f"{c.pct(g['fraction'])}% ({c.num(g['rate'])}/s)")
+            cells.append(LIMIT_MARKS[(m.get("saturation") or {}).get("limit", "unknown")])
+            table.add_row(*cells)
+    table.caption = "limit: who set the pace (server, client, ? unclear); the figures behind it in load_report.json"
+    return table
+
+
+# How the load table marks who set a level's pace.
+LIMIT_MARKS = {"server": "server", "client": "CLIENT", "unknown": "?"}
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def write_load_report(run_dir: Path) -> dict[str, Any]:
+    """load_report.json, load_report.csv, a PNG curve per target and load_report.html.
+
+    Plots use matplotlib: static PNGs render offline and embed in a self-contained HTML page
+    (no JavaScript bundle or CDN), which is what a report kept next to the raw data needs.
+    """
+    import base64
+    import csv
+    import html
+
+    report = build_load_report(run_dir)
+    RunStore(run_dir).write_json("load_report.json", report)
+    rows = []
+    for target, levels in report["targets"].items():
+        for m in levels:
+            flat: dict[str, Any] = {"target": target}
+            _flatten("", m, flat)
+            rows.append(flat)
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "target", k))
+    with open(run_dir / "load_report.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    images = {}
+    for target, levels in report["targets"].items():
+        if levels:
+            png = run_dir / f"load_{target}.png"
+            _plot_curve(target, levels, png)
+            images[target] = png
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>Load test {html.escape(report['run_id'])}</title>",
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>",
+        f"<h1>Load test {html.escape(report['run_id'])}</h1>",
+        f"<p>profile: <code>{html.escape(json.dumps(report['profile']))}</code></p>",
+    ]
+    for target, notes in report["notes"].items():
+        parts += [f"<p><b>{html.escape(target)}</b>: {html.escape(n)}</p>" for n in notes]
+    for target, r in report["roofline"].items():
+        parts.append(
+            f"<p><b>{html.escape(target)}</b> batch-1 decode roofline (estimate): "
+            f"{c.num(r['achieved_tok_s'], '{:.1f}')} tok/s achieved of {c.num(r['bound_tok_s'], '{:.1f}')} "
+            f"bound ({c.pct(r['fraction'])}%), {r['weight_bytes'] / 1e9:.2f} GB weights at "
+            f"{r['bandwidth_gbs']:g} GB/s x {r['gpus']}</p>"
+        )
+    for target, levels in report["targets"].items():
+        parts.append(f"<h2>{html.escape(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th>")
+        parts += [f"<th>{m} p50/p90/p99</th>" for m in LATENCY_METRICS]
+        parts.append("</tr>")
+        for m in levels:
+            cells = [f"{m['mode']} {m['level']:g}", c.num(m["request_throughput"]), c.num(m["output_throughput"])]
+            for metric in LATENCY_METRICS:
+                s = m[metric]
+                cells.append(" / ".join(c.num(s.get(k), "{:.1f}") or "-" for k in ("p50", "p90", "p99")))
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+        parts += [
+            f"<p>{html.escape(m['mode'])} {m['level']:g}: {html.escape(m['saturation']['line'])}</p>"
+            for m in levels
+            if m.get("saturation")
+        ]
+        if target in images:
+            data = base64.b64encode(images[target].read_bytes()).decode()
+            parts.append(f"<img alt='{html.escape(target)}' src='data:image/png;base64,{data}'>")
+    for i, (model, checkpoints) in enumerate((report.get("models") or {}).items()):
+        measured = [(name, quant) for name, quant in checkpoints if report["targets"].get(name)]
+        if len(measured) < 2:
+            continue
+        png = run_dir / f"load_model_{i}.png"
+        _plot_quantizations(model, [(quant, report["targets"][name]) for name, quant in measured], png)
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(model)}: its quantizations</h2>")
+        parts.append(f"<img alt='{html.escape(model)}' src='data:image/png;base64,{data}'>")
+    (run_dir / "load_report.html").write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return report
+
+
+def _latency_panels(title: str, xlabel: str, path: Path, draw: Callable[[Any, str], str], width: float = 10) -> None:
+    """Two panels, TTFT and E2E latency against throughput; ``draw(ax, metric)`` plots one and
+    returns its y label."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(width, 4))
+    for ax, metric in zip(axes, ("ttft_ms", "e2el_ms"), strict=True):
+        ax.set_ylabel(draw(ax, metric))
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _nan(values: list[Any]) -> list[float]:
+    return [v if v is not None else float("nan") for v in values]
+
+
+def _plot_quantizations(model: str, series: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
+    """Output throughput against TTFT and E2E p50, one line per checkpoint of a model, points
+    labelled by level."""
+
+    def draw(ax: Any, metric: str) -> str:
+        for quant, levels in series:
+            xs = [m["output_throughput"] or 0.0 for m in levels]
+            ys = _nan([m[metric].get("p50") for m in levels])
+            ax.plot(xs, ys, marker="o", label=quant)
+            for x, y, m in zip(xs, ys, levels, strict=True):
+                ax.annotate(f"{m['level']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        return f"{metric.removesuffix('_ms').upper()} p50 (ms)"
+
+    title = f"{model}: throughput vs latency per quantization (points: level)"
+    _latency_panels(title, "output tokens/s", path, draw, width=11)
+
+
+def _plot_curve(target: str, levels: list[dict[str, Any]], path: Path) -> None:
+    xs = [m["request_throughput"] or 0.0 for m in levels]
+
+    def draw(ax: Any, metric: str) -> str:
+        for q in ("p50", "p99"):
+            ax.plot(xs, _nan([m[metric].get(q) for m in levels]), marker="o", label=q)
+        return f"{metric.removesuffix('_ms').upper()} (ms)"
+
+    _latency_panels(f"{target}: throughput vs latency", "request throughput (req/s)", path, draw)
