@@ -485,7 +485,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         f"{r.target}/{r.mode}-{r.level:g}": {"before": r.server_before, "after": r.server_after} for r in results
     }
     if args.gpu or args.bandwidth_gbs:
-        meta["roofline"] = _rooflines(manifest, results, args)
+        meta["roofline"] = _rooflines(manifest, results, args, profile)
     store.write_meta(meta)
     report = write_load_report(store.root)
     _out().print(render_latency_table(report))
@@ -504,9 +504,10 @@ def cmd_load(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any("failed:" in n for notes in runner.notes.values() for n in notes) else 0
 
 
-def _rooflines(manifest: Manifest, results: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Per target: batch-1 decode tokens/s achieved (lowest level's TPOT p50) vs the bandwidth bound."""
-    from orchestrator.loadtest import LoadProfile, level_metrics
+def _rooflines(manifest: Manifest, results: list[Any], args: argparse.Namespace, profile: Any) -> dict[str, Any]:
+    """Per target: batch-1 decode tokens/s achieved (lowest level's TPOT p50) vs the bandwidth
+    bound, under the profile the run used (the manifest's with the command line's overrides)."""
+    from orchestrator.loadtest import level_metrics
     from orchestrator.roofline import bandwidth, roofline, weight_bytes
 
     bw = bandwidth(args.gpu, args.bandwidth_gbs)
@@ -517,7 +518,7 @@ def _rooflines(manifest: Manifest, results: list[Any], args: argparse.Namespace)
         if not levels or source is None:
             continue
         source = str(manifest.resolve_path(source)) if manifest.resolve_path(source).exists() else source
-        metrics = level_metrics(levels[0].records, LoadProfile.from_dict(base_profile(manifest)))
+        metrics = level_metrics(levels[0].records, profile)  # the median is there whatever was asked
         out[target.name] = roofline(weight_bytes(source), bw, args.gpus_per_target, metrics["tpot_ms"]["p50"])
         out[target.name]["level"] = f"{levels[0].mode} {levels[0].level:g}"
     return out

@@ -31,6 +31,7 @@ from typing import Any
 from orchestrator import timing
 from orchestrator.errors import LoadConfigError
 from orchestrator.manifest import MODES, LoadProfile
+from orchestrator.metrics import Distribution, latencies
 from orchestrator.records import Exchange, LoadRecord, Timing
 
 # One type for a load test's profile: the manifest's load_test section, the CLI's overrides on
@@ -82,12 +83,8 @@ def synthetic_prompts(tokenizer: Any, n: int, input_tokens: int, seed: int) -> l
     return prompts
 
 
-def summary(values: Sequence[float], percentiles: Sequence[float]) -> dict[str, float | None]:
-    """Mean and percentiles (milliseconds in, milliseconds out)."""
-    out: dict[str, float | None] = {"mean": sum(values) / len(values) if values else None}
-    for q in percentiles:
-        out[f"p{q:g}"] = timing.percentile(values, q)
-    return out
+# A load level's latencies (metrics.LATENCIES), the server's own last.
+LEVEL_LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms", "post_ms", "server_tpot_ms", "server_wait_ms")
 
 
 def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[str, Any]:
@@ -100,14 +97,7 @@ def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[s
     """
     measured = [r for r in records if r.measured]
     ok = [r for r in measured if r.timed]
-    ms = 1000.0
-    ttft = [t * ms for r in ok if (t := r.ttft) is not None]
-    tpot = [t * ms for r in ok if (t := r.tpot) is not None]
-    itl = [g * ms for r in ok for g in r.itl]
-    e2el = [timing_of(r).e2e * ms for r in ok]
-    queue = [r.queued * ms for r in measured]
-    post = [r.post * ms for r in ok if r.post is not None]
-    lag = [r.dispatch_lag * ms for r in measured if r.dispatch_lag is not None]
+    lag = [r.dispatch_lag * 1000.0 for r in measured if r.dispatch_lag is not None]
     window = 0.0
     in_window: list[LoadRecord] = []
     rate_mode = any(r.dispatch_lag is not None for r in measured)
@@ -130,6 +120,9 @@ def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[s
     # streams carry no usage).
     in_tokens = sum(r.prompt_tokens or (r.prompt_token_counts or {}).get("tokenizer") or 0 for r in in_window)
     p = profile.percentiles
+    # The profile's percentiles, and the median always: who set the pace, the roofline and the
+    # curves read it whatever was asked.
+    found = latencies(ok, measured, LEVEL_LATENCIES, sorted({*p, 50.0}))
     metrics: dict[str, Any] = {
         "completed": len(ok),
         "failed": len(measured) - len(ok),
@@ -138,24 +131,14 @@ def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[s
         "output_throughput": out_tokens / window if window else None,
         "total_token_throughput": (out_tokens + in_tokens) / window if window else None,
         "mean_output_tokens": sum(r.completion_tokens or 0 for r in ok) / len(ok) if ok else None,
-        "ttft_ms": summary(ttft, p),
-        "tpot_ms": summary(tpot, p),
-        "itl_ms": summary(itl, p),
-        "e2el_ms": summary(e2el, p),
-        "queue_ms": summary(queue, p),
-        "post_ms": summary(post, p),
-        "dispatch_lag_ms": summary(lag, p) if lag else None,
+        **{name: found[name].to_json() for name in LEVEL_LATENCIES[:6]},
+        "dispatch_lag_ms": Distribution.of(lag, p).to_json() if lag else None,
     }
-    # The server's own account, where it gives one (llama-server's timings): its ms per decoded
-    # token, and the wait before its prompt (TTFT minus its prompt time).
-    served = [(r, s) for r in ok if (s := r.server_timing) is not None]
-    server_tpot = [v for _, s in served if (v := s.per_token_ms) is not None]
-    wait = [w for r, s in served if (w := s.wait_ms(r.ttft)) is not None]
-    if served:
-        metrics["server_tpot_ms"] = summary(server_tpot, p)
-        metrics["server_wait_ms"] = summary(wait, p)
+    # The server's own account, where it gives one (llama-server's timings).
+    if any(r.server_timing is not None for r in ok):
+        metrics.update({name: found[name].to_json() for name in LEVEL_LATENCIES[6:]})
     # A level whose requests outlast it is one wave of requests, not a steady state.
-    e2e_median = timing.percentile(e2el, 50)
+    e2e_median = found["e2el_ms"].p(50)
     metrics["one_wave"] = bool(profile.duration and e2e_median and e2e_median / 1000.0 >= profile.duration)
     metrics["token_count_agreement"] = token_agreement((r.token_counts, r.token_source) for r in ok)
     metrics["prompt_token_agreement"] = token_agreement((r.prompt_token_counts, "usage") for r in ok)

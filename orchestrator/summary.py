@@ -25,7 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from orchestrator import timing
+from orchestrator import metrics, timing
 from orchestrator.loadtest import timing_of, token_agreement
 from orchestrator.records import SampleRecord
 from orchestrator.stats import Outcomes
@@ -70,41 +70,38 @@ class _Job:
     expected: tuple[tuple[str, int], ...]
 
 
+# A bench row's speed figures: (latency, its key in report.json), each at its median.
+SPEED_LATENCIES = {
+    "ttft_ms": "ttft_p50_ms",
+    "tpot_ms": "tpot_p50_ms",
+    "e2el_ms": "e2e_p50_ms",
+    "send_delay_ms": "send_delay_p50_ms",
+    "server_tpot_ms": "server_tpot_p50_ms",
+    "server_wait_ms": "server_wait_p50_ms",
+}
+
+
 def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
-    """Throughput and latency of a target's answered requests (all its tasks)."""
+    """Throughput and latency of a target's answered requests (all its tasks), through the one
+    metric pipeline (metrics.py) a load test's levels use too."""
     ok = [r for r in records if r.timed]
-    # One pass over the timings (a report reads hundreds of thousands): each record's once.
-    timings = [(timing_of(r), r.completion_tokens) for r in ok]
-    busy = timing.busy_seconds((t.wall_send, t.wall_send + t.e2e) for t, _ in timings)
-    out_tokens = [n for _, n in timings if n is not None]
-    ttfts = [t.ttft for t, _ in timings if t.ttft is not None]
-    tpots = [v for t, n in timings if (v := t.tpot(n)) is not None]
-    e2es = [t.e2e for t, _ in timings]
-    delays = [t.send_delay for t, _ in timings]
-    # The server's own account, where it gives one (llama-server's timings).
-    served = [(s, t) for r, (t, _) in zip(ok, timings, strict=True) if (s := r.server_timing) is not None]
-    server_tpots = [v for s, _ in served if (v := s.per_token_ms) is not None]
-    waits = [w for s, t in served if (w := s.wait_ms(t.ttft)) is not None]
+    busy = timing.busy_seconds((t.wall_send, t.wall_send + t.e2e) for t in (timing_of(r) for r in ok))
+    out_tokens = sum(n for r in ok if (n := r.completion_tokens) is not None)
+    found = metrics.latencies(ok, ok, SPEED_LATENCIES, (50,))
     sources = sorted({r.token_source or "none" for r in ok})
     return {
         "requests": len(ok),
         "busy_seconds": busy,
         "requests_per_s": len(ok) / busy if busy > 0 else None,
-        "output_tokens": sum(out_tokens),
-        "output_tokens_per_s": sum(out_tokens) / busy if busy > 0 else None,
-        "ttft_p50_ms": _ms(timing.percentile(ttfts, 50)),
-        "tpot_p50_ms": _ms(timing.percentile(tpots, 50)),
-        "e2e_p50_ms": _ms(timing.percentile(e2es, 50)),
-        "send_delay_p50_ms": _ms(timing.percentile(delays, 50)),
-        "server_tpot_p50_ms": timing.percentile(server_tpots, 50),
-        "server_wait_p50_ms": timing.percentile(waits, 50),
+        "output_tokens": out_tokens,
+        "output_tokens_per_s": out_tokens / busy if busy > 0 else None,
+        **{key: found[name].p(50) for name, key in SPEED_LATENCIES.items()},
+        # Requests sent again at once on a keep-alive connection the server had closed: not a
+        # retry after an error, but a second send all the same.
+        "resent": sum(1 for r in records if r.resends),
         "token_sources": sources,
         "token_count_agreement": token_agreement((r.token_counts, r.token_source) for r in ok),
     }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000.0
 
 
 def replica_counts(records: Sequence[SampleRecord]) -> dict[str, int]:

@@ -265,3 +265,25 @@ async def test_load_report_compares_the_quantizations_of_a_model(tmp_path: Path,
     assert (run_dir / "load_model_0.png").stat().st_size > 0
     page = (run_dir / "load_report.html").read_text()
     assert "M: its quantizations" in page and page.count("data:image/png;base64,") == 3  # 2 targets + the model
+
+
+async def test_the_load_report_shows_the_percentiles_asked_and_keeps_the_median(tmp_path: Path, data_dir: Path) -> None:
+    """--percentiles 90,99.9: the page and the table show those; the median every reader of a
+    level needs (who set the pace, the roofline, the curves) is there whatever was asked."""
+    from rich.console import Console
+
+    from orchestrator.report import render_latency_table
+
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, paced(0.02, 0.002), levels=(1,), requests=8, warmup=0, output_tokens=4,
+        percentiles=(90.0, 99.9),
+    )  # fmt: skip
+    report = write_load_report(run_dir)
+    [m] = report["targets"]["fake"]
+    assert set(m["ttft_ms"]) == {"mean", "p50", "p90", "p99.9"}
+    assert m["saturation"] is not None and m["saturation"]["e2e_ms"] == m["e2el_ms"]["p50"]
+    page = (run_dir / "load_report.html").read_text()
+    assert "ttft_ms p90/p99.9" in page and "p50/p90/p99" not in page
+    console = Console(width=250, record=True)
+    console.print(render_latency_table(report))
+    assert "p90/p99.9" in console.export_text()

@@ -4,6 +4,7 @@ self-contained HTML page, all written through the store."""
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,7 +79,7 @@ def _level_saturation(
 
 
 def render_latency_table(report: dict[str, Any]) -> Table:
-    """Per target and level: throughput, then p50/p90/p99 of each latency metric (ms)."""
+    """Per target and level: throughput, then the profile's percentiles of each latency metric (ms)."""
     pcts = [f"p{q:g}" for q in report["profile"]["percentiles"]]
     table = Table(title=f"Load test {report['run_id']} ({report['profile']['mode']})")
     for col in ("Target", "Level", "req/s", "out tok/s", "ok/fail"):
@@ -123,17 +124,22 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def write_load_report(run_dir: Path) -> dict[str, Any]:
-    """load_report.json, load_report.csv, a PNG curve per target and load_report.html.
+    """load_report.json, load_report.csv, a PNG curve per target (and per model's quantizations)
+    and load_report.html, each written through the store.
 
-    Plots use matplotlib: static PNGs render offline and embed in a self-contained HTML page
-    (no JavaScript bundle or CDN), which is what a report kept next to the raw data needs.
+    Plots use matplotlib (figures.py): static PNGs render offline and embed in a self-contained
+    HTML page (no JavaScript bundle or CDN), which is what a report kept next to the raw data needs.
     """
-    import base64
     import csv
-    import html
+    import io
 
+    from orchestrator.report.figures import img
+    from orchestrator.report.html import page
+
+    esc = html.escape
+    store = RunStore(run_dir)
     report = build_load_report(run_dir)
-    RunStore(run_dir).write_json("load_report.json", report)
+    store.write_json("load_report.json", report)
     rows = []
     for target, levels in report["targets"].items():
         for m in levels:
@@ -141,89 +147,73 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
             _flatten("", m, flat)
             rows.append(flat)
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "target", k))
-    with open(run_dir / "load_report.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    images = {}
-    for target, levels in report["targets"].items():
-        if levels:
-            png = run_dir / f"load_{target}.png"
-            _plot_curve(target, levels, png)
-            images[target] = png
-    parts = [
-        "<!doctype html><meta charset='utf-8'>",
-        f"<title>Load test {html.escape(report['run_id'])}</title>",
-        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>",
-        f"<h1>Load test {html.escape(report['run_id'])}</h1>",
-        f"<p>profile: <code>{html.escape(json.dumps(report['profile']))}</code></p>",
-    ]
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    store.write_text("load_report.csv", buf.getvalue())
+    pcts = [f"p{q:g}" for q in report["profile"]["percentiles"]]
+    body = [f"<p>profile: <code>{esc(json.dumps(report['profile']))}</code></p>"]
     for target, notes in report["notes"].items():
-        parts += [f"<p><b>{html.escape(target)}</b>: {html.escape(n)}</p>" for n in notes]
+        body += [f"<p><b>{esc(target)}</b>: {esc(n)}</p>" for n in notes]
     for target, r in report["roofline"].items():
-        parts.append(
-            f"<p><b>{html.escape(target)}</b> batch-1 decode roofline (estimate): "
+        body.append(
+            f"<p><b>{esc(target)}</b> batch-1 decode roofline (estimate): "
             f"{c.num(r['achieved_tok_s'], '{:.1f}')} tok/s achieved of {c.num(r['bound_tok_s'], '{:.1f}')} "
             f"bound ({c.pct(r['fraction'])}%), {r['weight_bytes'] / 1e9:.2f} GB weights at "
             f"{r['bandwidth_gbs']:g} GB/s x {r['gpus']}</p>"
         )
     for target, levels in report["targets"].items():
-        parts.append(f"<h2>{html.escape(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th>")
-        parts += [f"<th>{m} p50/p90/p99</th>" for m in LATENCY_METRICS]
-        parts.append("</tr>")
+        body.append(f"<h2>{esc(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th>")
+        body += [f"<th>{m} {'/'.join(pcts)}</th>" for m in LATENCY_METRICS]
+        body.append("</tr>")
         for m in levels:
             cells = [f"{m['mode']} {m['level']:g}", c.num(m["request_throughput"]), c.num(m["output_throughput"])]
             for metric in LATENCY_METRICS:
                 s = m[metric]
-                cells.append(" / ".join(c.num(s.get(k), "{:.1f}") or "-" for k in ("p50", "p90", "p99")))
-            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-        parts.append("</table>")
-        parts += [
-            f"<p>{html.escape(m['mode'])} {m['level']:g}: {html.escape(m['saturation']['line'])}</p>"
+                cells.append(" / ".join(c.num(s.get(k), "{:.1f}") or "-" for k in pcts))
+            body.append("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>")
+        body.append("</table>")
+        body += [
+            f"<p>{esc(m['mode'])} {m['level']:g}: {esc(m['saturation']['line'])}</p>"
             for m in levels
             if m.get("saturation")
         ]
-        if target in images:
-            data = base64.b64encode(images[target].read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(target)}' src='data:image/png;base64,{data}'>")
+        if levels:
+            data = _plot_curve(target, levels, pcts[-1])
+            store.write_bytes(f"load_{target}.png", data)
+            body.append(img(data, target))
     for i, (model, checkpoints) in enumerate((report.get("models") or {}).items()):
         measured = [(name, quant) for name, quant in checkpoints if report["targets"].get(name)]
         if len(measured) < 2:
             continue
-        png = run_dir / f"load_model_{i}.png"
-        _plot_quantizations(model, [(quant, report["targets"][name]) for name, quant in measured], png)
-        data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(model)}: its quantizations</h2>")
-        parts.append(f"<img alt='{html.escape(model)}' src='data:image/png;base64,{data}'>")
-    (run_dir / "load_report.html").write_text("\n".join(parts) + "\n", encoding="utf-8")
+        data = _plot_quantizations(model, [(quant, report["targets"][name]) for name, quant in measured])
+        store.write_bytes(f"load_model_{i}.png", data)
+        body += [f"<h2>{esc(model)}: its quantizations</h2>", img(data, model)]
+    store.write_text("load_report.html", page(f"Load test {report['run_id']}", body))
     return report
 
 
-def _latency_panels(title: str, xlabel: str, path: Path, draw: Callable[[Any, str], str], width: float = 10) -> None:
+def _latency_panels(title: str, xlabel: str, draw: Callable[[Any, str], str], width: float = 10) -> bytes:
     """Two panels, TTFT and E2E latency against throughput; ``draw(ax, metric)`` plots one and
     returns its y label."""
-    import matplotlib
+    from orchestrator.report.figures import png_bytes, pyplot
 
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(width, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(width, 4))
     for ax, metric in zip(axes, ("ttft_ms", "e2el_ms"), strict=True):
         ax.set_ylabel(draw(ax, metric))
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return png_bytes(fig, dpi=100)
 
 
 def _nan(values: list[Any]) -> list[float]:
     return [v if v is not None else float("nan") for v in values]
 
 
-def _plot_quantizations(model: str, series: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
+def _plot_quantizations(model: str, series: list[tuple[str, list[dict[str, Any]]]]) -> bytes:
     """Output throughput against TTFT and E2E p50, one line per checkpoint of a model, points
     labelled by level."""
 
@@ -237,15 +227,16 @@ def _plot_quantizations(model: str, series: list[tuple[str, list[dict[str, Any]]
         return f"{metric.removesuffix('_ms').upper()} p50 (ms)"
 
     title = f"{model}: throughput vs latency per quantization (points: level)"
-    _latency_panels(title, "output tokens/s", path, draw, width=11)
+    return _latency_panels(title, "output tokens/s", draw, width=11)
 
 
-def _plot_curve(target: str, levels: list[dict[str, Any]], path: Path) -> None:
+def _plot_curve(target: str, levels: list[dict[str, Any]], top: str) -> bytes:
+    """Request throughput against the median and the highest percentile asked, per level."""
     xs = [m["request_throughput"] or 0.0 for m in levels]
 
     def draw(ax: Any, metric: str) -> str:
-        for q in ("p50", "p99"):
+        for q in dict.fromkeys(("p50", top)):
             ax.plot(xs, _nan([m[metric].get(q) for m in levels]), marker="o", label=q)
         return f"{metric.removesuffix('_ms').upper()} (ms)"
 
-    _latency_panels(f"{target}: throughput vs latency", "request throughput (req/s)", path, draw)
+    return _latency_panels(f"{target}: throughput vs latency", "request throughput (req/s)", draw)
