@@ -1,6 +1,6 @@
 """Every stored run renders its golden reports byte for byte, whatever the hash seed.
 
-The runs and their golden reports live in ``tests/data/runs/`` (``tests/support/stored_runs.py``
+The runs and their golden reports live in ``tests/data/stored/`` (``tests/support/stored_runs.py``
 wrote them); a change that alters a report is either a bug fixed, re-rendered on purpose with
 ``python -m tests.support.stored_runs --golden``, or a regression this test catches.
 """

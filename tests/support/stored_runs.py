@@ -26,7 +26,7 @@ from orchestrator.manifest import parse_manifest
 from orchestrator.records import RECORD_SCHEMA, SampleRecord, Timing
 from orchestrator.store import RunStore
 
-RUNS = Path(__file__).resolve().parents[1] / "data" / "runs"
+RUNS = Path(__file__).resolve().parents[1] / "data" / "stored"
 GOLDEN = ("report.json", "report.md", "report.html")
 # The page's figures are PNGs whose bytes follow matplotlib's and FreeType's versions: the golden
 # page keeps every byte but theirs (the hash-seed check compares them whole).
