@@ -99,13 +99,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
     problems = check_compose(doc, args.output or "<generated>", schema)
     if problems:  # a generator bug, never the user's: say so loudly
         raise ComposeError("generated file fails its own checks: " + "; ".join(problems))
-    text = dump_compose(doc, options)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        console.print(f"wrote {args.output}: {len(doc['services'])} services")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(dump_compose(doc, options), args.output, f"{len(doc['services'])} services")
 
 
 def cmd_k8s(args: argparse.Namespace) -> int:
@@ -121,12 +115,22 @@ def cmd_k8s(args: argparse.Namespace) -> int:
         storage_class=args.storage_class,
         orchestrator_image=args.image,
     )
-    text = dump_k8s(render_k8s(options))
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        console.print(f"wrote {args.output}")
-    else:
+    return _emit(dump_k8s(render_k8s(options)), args.output)
+
+
+def _emit(text: str, output: str | None, what: str = "") -> int:
+    """A rendered file to ``output`` (atomically: a full disk is one line, exit 4) or stdout."""
+    from orchestrator.errors import StoreError
+    from orchestrator.store import atomic_write
+
+    if not output:
         sys.stdout.write(text)
+        return 0
+    try:
+        atomic_write(Path(output), text.encode("utf-8"))
+    except OSError as exc:
+        raise StoreError(f"cannot write {output}: {exc.strerror or exc}") from None
+    console.print(f"wrote {output}" + (f": {what}" if what else ""))
     return 0
 
 
