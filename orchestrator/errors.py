@@ -25,3 +25,8 @@ class StoreError(UserError, OSError):
 
 class LoadConfigError(UserError, ValueError):
     """A load-test option that cannot be used."""
+
+
+class ScoringError(UserError, RuntimeError):
+    """A scorer could not run (a module missing where scoring happens, a checker that fails): the
+    run stops with one line; every answer already scored is on disk."""

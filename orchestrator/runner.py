@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from orchestrator.backends import Backend, BackendError, ChatRequest, Completion
 from orchestrator.backends.launch import LaunchError, ManagedServer, ServerDied
-from orchestrator.errors import StoreError
+from orchestrator.errors import ScoringError, StoreError
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.records import SampleRecord
 from orchestrator.runtime import Runtime, open_runtime
@@ -137,7 +137,7 @@ class Runner:
                 try:
                     async with asyncio.TaskGroup() as tg:
                         jobs = [tg.create_task(self._run_target(t, runtime)) for t in targets]
-                except* StoreError as group:
+                except* (StoreError, ScoringError) as group:
                     raise group.exceptions[0] from None
                 return [j.result() for j in jobs]
             return [await self._run_target(t, runtime) for t in targets]
@@ -198,8 +198,8 @@ class Runner:
                     "wall_s": round(time.monotonic() - wall0, 3),
                 }
                 outcome.server["metrics_after"] = await backends[0].scrape_metrics()
-        except* StoreError as group:
-            raise group.exceptions[0] from None  # the disk, not this target: the run stops
+        except* (StoreError, ScoringError) as group:
+            raise group.exceptions[0] from None  # the disk or the scorer, not this target: the run stops
         except* ErrorBudgetExceeded as group:
             exc = group.exceptions[0]
             assert isinstance(exc, ErrorBudgetExceeded)
@@ -291,7 +291,10 @@ class Runner:
                 # notwithstanding, rather than lose the answer.
                 if "the scoring process died" not in " ".join(self.notes):
                     self.notes.append("the scoring process died; the rest of the run was scored in the main process")
-        return task.score(sample, reply)
+        try:
+            return task.score(sample, reply)
+        except ImportError as exc:  # a scorer's module not installed: the environment, one line
+            raise ScoringError(f"scoring {task.name}: {type(exc).__name__}: {exc}") from None
 
     def _retry_wait(self, state: RetryCallState) -> float:
         """Exponential backoff with equal jitter, or what the server's Retry-After asks if longer

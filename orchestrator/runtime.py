@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from orchestrator.logs import LOG_NAME
 from orchestrator.scoring import ScoringProcess
 from orchestrator.store import SYNC_INTERVAL, RunStore
 from orchestrator.timing import LoopPacer
@@ -70,7 +71,7 @@ async def open_runtime(store: RunStore, warm_up: Job | None = None) -> AsyncIter
     scoring: ScoringProcess | None = None
     if warm_up is not None:
         scoring = ScoringProcess()
-        await scoring.start()
+        await scoring.start(store.root / LOG_NAME)
         fn, args = warm_up
         warm = scoring.submit(fn, *args)
         warm.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure shows on real jobs

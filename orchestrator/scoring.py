@@ -7,8 +7,11 @@ than multiprocessing: no semaphores for a resource tracker to report as leaked a
 its own session so that a terminal's Ctrl-C is the orchestrator's to handle (no traceback from
 the child), and the parent-death signal so that it never outlives the orchestrator.
 
-Frames on both pipes: 8 bytes little-endian length, then a pickle — requests ``(id, fn, args)``
-with ``fn`` a module-level function, answers ``(id, ok, value_or_error_text)``.
+Frames on both pipes: 8 bytes little-endian length, then a pickle — requests ``(id, job)`` with
+``job`` itself a pickle of ``(fn, args)`` (``fn`` a module-level function: unpickling it imports
+its module, which may fail, and the failure must still be answered to the job that caused it),
+answers ``(id, ok, value_or_error_text)``. The child's stderr and its log lines go to the run's
+log (``logs.py``), never to the terminal.
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ import pickle
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from orchestrator.backends.launch import die_with_parent
+from orchestrator.errors import ScoringError
+from orchestrator.logs import route_logs
+
+LOG_ENV = "ORCHESTRATOR_LOG"  # the run's log, for the child
 
 
 class ScoringProcessDied(RuntimeError):
@@ -39,17 +47,27 @@ class ScoringProcess:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next = 0
 
-    async def start(self) -> None:
-        """Start the child (it imports what the first job needs when that job arrives)."""
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "orchestrator.scoring",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            preexec_fn=functools.partial(die_with_parent, os.getpid()),
-            start_new_session=True,
-        )
+    async def start(self, log: Path | None = None) -> None:
+        """Start the child (it imports what the first job needs when that job arrives); ``log``:
+        the run's log, where its stderr and log lines go."""
+        env = {**os.environ, LOG_ENV: str(log)} if log is not None else None
+        # Opened once per run, before any request: a blocking open costs the loop nothing here.
+        stderr = open(log, "ab") if log is not None else None  # noqa: SIM115, ASYNC230 (the child holds it)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "orchestrator.scoring",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
+                start_new_session=True,
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
         self._reader = asyncio.create_task(self._read())
 
     @property
@@ -64,7 +82,8 @@ class ScoringProcess:
         self._next += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[job_id] = future
-        data = pickle.dumps((job_id, fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        job = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((job_id, job), protocol=pickle.HIGHEST_PROTOCOL)
         self._proc.stdin.write(len(data).to_bytes(8, "little") + data)
         return future
 
@@ -85,7 +104,7 @@ class ScoringProcess:
                 if ok:
                     future.set_result(value)
                 else:
-                    future.set_exception(RuntimeError(f"scoring failed: {value}"))
+                    future.set_exception(ScoringError(f"scoring failed in the scoring process: {value}"))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         for future in self._pending.values():
@@ -119,11 +138,13 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
         header = requests.read(8)
         if len(header) < 8:
             return
-        job_id, fn, args = pickle.loads(requests.read(int.from_bytes(header, "little")))
+        job_id, job = pickle.loads(requests.read(int.from_bytes(header, "little")))
         try:
+            fn, args = pickle.loads(job)  # imports fn's module: a missing one is this job's failure
             answer = (job_id, True, fn(*args))
-        except Exception as exc:  # the parent gets the failure as text, and the child goes on
-            answer = (job_id, False, f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=3)}")
+        except Exception as exc:  # the parent gets one line, the log the traceback; the child goes on
+            traceback.print_exc(file=sys.stderr)
+            answer = (job_id, False, f"{type(exc).__name__}: {exc}")
         data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         answers.write(len(data).to_bytes(8, "little") + data)
         answers.flush()
@@ -133,6 +154,8 @@ def main() -> None:
     """Entry point of the child: frames on the original stdout, anything printed goes to stderr."""
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a checker's stray print must not corrupt a frame
+    log = os.environ.get(LOG_ENV)
+    route_logs(Path(log) if log else None)  # a library's logging.error() goes to the run's log
     _serve(sys.stdin.buffer, answers)
 
 

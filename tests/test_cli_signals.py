@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from orchestrator.store import read_records
 from tests.support.fake_openai import FakeOpenAI, answer_b
+from tests.support.processes import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,7 @@ async def bench(*args: str) -> asyncio.subprocess.Process:
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
 
 
@@ -189,6 +191,7 @@ async def test_terminal_signals_leave_no_traceback_or_leak_from_the_scoring_proc
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "orchestrator.cli", "bench", str(manifest), "--run-id", "r", "--no-progress",
             cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            preexec_fn=default_sigint,
         )  # fmt: skip
         samples = tmp_path / "runs" / "r" / "samples" / "t0" / "ifeval.qwen@2.jsonl"
         deadline = time.monotonic() + 60

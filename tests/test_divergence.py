@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from orchestrator import divergence
-from orchestrator.manifest import parse_manifest
-from orchestrator.records import RECORD_SCHEMA, SampleRecord
 from orchestrator.report import build_report, render_markdown, write_report
-from orchestrator.store import RunStore
+from tests.support.synthetic import kl_run as _run
+from tests.support.synthetic import logsoftmax as _logsoftmax
+from tests.support.synthetic import positions as _positions
 
 
 def _exact_kl(p: np.ndarray, q: np.ndarray) -> float:
@@ -25,10 +25,6 @@ def _exact_kl(p: np.ndarray, q: np.ndarray) -> float:
 def _top(logp: np.ndarray, k: int) -> dict[str, float]:
     order = np.argsort(-logp)[:k]
     return {f"t{i}": float(logp[i]) for i in order}
-
-
-def _logsoftmax(x: np.ndarray) -> np.ndarray:
-    return x - (np.log(np.sum(np.exp(x - x.max()))) + x.max())
 
 
 def test_the_top_k_estimate_is_exact_with_the_whole_vocabulary_and_a_lower_bound_below_it() -> None:
@@ -45,10 +41,6 @@ def test_the_top_k_estimate_is_exact_with_the_whole_vocabulary_and_a_lower_bound
     assert divergence.position_kl(same, same) == pytest.approx(0.0, abs=1e-12)
 
 
-def _positions(tokens: list[str], tops: list[dict[str, float]]) -> list[list[Any]]:
-    return [[t, top[t], [[a, lp] for a, lp in top.items()]] for t, top in zip(tokens, tops, strict=True)]
-
-
 def test_the_common_prefix_ends_at_the_first_differing_token() -> None:
     a = {"A": math.log(0.7), "B": math.log(0.2), "C": math.log(0.1)}
     b = {"A": math.log(0.5), "B": math.log(0.4), "C": math.log(0.1)}
@@ -63,37 +55,6 @@ def test_the_common_prefix_ends_at_the_first_differing_token() -> None:
     assert d.first_kl == pytest.approx(kl_ab) and d.prefix_kl == pytest.approx((kl_ab + kl_af) / 2)
     assert d.ref_answer_p == pytest.approx(0.7) and d.quant_answer_p == pytest.approx(0.5)
     assert divergence.sample_divergence([], quant) is None
-
-
-def _record(target: str, i: int, right: bool, positions: list[list[Any]]) -> SampleRecord:
-    letter = positions[0][0]
-    return SampleRecord(
-        id=f"mmlu/{i}", task="mmlu", subject=f"s{i % 3}", target=target, gold="A", reply=letter, extracted=letter,
-        rule="r", correct=right, attempts=1, logprobs=positions,
-    )  # fmt: skip
-
-
-def _run(tmp_path: Path, shift: dict[str, float]) -> Path:
-    targets = [
-        {"name": name, "model": "M", "quantization": quant, "backend": "openai", "url": "http://h:1"}
-        for name, quant in (("f16", "F16"), ("q8", "Q8_0"), ("q4", "Q4_K_M"))
-    ]
-    manifest = parse_manifest({"run": {"name": "r", "output_dir": str(tmp_path)}, "tasks": {"mmlu": {}},
-                               "targets": targets, "generation": {"logprobs": 4}})  # fmt: skip
-    run = tmp_path / "r"
-    store = RunStore(run)
-    store.write_meta({"run_id": "r", "manifest": manifest.to_dict(), "setup": {"name": "qwen", "version": "qwen@2"},
-                      "samples": {"mmlu": 60}, "record_schema": RECORD_SCHEMA})  # fmt: skip
-    rng = np.random.default_rng(0)
-    for i in range(60):
-        logits = rng.normal(0, 2, 4)
-        for name in ("f16", "q8", "q4"):
-            noisy = _logsoftmax(logits + rng.normal(0, shift[name], 4))
-            top = {letter: float(v) for letter, v in zip("ABCD", noisy, strict=True)}
-            best = max(top, key=top.__getitem__)
-            store.writer(name, "mmlu", "qwen@2").write(_record(name, i, best == "A", _positions([best], [top])))
-    store.close()
-    return run
 
 
 def test_the_report_ranks_quantizations_by_kl_and_shows_the_kld_column(tmp_path: Path) -> None:

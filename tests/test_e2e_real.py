@@ -23,6 +23,7 @@ import pytest
 from orchestrator.report import build_report
 from orchestrator.store import read_records
 from orchestrator.tasks import build_task
+from tests.support.processes import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "manifests" / "smoke.yaml"
@@ -52,6 +53,7 @@ def _bench(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        preexec_fn=default_sigint,  # the Ctrl-C test's child takes SIGINT, however the suite was started
     )
 
 

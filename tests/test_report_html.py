@@ -15,7 +15,10 @@ import pytest
 
 from orchestrator.report import write_report
 from orchestrator.store import RunStore
-from tests.test_verdicts import N, _run, _target, _write
+from tests.support.synthetic import N, kl_run
+from tests.support.synthetic import bench_run as _run
+from tests.support.synthetic import target as _target
+from tests.support.synthetic import write_outcomes as _write
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("chromium-headless-shell")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (scripts/test.sh installs it)")
@@ -68,7 +71,6 @@ def test_report_html_renders_every_figure_in_a_real_browser(tmp_path: Path) -> N
 
 
 def test_the_divergence_plot_is_drawn_in_a_real_browser(tmp_path: Path) -> None:
-    from tests.test_divergence import _run as kl_run
 
     run = kl_run(tmp_path, {"f16": 0.0, "q8": 0.05, "q4": 0.6})
     write_report(run)

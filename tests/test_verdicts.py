@@ -11,38 +11,13 @@ import pytest
 from scipy.stats import binomtest
 
 from orchestrator.manifest import parse_manifest
-from orchestrator.records import RECORD_SCHEMA, SampleRecord
+from orchestrator.records import SampleRecord
 from orchestrator.report import build_report, render_markdown, write_report
 from orchestrator.store import RunStore
-
-N = 200
-
-
-def _target(name: str, model: str, quant: str) -> dict[str, Any]:
-    return {"name": name, "model": model, "quantization": quant, "backend": "openai", "url": "http://h:1"}
-
-
-def _write(store: RunStore, target: str, task: str, rights: list[bool | None], subjects: int = 4) -> None:
-    writer = store.writer(target, task, "qwen@2")
-    for i, right in enumerate(rights):
-        common = {"id": f"{task}/{i}", "task": task, "subject": f"s{i % subjects}", "target": target, "gold": "A"}
-        if right is None:
-            writer.write(SampleRecord(**common, error="HTTP 500", error_type="http", attempts=1))
-        else:
-            answer = "A" if right else "B"
-            writer.write(SampleRecord(**common, reply=answer, extracted=answer, rule="r", correct=right, attempts=1))
-
-
-def _run(tmp_path: Path, targets: list[dict[str, Any]], samples: dict[str, int]) -> Path:
-    manifest = parse_manifest(
-        {"run": {"name": "r", "output_dir": str(tmp_path)}, "tasks": {t: {} for t in samples}, "targets": targets}
-    )
-    run = tmp_path / "r"
-    RunStore(run).write_meta(
-        {"run_id": "r", "manifest": manifest.to_dict(), "setup": {"name": "qwen", "version": "qwen@2"},
-         "samples": samples, "record_schema": RECORD_SCHEMA}
-    )  # fmt: skip
-    return run
+from tests.support.synthetic import N
+from tests.support.synthetic import bench_run as _run
+from tests.support.synthetic import target as _target
+from tests.support.synthetic import write_outcomes as _write
 
 
 def test_a_quantization_against_its_reference(tmp_path: Path) -> None:

@@ -20,12 +20,17 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input is one line on stderr and exit code 2, never a traceback."""
     from orchestrator.cli.parser import build_parser
+    from orchestrator.logs import route_logs
 
+    route_logs()  # third-party log lines never reach the terminal (a run's go to its log)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except UserError as exc:
         error(str(exc))
         return exc.exit_code
+    except ImportError as exc:  # an optional module not installed where the command needs it
+        error(f"a module is missing: {exc} (install the package that provides it)")
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -70,6 +70,7 @@ class BenchSession:
         """Data, tasks and models located before the run exists, the runner built and this
         session entered in run.json (nothing is sent to a run directory that cannot take records)."""
         from orchestrator.backends.launch import resolve_model
+        from orchestrator.logs import LOG_NAME, route_logs
         from orchestrator.progress import RichProgress
         from orchestrator.runner import Runner
         from orchestrator.tasks import SETUP_VERSIONS, manifest_tasks
@@ -107,6 +108,7 @@ class BenchSession:
         meta.setdefault("servers", {})
         store.check_writable()
         store.write_meta(meta)
+        route_logs(store.root / LOG_NAME)  # libraries' log lines: the run's log, never the terminal
         return runner
 
     def run(self, runner: Runner, compose: ComposeCLI | None) -> int | None:
