@@ -33,7 +33,7 @@ class SyntheticTask:
         self.max_tokens = max_tokens
 
     def samples(self) -> list[Sample]:
-        return [Sample(f"s/{i}", "s", (("user", f"Say something #{i}"),), "A") for i in range(self.n)]
+        return [Sample(f"s/{i}", "s", (("user", f"Say something #{i}"),), gold="A") for i in range(self.n)]
 
     def score(self, sample: Sample, reply: str) -> Score:
         return Score(None, "unparsed", False)

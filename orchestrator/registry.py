@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-# Task name -> column title, in table order.
+# Task name -> column title, in table order; the multiple-choice ones (a letter per question: their
+# averages, subjects and answer-letter probabilities are reported). How each is built:
+# orchestrator.tasks.TASK_BUILDERS.
 TASKS: dict[str, str] = {"mmlu": "MMLU", "ceval": "C-Eval", "ifeval": "IFEval"}
 MULTIPLE_CHOICE_TASKS = ("mmlu", "ceval")
 

@@ -129,8 +129,9 @@ class Runner:
         # up to 5 ms at a time, and stream stamps due meanwhile would be late: measured at c=64
         # beside 3.5 ms of scoring every 23.5 ms, p99 TTFT/ITL/E2E error 3.8/4.7/5.3 ms with a
         # thread, 1.0/2.5/2.1 ms with a process (benchmarks/timing_accuracy.py, 2 cores).
-        heavy = next((t for t in self.tasks if hasattr(t, "score_job") and self._samples[t.name]), None)
-        warm_up = None if heavy is None else heavy.score_job(self._samples[heavy.name][0], "")
+        # The first heavy scorer's job on an empty reply: the scoring process warms up on it.
+        heavy = (t.score_job(self._samples[t.name][0], "") for t in self.tasks if self._samples[t.name])
+        warm_up = next((j for j in heavy if j is not None), None)
         async with open_runtime(self.store, warm_up) as runtime:
             self.runtime = runtime
             if self.manifest.client.targets_in_parallel:
@@ -282,8 +283,9 @@ class Runner:
     async def _score(self, task: Task, sample: Sample, reply: str) -> Score:
         """The task's verdict: heavy scorers in the run's scoring process, the others here."""
         scoring = None if self.runtime is None else self.runtime.scoring
-        if scoring is not None and scoring.alive and hasattr(task, "score_job"):
-            fn, args = task.score_job(sample, reply)
+        job = task.score_job(sample, reply) if scoring is not None and scoring.alive else None
+        if scoring is not None and job is not None:
+            fn, args = job
             try:
                 return typing.cast(Score, await scoring.run(fn, *args))
             except ScoringProcessDied:
@@ -323,7 +325,7 @@ class Runner:
             "task": task.name,
             "subject": sample.subject,
             "prompt_digest": sample.prompt_digest(),
-            "gold": sample.target,
+            "gold": sample.gold,
             "target": target,
             "setup": SETUP_VERSIONS[self.manifest.run.setup],
             "replica": replica_url,

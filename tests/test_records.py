@@ -116,7 +116,7 @@ def _run(tmp_path: Path, data_dir: Path, meta_extra: dict[str, Any]) -> tuple[Pa
     samples = build_task("mmlu", data_dir, limit=6, shots=0).samples()
     records = [
         SampleRecord(
-            id=s.id, task="mmlu", subject=s.subject, prompt_digest=s.prompt_digest(), gold=s.target, target="t",
+            id=s.id, task="mmlu", subject=s.subject, prompt_digest=s.prompt_digest(), gold=s.gold, target="t",
             setup="qwen@2", reply="The answer is B", extracted="A", rule="stale", correct=False, attempts=1,
             extra={"annotation": i},
         )

@@ -32,7 +32,7 @@ def test_mmlu_full_split_and_prompt(data_dir: Path) -> None:
     assert first.startswith(hint + "\nQuestion: ")
     assert "\nA. " in first and first.endswith("Answer: ")
     assert s.messages[-1][1].startswith(hint + "\nQ: ") and s.messages[-1][1].endswith("\nA: ")
-    assert s.target in "ABCD"
+    assert s.gold in "ABCD"
 
 
 def test_ceval_val_split_zero_shot_chinese(data_dir: Path) -> None:
@@ -44,7 +44,7 @@ def test_ceval_val_split_zero_shot_chinese(data_dir: Path) -> None:
     assert law.messages[0] == ("system", "You are a helpful assistant.")
     text = law.messages[1][1]
     assert text.startswith(law.question + "\n\nA. ") and text.endswith("\n") and "答案" not in text
-    assert law.target == "C" and law.choices[2].startswith("类比推理")
+    assert law.gold == "C" and law.choices[2].startswith("类比推理")
 
 
 def test_limit_is_stratified_and_deterministic(data_dir: Path) -> None:

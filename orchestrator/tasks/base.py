@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,19 +13,27 @@ from orchestrator.errors import DataError
 from orchestrator.records import SampleRecord
 from orchestrator.stats import Outcomes
 
-__all__ = ["DataError", "Sample", "Score", "Task", "stratified_subset"]
+__all__ = ["DataError", "Job", "Sample", "Score", "Task", "stratified_subset"]
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One question, ready to send."""
+    """One question, ready to send: its messages, the gold answer (a letter; "" where the task
+    judges otherwise, IFEval), the options of a multiple-choice question, and what else its
+    scorer reads (``metadata``: the question's own text for Qwen's C-Eval extraction; IFEval's
+    instructions)."""
 
     id: str  # deterministic: subject + index in the original split
     subject: str
     messages: tuple[tuple[str, str], ...]
-    target: str
+    gold: str
     choices: tuple[str, ...] = ()
-    question: str = ""  # the question's own text (extractors that read it: Qwen's C-Eval script)
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def question(self) -> str:
+        """The question's own text, where the task keeps it."""
+        return str(self.metadata.get("question", ""))
 
     def prompt_digest(self) -> str:
         """sha256 of the exact messages: a changed prompt never passes as the same sample."""
@@ -43,11 +51,15 @@ class Score:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+Job = tuple[Callable[..., "Score"], tuple[Any, ...]]  # a module-level function and its arguments
+
+
 class Task(Protocol):
     """A benchmark: its samples, how a reply is scored, how records aggregate.
 
-    A task whose scoring is heavy (IFEval) also offers ``score_job(sample, reply)``: the same
-    scoring as a picklable ``(function, args)``, which the runner calls in its scoring process.
+    ``score_job`` is the declared hook for heavy scoring (IFEval's checkers): the same scoring as
+    ``score`` as a picklable job the runner sends to its scoring process; None where scoring is
+    light enough for the event loop's process (a letter comparison).
     """
 
     name: str
@@ -62,6 +74,10 @@ class Task(Protocol):
 
     def score(self, sample: Sample, reply: str) -> Score:
         """Extract and judge one reply."""
+        ...
+
+    def score_job(self, sample: Sample, reply: str) -> Job | None:
+        """``score`` as a job for the scoring process, or None (score in this process)."""
         ...
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:

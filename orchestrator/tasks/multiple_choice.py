@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,9 +156,26 @@ def simple_evals_messages(q: Question) -> tuple[tuple[str, str], ...]:
 # ---------------------------------------------------------------------------------------------
 # The builder
 # ---------------------------------------------------------------------------------------------
+Messages = tuple[tuple[str, str], ...]
+Extractor = Callable[[Sample, str], tuple[str | None, str]]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one setup asks one benchmark and reads its replies: the messages of a question (with
+    its shots), the extractor, and the setup's own shots and max_tokens where it fixes them."""
+
+    messages: Callable[[Question, Sequence[Question]], Messages]
+    extract: Extractor
+    shots: int | None = None  # None: the benchmark's default (or the manifest's)
+    max_tokens: int | None = None  # None: the benchmark's default
+    strips_think: bool = False  # the extractor skips a <think> block (the record says when it did)
+
+
 @dataclass(frozen=True)
 class Benchmark:
-    """What distinguishes one multiple-choice benchmark from another."""
+    """What distinguishes one multiple-choice benchmark from another: its data, where it lives,
+    its defaults and averaging, and a recipe per setup (``orchestrator.setups``) it supports."""
 
     name: str
     local_dir: str  # folder under data_dir
@@ -171,6 +188,26 @@ class Benchmark:
     headline: str  # "micro" or "macro"
     # What each reference calls the two averages (report.json and report.md name them so).
     average_names: dict[str, str]
+    hub: Callable[[str, str], list[Question]]  # (subject, split) -> its questions from the Hub
+    recipes: Mapping[str, Recipe]  # setup name -> how that setup asks and reads this benchmark
+    # Breakdowns by group of subjects as the reference prints them (C-Eval's categories).
+    categories: Callable[[dict[str, float]], dict[str, float | None]] | None = None
+
+
+SIMPLE_EVALS_MAX_TOKENS = 2048
+
+
+def _simple_evals(q: Question, shots: Sequence[Question]) -> Messages:
+    return simple_evals_messages(q)
+
+
+# simple-evals: its 0-shot chain-of-thought template and answer-line regexes, for any benchmark.
+SIMPLE_EVALS = Recipe(_simple_evals, lambda s, reply: simple_evals(reply), 0, SIMPLE_EVALS_MAX_TOKENS)
+
+
+def _robust(messages: Callable[[Question, Sequence[Question]], Messages]) -> Recipe:
+    """The ``robust`` setup: a reference's prompts, the orchestrator's own extractor."""
+    return Recipe(messages, lambda s, reply: robust_extract(reply, s.choices), strips_think=True)
 
 
 MMLU = Benchmark(
@@ -178,12 +215,25 @@ MMLU = Benchmark(
     # OpenCompass's Qwen2-Instruct model configs generate up to 1024 tokens (mid-2024).
     5, 1024, "micro",
     {"micro": "Qwen cal_mmlu / OpenCompass mmlu-weighted", "macro": "OpenCompass mmlu (mean over subjects)"},
+    _hub_mmlu,
+    {
+        "qwen": Recipe(opencompass_mmlu_messages, lambda s, reply: opencompass_first_option(reply)),
+        "simple-evals": SIMPLE_EVALS,
+        "robust": _robust(opencompass_mmlu_messages),
+    },
 )  # fmt: skip
 CEVAL = Benchmark(
     "ceval", "ceval", "ceval/ceval-exam", "val", "dev", True,
     # Qwen's script decodes with the chat model's generation config (max_new_tokens 512).
     0, 512, "macro",
     {"macro": "Qwen cal_ceval AVERAGE (mean over subjects)", "micro": "mean over questions"},
+    _hub_ceval,
+    {
+        "qwen": Recipe(qwen_ceval_messages, lambda s, reply: qwen_ceval(reply, s.question, s.choices)),
+        "simple-evals": SIMPLE_EVALS,
+        "robust": _robust(qwen_ceval_messages),
+    },
+    lambda subject_acc: ceval_categories(subject_acc),
 )  # fmt: skip
 BENCHMARKS = {b.name: b for b in (MMLU, CEVAL)}
 
@@ -217,8 +267,6 @@ CEVAL_HARD = (
     "college_chemistry", "high_school_mathematics", "high_school_physics", "high_school_chemistry",
 )  # fmt: skip
 
-SIMPLE_EVALS_MAX_TOKENS = 2048
-
 
 class MultipleChoiceTask:
     """A multiple-choice benchmark under a named setup (orchestrator.setups)."""
@@ -235,6 +283,9 @@ class MultipleChoiceTask:
     ) -> None:
         if setup not in SETUPS:
             raise ValueError(f"unknown setup {setup!r}")
+        if setup not in bench.recipes:
+            raise DataError(f"{bench.name} has no recipe under the {setup} setup ({', '.join(bench.recipes)})")
+        self.recipe = bench.recipes[setup]
         self.bench = bench
         self.name = bench.name
         self.metrics: tuple[str, ...] = ("micro", "macro")
@@ -242,9 +293,9 @@ class MultipleChoiceTask:
         self.data_dir = data_dir
         self.limit = limit
         self.wanted_subjects = tuple(subjects) if subjects else None
-        reference = setup == "simple-evals"
-        self.shots = 0 if reference else (bench.default_shots if shots is None else shots)
-        self.max_tokens = max_tokens or (SIMPLE_EVALS_MAX_TOKENS if reference else bench.default_max_tokens)
+        fixed = self.recipe.shots  # a setup that fixes its shots (simple-evals: 0) overrides the manifest
+        self.shots = fixed if fixed is not None else (bench.default_shots if shots is None else shots)
+        self.max_tokens = max_tokens or self.recipe.max_tokens or bench.default_max_tokens
 
     # -- data -------------------------------------------------------------------------------
     def _folder(self) -> Path | None:
@@ -266,8 +317,7 @@ class MultipleChoiceTask:
         folder = self._folder()
         if folder is not None:
             return _csv_questions(folder, subject, split, self.bench.header)
-        loader: Callable[[str, str], list[Question]] = _hub_mmlu if self.name == "mmlu" else _hub_ceval
-        return loader(subject, split)
+        return self.bench.hub(subject, split)
 
     def samples(self) -> list[Sample]:
         """Deterministic samples: ids are ``subject/index`` in the original split."""
@@ -277,32 +327,27 @@ class MultipleChoiceTask:
         for subject in sorted(chosen):
             shots = self._load(subject, self.bench.shot_split)[: self.shots] if self.shots else []
             for q in chosen[subject]:
-                if self.setup == "simple-evals":
-                    messages = simple_evals_messages(q)
-                elif self.name == "mmlu":
-                    messages = opencompass_mmlu_messages(q, shots)
-                else:
-                    messages = qwen_ceval_messages(q, shots)
+                messages = self.recipe.messages(q, shots)
                 # The question travels with the sample: Qwen's C-Eval extraction reads it.
-                out.append(Sample(f"{subject}/{q.index}", subject, messages, q.answer, q.options, q.question))
+                out.append(
+                    Sample(f"{subject}/{q.index}", subject, messages, q.answer, q.options, {"question": q.question})
+                )
         return out
 
     # -- scoring ----------------------------------------------------------------------------
     def extract(self, sample: Sample, reply: str) -> tuple[str | None, str]:
         """The letter this setup's extractor takes from a reply, and the rule that decided."""
-        if self.setup == "simple-evals":
-            return simple_evals(reply)
-        if self.setup == "robust":
-            return robust_extract(reply, sample.choices)
-        if self.name == "mmlu":
-            return opencompass_first_option(reply)
-        return qwen_ceval(reply, sample.question, sample.choices)
+        return self.recipe.extract(sample, reply)
 
     def score(self, sample: Sample, reply: str) -> Score:
         """Extract a letter as the setup's reference does and compare with the gold answer."""
         letter, rule = self.extract(sample, reply)
-        details = {"think_stripped": True} if self.setup == "robust" and THINK_BLOCK.search(reply) else {}
-        return Score(letter, rule, letter == sample.target, details)
+        details = {"think_stripped": True} if self.recipe.strips_think and THINK_BLOCK.search(reply) else {}
+        return Score(letter, rule, letter == sample.gold, details)
+
+    def score_job(self, sample: Sample, reply: str) -> None:
+        """A letter comparison: scored in the event loop's process."""
+        return None
 
     def outcomes(self, records: Sequence[SampleRecord], metric: str | None = None) -> Outcomes:
         """Each answered sample's right/wrong in its subject, for the headline (or ``metric``:
@@ -340,8 +385,8 @@ class MultipleChoiceTask:
             "subjects": subject_acc,
             "subject_n": {s: len(per_subject[s]) for s in subject_acc},
         }
-        if self.name == "ceval":
-            out["categories"] = ceval_categories(subject_acc)
+        if self.bench.categories is not None:
+            out["categories"] = self.bench.categories(subject_acc)
         return out
 
 

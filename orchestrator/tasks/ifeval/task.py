@@ -27,7 +27,7 @@ import random
 import sys
 import types
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import numpy as np
 from orchestrator.hub import fetch
 from orchestrator.records import SampleRecord
 from orchestrator.stats import Outcomes
-from orchestrator.tasks.base import DataError, Sample, Score, stratified_subset
+from orchestrator.tasks.base import DataError, Job, Sample, Score, stratified_subset
 from orchestrator.tasks.ifeval import fastpaths
 from orchestrator.tasks.ifeval.punkt import ensure_punkt
 from orchestrator.tasks.robust import THINK_BLOCK
@@ -250,7 +250,7 @@ class IFEvalTask:
             groups[r["instruction_id_list"][0].split(":")[0]].append(r)
         chosen = stratified_subset(groups, self.limit, seed="ifeval")
         out = [
-            Sample(str(r["key"]), group, (("user", r["prompt"]),), "", ())
+            Sample(str(r["key"]), group, (("user", r["prompt"]),), gold="")
             for group in sorted(chosen)
             for r in chosen[group]
         ]
@@ -261,7 +261,7 @@ class IFEvalTask:
         row = self.rows()[sample.id]
         return self.score_response(row, reply)
 
-    def score_job(self, sample: Sample, reply: str) -> tuple[Callable[..., Score], tuple[Any, ...]]:
+    def score_job(self, sample: Sample, reply: str) -> Job:
         """Scoring as a picklable call: the runner runs it in its scoring process (see Runner)."""
         return score_in_worker, (self.rows()[sample.id], reply)
 
