@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.backends.launch import llama_server_options
 from orchestrator.errors import UserError
+from orchestrator.llamacpp import llama_server_options
 from orchestrator.matrix import Checkpoint, MatrixError, by_repo, gguf_checkpoint, select
 from orchestrator.registry import COMPOSE_BACKENDS
 

@@ -427,64 +427,12 @@ def divergences(
     return out
 
 
-NOTE = (
-    "KLD: mean KL(reference ‖ quantized) in nats over the common generated prefix, 95 % interval, and top-1 "
-    "token agreement; from the servers' top-k logprobs, the smallest KL consistent with both sides' lists (a "
-    "lower bound of the full KL; llama-perplexity's figures are over a text's every token, these over generated text)"
-)
-HEADERS = ["target", "vs", "task", "paired n", "k", "KL prefix mean [95 % CI]", "median", "p99", "KL first",
-           "top-1 agree", "first top-1", "P(ref answer) ref / quant", "tokens", "KLD p99 / p90 / median",
-           "RMS Δp", "disjoint top-k", "top-k mass ref / quant", "matched by"]  # fmt: skip
-
-
-def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
-    """One row of text per (quantized target, task and "all") with divergence figures, for
-    report.md and report.html alike."""
-    out = []
-    for row in report["rows"]:
-        cmp = row.get("comparison") or {}
-        found = [(name, (p or {}).get("divergence")) for name, p in (cmp.get("tasks") or {}).items()]
-        for name, d in [*found, ("all", cmp.get("divergence"))]:
-            if not d:
-                continue
-            kl = d["kl_prefix"]
-            answer = d.get("answer_probability")
-            out.append([
-                row["target"], row.get("reference") or "", name, str(d["n"]), str(d["k"]),
-                with_interval(kl), sig(kl["median"]), sig(kl["p99"]), sig(d["kl_first"]["mean"]),
-                "" if d["top1_agreement"] is None else f"{100 * d['top1_agreement']:.1f}%",
-                f"{100 * d['first_top1_agreement']:.1f}%",
-                "" if not answer else f"{answer['reference']:.3f} / {answer['quantized']:.3f} (n={answer['n']})",
-                *_token_cells(d),
-            ])  # fmt: skip
-    return out
-
-
-def _token_cells(d: Mapping[str, Any]) -> list[str]:
-    """The per-token statistics (llama-perplexity's terms), the disjoint lists, the mass covered."""
-    tokens = d.get("tokens") or {}
-    pct = tokens.get("kld_percentiles") or {}
-    mass = d.get("mass_covered") or {}
-    return [
-        str(tokens.get("positions", "")),
-        " / ".join(sig(pct.get(q)) for q in ("99", "90", "50")) if pct else "",
-        sig(tokens.get("rms_dp")),
-        str(d.get("disjoint_positions", "")),
-        " / ".join(f"{100 * v:.1f}%" if v is not None else "" for v in (mass.get("reference"), mass.get("quantized")))
-        if mass
-        else "",
-        str(d.get("matched_by", "")),
-    ]
-
-
 def k_of(logprobs: Mapping[str, Sequence[Sequence[Any]]]) -> int:
     """The k a side really got: the most alternatives any stored position carried."""
     return max((len(p[2]) for positions in logprobs.values() for p in positions), default=0)
 
 
 __all__ = [
-    "HEADERS",
-    "NOTE",
     "SampleDivergence",
     "divergences",
     "k_of",
@@ -492,6 +440,5 @@ __all__ = [
     "sample_divergence",
     "sig",
     "summarize",
-    "table_rows",
     "with_interval",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.backends import Backend, BackendError, ChatRequest
-from orchestrator.backends.launch import LaunchError
+from orchestrator.llamacpp import LaunchError
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.records import LoadRecord
 from orchestrator.runtime import Runtime, open_runtime

@@ -21,8 +21,8 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from orchestrator.backends import Backend, BackendError, ChatRequest, Completion
-from orchestrator.backends.launch import LaunchError, ManagedServer, ServerDied
 from orchestrator.errors import ScoringError, StoreError
+from orchestrator.llamacpp import LaunchError, ManagedServer, ServerDied
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.records import SampleRecord
 from orchestrator.runtime import Runtime, open_runtime

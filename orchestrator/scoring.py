@@ -17,8 +17,6 @@ log (``logs.py``), never to the terminal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import os
 import pickle
 import sys
@@ -27,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from orchestrator.backends.launch import die_with_parent
+from orchestrator import supervisor
 from orchestrator.errors import ScoringError
 from orchestrator.logs import route_logs
 
@@ -48,26 +46,10 @@ class ScoringProcess:
         self._next = 0
 
     async def start(self, log: Path | None = None) -> None:
-        """Start the child (it imports what the first job needs when that job arrives); ``log``:
-        the run's log, where its stderr and log lines go."""
+        """Start the child through the supervisor (it imports what the first job needs when that
+        job arrives); ``log``: the run's log, where its stderr and log lines go."""
         env = {**os.environ, LOG_ENV: str(log)} if log is not None else None
-        # Opened once per run, before any request: a blocking open costs the loop nothing here.
-        stderr = open(log, "ab") if log is not None else None  # noqa: SIM115, ASYNC230 (the child holds it)
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "orchestrator.scoring",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                preexec_fn=functools.partial(die_with_parent, os.getpid()),
-                start_new_session=True,
-            )
-        finally:
-            if stderr is not None:
-                stderr.close()
+        self._proc = await supervisor.spawn([sys.executable, "-m", "orchestrator.scoring"], log, pipes=True, env=env)
         self._reader = asyncio.create_task(self._read())
 
     @property
@@ -114,18 +96,9 @@ class ScoringProcess:
 
     async def close(self) -> None:
         """End the child: close its input (it exits), kill it if it does not within 5 s."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await supervisor.stop(self._proc, 5, close_stdin=True)  # end of input: the child exits
         if self._reader is not None:
             await self._reader
         for future in self._pending.values():

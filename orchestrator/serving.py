@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from orchestrator.backends import Backend, BackendError, ChatRequest, open_backends
-from orchestrator.backends.launch import LaunchError, ManagedServer, managed_server, resolve_model
 from orchestrator.backends.logprobs import returned_k
+from orchestrator.llamacpp import LaunchError, ManagedServer, managed_server, resolve_model
 from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.secrets import split_credentials
 from orchestrator.store import RunStore

@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator import divergence
 from orchestrator.report import build_report, render_markdown, write_report
+from orchestrator.report.document import _token_cells
 from tests.support.synthetic import kl_run as _run
 from tests.support.synthetic import logsoftmax as _logsoftmax
 from tests.support.synthetic import positions as _positions
@@ -231,7 +232,7 @@ def test_the_summary_has_llama_perplexity_token_statistics_and_what_the_lists_co
     assert tokens["rms_dp"] == pytest.approx(math.sqrt(np.mean(dps**2)))
     assert tokens["same_top_p"] == summary["top1_agreement"]
     assert 0 < summary["mass_covered"]["reference"] <= 1 and summary["disjoint_positions"] >= 0
-    row = divergence._token_cells(summary)
+    row = _token_cells(summary)
     assert row[-1] == "id" and row[0] == str(len(kls))
 
 

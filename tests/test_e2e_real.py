@@ -404,7 +404,7 @@ PORTABLE = {"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"}
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the instruction-set baseline is x86-64's")
 def test_llama_cpp_is_built_portably() -> None:
     """A native build (-march=native) compiled AMX kernels that died with SIGILL on quantized models."""
-    from orchestrator.backends.launch import _CPU_FLAGS, check_build
+    from orchestrator.llamacpp.build import _CPU_FLAGS, check_build
 
     build = check_build(sys.executable)
     assert build.version == "0.3.36"

@@ -17,7 +17,8 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.compose import ComposeError, ComposeOptions, render_compose
-from orchestrator.lifecycle import ComposeCLI, DockerUnavailable, Lifecycle, Plan, Turn, _run, plan_turns
+from orchestrator.compose_cli import ComposeCLI, DockerUnavailable, _run
+from orchestrator.lifecycle import Lifecycle, Plan, Turn, plan_turns
 from orchestrator.secrets import mask_secrets
 from orchestrator.store import RunStore
 

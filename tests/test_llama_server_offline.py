@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-import orchestrator.backends.launch as launch
+import orchestrator.llamacpp.build as launch
 from orchestrator.backends.base import TransientError
 from orchestrator.backends.http import HTTPBackend
-from orchestrator.backends.launch import (
+from orchestrator.llamacpp import (
     LaunchError,
     LlamaCppPythonServer,
     LlamaServer,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.backends.launch import find_llama_server
+from orchestrator.llamacpp import find_llama_server
 from orchestrator.manifest import LaunchConfig
 from orchestrator.store import read_records
 

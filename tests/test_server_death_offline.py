@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.backends.launch import LaunchError, check_build, cpu_flags, describe_exit
+from orchestrator.llamacpp import LaunchError, check_build, cpu_flags, describe_exit
 from orchestrator.store import read_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_describe_exit() -> None:
 def test_a_build_for_instructions_this_cpu_lacks_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     python = fake_python(tmp_path)
     monkeypatch.setenv("FAKE_LLAMA_BUILD", "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 |")
-    import orchestrator.backends.launch as launch
+    import orchestrator.llamacpp.build as launch
 
     monkeypatch.setattr(launch, "cpu_flags", lambda: {"sse2", "pni", "avx", "avx2"})
     check_build.cache_clear()

@@ -44,7 +44,8 @@ from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
 
 if TYPE_CHECKING:  # imported when the command runs (fast --help)
-    from orchestrator.lifecycle import ComposeCLI, Plan
+    from orchestrator.compose_cli import ComposeCLI
+    from orchestrator.lifecycle import Plan
     from orchestrator.runner import Runner, TargetOutcome
     from orchestrator.store import RunStore
 
@@ -69,7 +70,7 @@ class BenchSession:
     def prepare(self) -> Runner:
         """Data, tasks and models located before the run exists, the runner built and this
         session entered in run.json (nothing is sent to a run directory that cannot take records)."""
-        from orchestrator.backends.launch import resolve_model
+        from orchestrator.llamacpp import resolve_model
         from orchestrator.logs import LOG_NAME, route_logs
         from orchestrator.progress import RichProgress
         from orchestrator.runner import Runner
@@ -180,7 +181,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     session = BenchSession.open(args)
     compose = None
     if session.plan is not None:
-        from orchestrator.lifecycle import ComposeCLI
+        from orchestrator.compose_cli import ComposeCLI
 
         if args.dry_run:  # the plan only: nothing is started, no run directory made
             for line in session.plan.lines():
@@ -305,20 +306,11 @@ def _manifest_from_compose(args: argparse.Namespace) -> tuple[Manifest, Plan | N
 
 
 async def _bench_async(runner: Runner, only: list[str] | None = None) -> list[TargetOutcome]:
-    import asyncio
-    import signal
+    from orchestrator.interrupts import terminate_cancels
 
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
     # SIGTERM (docker stop, kubectl delete) ends the run like Ctrl-C: in-flight samples are dropped.
-    previous = signal.getsignal(signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGTERM, main.cancel)
-    try:
+    async with terminate_cancels():
         return await runner.run(only)
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, previous)  # a Compose run takes its turn down on SIGTERM
 
 
 def _record_outcomes(meta: dict[str, Any], outcomes: list[TargetOutcome]) -> None:

@@ -145,7 +145,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 raise ManifestError(args.manifest, f"targets[{i}].launch.model_path", f"no such file: {path}")
     if m.run.data_dir and not m.resolve_path(m.run.data_dir).is_dir():
         raise ManifestError(args.manifest, "run.data_dir", f"no such folder: {m.resolve_path(m.run.data_dir)}")
-    from orchestrator.backends.launch import LlamaServer, managed_server
+    from orchestrator.llamacpp import LlamaServer, managed_server
 
     servers = []
     for t in m.targets:
