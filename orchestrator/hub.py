@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 from orchestrator.errors import DataError
 
@@ -17,6 +19,25 @@ OFFLINE_HINT = (
     "offline: --data-dir DIR (mmlu/{dev,test}, ceval/{dev,val}, ifeval/input_data.jsonl) "
     "and launch.model_path (local GGUF) in the manifest"
 )
+
+
+DATA_DIR_ENV = "ORCHESTRATOR_DATA_DIR"
+
+
+def data_root(
+    explicit: str | Path | None, run_meta: Mapping[str, Any] | None = None, configured: Path | None = None
+) -> Path | None:
+    """Where benchmark data is read from, by one rule for every command: the command line's
+    folder; else the one the run was made with (a resumed or re-scored run reads what it read);
+    else the manifest's ``run.data_dir``; else ``$ORCHESTRATOR_DATA_DIR``; else None, the Hub."""
+    if explicit:
+        return Path(explicit).resolve()
+    if run_meta and run_meta.get("data_dir"):
+        return Path(str(run_meta["data_dir"]))
+    if configured is not None:
+        return configured
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).resolve() if env else None
 
 
 class HubUnavailable(DataError):

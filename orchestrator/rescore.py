@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.hub import data_root
 from orchestrator.manifest import parse_manifest
 from orchestrator.records import SampleRecord
 from orchestrator.setups import SETUP_VERSIONS, run_setup_version, store_key
@@ -27,7 +28,7 @@ class RescoreError(UserError, RuntimeError):
     """Stored records that cannot be re-scored (one line for the user)."""
 
 
-def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
+def rescore_run(run_dir: Path, data_dir: str | Path | None = None) -> dict[str, int]:
     """Re-score every answered record of a run in place; returns records re-scored per task."""
     store = RunStore(run_dir)
     meta = store.require_meta()
@@ -39,11 +40,10 @@ def rescore_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, int]:
             f"{run_dir}: made with setup {version}; this orchestrator scores {SETUP_VERSIONS.get(setup)}, "
             "whose prompts differ: its report stands as it is (orchestrate report)"
         )
-    if data_dir is None and meta.get("data_dir"):
-        data_dir = Path(meta["data_dir"])
+    root = data_root(data_dir, meta)  # the command line's, else the run's own (hub.data_root)
     counts: dict[str, int] = {}
     # Every sample of each task (no limit), so any stored id can be found.
-    for task in manifest_tasks(parse_manifest(manifest, str(store.run_json)), data_dir, every_sample=True):
+    for task in manifest_tasks(parse_manifest(manifest, str(store.run_json)), root, every_sample=True):
         name = task.name
         samples: dict[str, Sample] = {s.id: s for s in task.samples()}
         counts[name] = 0

@@ -10,6 +10,7 @@ prompt time), and how many of its slots each decode step carried (its ``/metrics
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +115,27 @@ def core_share(cpu_s: float | None, wall_s: float | None) -> float | None:
     if cpu_s is None or not wall_s:
         return None
     return cpu_s / wall_s
+
+
+def assess(
+    median: Callable[[str], float | None],
+    client_core_share: float | None,
+    send_delay_ms: float | None,
+    managed: dict[str, Any] | None,
+    before: dict[str, float] | None,
+    after: dict[str, float] | None,
+) -> dict[str, Any]:
+    """Who set the pace, from one window's latency medians (``median(name)``, names as
+    ``metrics.LATENCIES``), the client's share of a core and time before each send, and the
+    server's slots and /metrics around the window: the one builder for a bench row and a load
+    level alike (report.json's ``saturation``)."""
+    return Saturation(
+        client_core_share=client_core_share,
+        send_delay_ms=send_delay_ms,
+        e2e_ms=median("e2el_ms"),
+        ttft_ms=median("ttft_ms"),
+        tpot_ms=median("tpot_ms"),
+        server_tpot_ms=median("server_tpot_ms"),
+        server_wait_ms=median("server_wait_ms"),
+        **server_side(managed, before, after),
+    ).to_json()

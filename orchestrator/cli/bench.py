@@ -77,9 +77,8 @@ class BenchSession:
         from orchestrator.tasks import SETUP_VERSIONS, manifest_tasks
 
         args, manifest, meta, store = self.args, self.manifest, self.meta, self.store
-        data_dir = data_dir_of(manifest, args.data_dir)
-        if args.resume and args.data_dir is None and meta.get("data_dir"):
-            data_dir = Path(meta["data_dir"])  # resume with everything the run was started with
+        # A resumed run reads the data it was started with.
+        data_dir = data_dir_of(manifest, args.data_dir, meta if args.resume else None)
         tasks = manifest_tasks(manifest, data_dir)
         # Models are located (or downloaded) before the run exists: a missing file or an unreachable
         # Hub is one line and exit 2, not a run directory full of failed targets.

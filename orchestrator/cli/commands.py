@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.cli.common import EXIT_BAD_INPUT, console, env_data_dir, error, out, split
+from orchestrator.cli.common import EXIT_BAD_INPUT, console, error, out, split
 from orchestrator.manifest import ManifestError, load_manifest
 from orchestrator.secrets import redact
 
@@ -39,9 +39,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Re-score a run's stored replies, or score an IFEval responses file."""
+    from orchestrator.hub import data_root
     from orchestrator.rescore import RescoreError, rescore_run, score_responses
 
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else env_data_dir()
+    data_dir = data_root(args.data_dir)
     if args.responses:
         if args.task != "ifeval":
             raise RescoreError("--responses scores IFEval responses: give --task ifeval")
@@ -57,7 +58,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
     if not args.run_dir:
         raise RescoreError("give RUN_DIR, or --responses FILE --task ifeval")
-    counts = rescore_run(Path(args.run_dir), data_dir)
+    counts = rescore_run(Path(args.run_dir), args.data_dir)  # else the run's own data (hub.data_root)
     console.print("re-scored: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return cmd_report(args)
 

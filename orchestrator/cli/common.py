@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from orchestrator.secrets import redact
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130
-DATA_DIR_ENV = "ORCHESTRATOR_DATA_DIR"
+DATA_DIR_ENV = "ORCHESTRATOR_DATA_DIR"  # hub.DATA_DIR_ENV, spelled here for --help without importing it
 
 console = Console(stderr=True, soft_wrap=True, highlight=False)  # one line per message, even in a pipe
 
@@ -78,20 +77,12 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def data_dir_of(manifest: Manifest, cli_value: str | None) -> Path | None:
-    """The local data root: the command line's, else the manifest's, else $ORCHESTRATOR_DATA_DIR;
-    None: the Hub (the one resolution of the data directory)."""
-    if cli_value:
-        return Path(cli_value).resolve()
-    if manifest.run.data_dir:
-        return manifest.resolve_path(manifest.run.data_dir)
-    return env_data_dir()
+def data_dir_of(manifest: Manifest, cli_value: str | None, run_meta: dict[str, Any] | None = None) -> Path | None:
+    """The data root of a command on a manifest (``hub.data_root``'s one rule)."""
+    from orchestrator.hub import data_root
 
-
-def env_data_dir() -> Path | None:
-    """$ORCHESTRATOR_DATA_DIR, resolved, where it is set."""
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).resolve() if env else None
+    configured = manifest.resolve_path(manifest.run.data_dir) if manifest.run.data_dir else None
+    return data_root(cli_value, run_meta, configured)
 
 
 def tokenizer_path(manifest: Manifest) -> Any:

@@ -8,11 +8,11 @@ from typing import Any
 
 from orchestrator.published import compare_published, load_references
 from orchestrator.registry import TASKS
-from orchestrator.saturation import Saturation, core_share, server_side
+from orchestrator.saturation import assess, core_share
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.stats import METHODS
 from orchestrator.store import RunStore
-from orchestrator.summary import summarize_run
+from orchestrator.summary import SPEED_LATENCIES, summarize_run
 from orchestrator.verdicts import compare
 
 ACCURACY_COLUMNS = tuple(TASKS.items())
@@ -106,16 +106,14 @@ def _saturation(speed: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]
     if not speed.get("requests"):
         return None
     client = server.get("client") or {}
-    return Saturation(
-        client_core_share=core_share(client.get("cpu_s"), client.get("wall_s")),
-        send_delay_ms=speed.get("send_delay_p50_ms"),
-        e2e_ms=speed.get("e2e_p50_ms"),
-        ttft_ms=speed.get("ttft_p50_ms"),
-        tpot_ms=speed.get("tpot_p50_ms"),
-        server_tpot_ms=speed.get("server_tpot_p50_ms"),
-        server_wait_ms=speed.get("server_wait_p50_ms"),
-        **server_side(server.get("managed"), server.get("metrics_before"), server.get("metrics_after")),
-    ).to_json()
+    return assess(
+        lambda name: speed.get(SPEED_LATENCIES[name]),
+        core_share(client.get("cpu_s"), client.get("wall_s")),
+        speed.get("send_delay_p50_ms"),
+        server.get("managed"),
+        server.get("metrics_before"),
+        server.get("metrics_after"),
+    )
 
 
 def write_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.report import cells as c
-from orchestrator.saturation import Saturation, core_share, server_side
+from orchestrator.saturation import assess, core_share
 from orchestrator.store import RunStore
 
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms", "post_ms")
@@ -63,19 +63,14 @@ def _level_saturation(
     wall = max(t.wall_end for t in timed) - min(t.wall_send for t in timed) if timed else None
     scraped = meta.get("server_metrics", {}).get(key) or {}
 
-    def p50(name: str) -> float | None:
-        return (metrics.get(name) or {}).get("p50")
-
-    return Saturation(
-        client_core_share=core_share(meta.get("client", {}).get("levels", {}).get(key), wall),
-        send_delay_ms=p50("queue_ms") if records[0].mode == "concurrency" else None,
-        e2e_ms=p50("e2el_ms"),
-        ttft_ms=p50("ttft_ms"),
-        tpot_ms=p50("tpot_ms"),
-        server_tpot_ms=p50("server_tpot_ms"),
-        server_wait_ms=p50("server_wait_ms"),
-        **server_side(meta.get("servers", {}).get(target), scraped.get("before"), scraped.get("after")),
-    ).to_json()
+    return assess(
+        lambda name: (metrics.get(name) or {}).get("p50"),
+        core_share(meta.get("client", {}).get("levels", {}).get(key), wall),
+        (metrics.get("queue_ms") or {}).get("p50") if records[0].mode == "concurrency" else None,
+        meta.get("servers", {}).get(target),
+        scraped.get("before"),
+        scraped.get("after"),
+    )
 
 
 def render_latency_table(report: dict[str, Any]) -> Table:
