@@ -83,3 +83,25 @@ def test_the_terminal_never_cuts_a_name_and_the_page_has_every_section_of_the_ma
     for heading in [line[3:] for line in md.splitlines() if line.startswith("## ")]:
         title = heading.split(": [")[0]
         assert f"<h2>{html.escape(title)}" in page, heading
+
+
+@pytest.mark.parametrize("name", STORED)
+def test_report_json_reads_into_the_typed_model_and_back_unchanged(name: str) -> None:
+    import json
+
+    from orchestrator.report.model import Report, Row
+
+    data = json.loads((RUNS / name / "golden" / "report.json").read_text(encoding="utf-8"))
+    report = Report.from_json(data)
+    assert report.to_json() == data and list(report.to_json()) == list(data)
+    assert all(isinstance(row, Row) for row in report.rows) and report.run_id == name
+    for row, raw in zip(report.rows, data["rows"], strict=True):
+        assert row.speed.requests_per_s == raw["speed"]["requests_per_s"]
+        for task, agg in row.tasks.items():
+            assert (agg.accuracy, agg.n) == (raw["tasks"][task]["accuracy"], raw["tasks"][task]["n"])
+        if row.comparison is not None:
+            for task, p in row.comparison.tasks.items():
+                assert (p.delta, p.verdict) == (
+                    raw["comparison"]["tasks"][task]["delta"],
+                    raw["comparison"]["tasks"][task]["verdict"],
+                )

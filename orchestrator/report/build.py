@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.published import compare_published, load_references
 from orchestrator.registry import TASKS
+from orchestrator.report.model import Report, as_report
 from orchestrator.saturation import assess, core_share
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.stats import METHODS
@@ -123,18 +124,19 @@ def write_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     from orchestrator.report.html import render_html_document
     from orchestrator.report.markdown import render_markdown_document
 
-    report = build_report(run_dir, reference)
+    data = build_report(run_dir, reference)
+    report = Report.from_json(data)
     doc = build_document(report)
     store = RunStore(run_dir)
-    store.write_json("report.json", report)
+    store.write_json("report.json", report.to_json())
     store.write_text("report.md", render_markdown_document(doc))
     store.write_text("report.html", render_html_document(doc, report))
-    return report
+    return data
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: Report | dict[str, Any]) -> str:
     """report.md's text."""
     from orchestrator.report.document import build_document
     from orchestrator.report.markdown import render_markdown_document
 
-    return render_markdown_document(build_document(report))
+    return render_markdown_document(build_document(as_report(report)))

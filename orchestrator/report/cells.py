@@ -3,9 +3,8 @@ renderer (terminal, Markdown, HTML), so a figure reads the same wherever it is p
 
 from __future__ import annotations
 
-from typing import Any
-
 from orchestrator import divergence
+from orchestrator.report.model import Comparison, PairedResult, Row
 
 # One mark per verdict, so a column of them reads at a glance (the legend is under every table).
 MARKS = {"loss": "▼", "gain": "▲", "no detectable change": "≈"}
@@ -42,12 +41,12 @@ def ci(bounds: list[float] | tuple[float, float] | None, signed: bool = False, n
     return f"[{fmt.format(100 * bounds[0])}, {fmt.format(100 * bounds[1])}]"
 
 
-def delta(p: dict[str, Any] | None) -> str:
+def delta(p: PairedResult | None) -> str:
     """A paired difference: Δ in points, its interval and the verdict's mark."""
-    if not p or p.get("delta") is None:
+    if p is None or p.delta is None:
         return ""
-    bounds = ci(p["interval"], signed=True, note=p.get("interval_note"))
-    return f"{100 * p['delta']:+.1f} {bounds} {mark(p['verdict'])}".strip()
+    bounds = ci(p.interval, signed=True, note=p.interval_note)
+    return f"{100 * p.delta:+.1f} {bounds} {mark(p.verdict)}".strip()
 
 
 def ratio(value: float | None) -> str:
@@ -55,22 +54,21 @@ def ratio(value: float | None) -> str:
     return "" if value is None else f" (×{value:.2f})"
 
 
-def kld(cmp: dict[str, Any]) -> str:
+def kld(cmp: Comparison | None) -> str:
     """Mean KL(ref ‖ quant) over the common generated prefix, all tasks, with its interval."""
-    found = cmp.get("divergence")
+    found = cmp.divergence if cmp is not None else None
     if not found:
         return ""
     return f"{divergence.with_interval(found['kl_prefix'])} top1 {100 * (found['top1_agreement'] or 0):.1f}%"
 
 
-def quantization(row: dict[str, Any]) -> str:
+def quantization(row: Row) -> str:
     """A noise-floor row is its reference sent again: say so where the quantization stands."""
-    if not row.get("noise_of"):
-        return str(row["quantization"])
-    return f"{row['quantization']} (repeat{', c=' + str(row['concurrency']) if row.get('concurrency') else ''})"
+    if not row.noise_of:
+        return row.quantization
+    return f"{row.quantization} (repeat{', c=' + str(row.concurrency) if row.concurrency else ''})"
 
 
-def backend(row: dict[str, Any]) -> str:
+def backend(row: Row) -> str:
     """The backend and the server's version where it said."""
-    version = row.get("server_version")
-    return f"{row['backend']} {version}" if version else str(row["backend"])
+    return f"{row.backend} {row.server_version}" if row.server_version else row.backend

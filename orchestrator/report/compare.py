@@ -3,7 +3,7 @@ A, B and B - A, and each task's B - A paired on the samples both answered."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,45 +11,54 @@ from rich.table import Table
 
 from orchestrator.registry import TASKS
 from orchestrator.report import cells as c
+from orchestrator.report.model import PairedResult, Report, Row, as_report
 from orchestrator.setups import store_key
 from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
 from orchestrator.verdicts import paired_runs
 
-Figure = Callable[[dict[str, Any]], "float | None"]
+
+def _accuracy(name: str) -> Callable[[Row], float | None]:
+    return lambda r: agg.accuracy if (agg := r.tasks.get(name)) is not None else None
+
+
+Figure = Callable[[Row], "float | None"]
 COMPARED: tuple[tuple[str, Figure, float], ...] = (
-    ("Average", lambda r: r["average"], 100.0),
-    *(
-        (title, lambda r, name=name: (r["tasks"].get(name) or {}).get("accuracy"), 100.0)
-        for name, title in TASKS.items()
-    ),
-    ("req/s", lambda r: r["speed"]["requests_per_s"], 1.0),
-    ("out tok/s", lambda r: r["speed"]["output_tokens_per_s"], 1.0),
-    ("TTFT p50 ms", lambda r: r["speed"]["ttft_p50_ms"], 1.0),
-    ("TPOT p50 ms", lambda r: r["speed"]["tpot_p50_ms"], 1.0),
+    ("Average", lambda r: r.average, 100.0),
+    *((title, _accuracy(name), 100.0) for name, title in TASKS.items()),
+    ("req/s", lambda r: r.speed.requests_per_s, 1.0),
+    ("out tok/s", lambda r: r.speed.output_tokens_per_s, 1.0),
+    ("TTFT p50 ms", lambda r: r.speed.ttft_p50_ms, 1.0),
+    ("TPOT p50 ms", lambda r: r.speed.tpot_p50_ms, 1.0),
 )
 
 
-def _records_of(run_dir: Path, report: dict[str, Any], targets: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _records_of(run_dir: Path, report: Report, targets: Sequence[str]) -> dict[str, dict[str, Any]]:
     store = RunStore(run_dir)
-    key = store_key(report["setup_version"])
-    return {t: {name: store.records(t, name, key) for name in report["tasks"]} for t in targets}
+    key = store_key(report.setup_version)
+    return {t: {name: store.records(t, name, key) for name in report.tasks} for t in targets}
 
 
 TITLES_TO_TASKS = {title: name for name, title in TASKS.items()}
 
 
 def compare_reports(
-    a: dict[str, Any], b: dict[str, Any], a_dir: Path | None = None, b_dir: Path | None = None
+    a_data: Report | Mapping[str, Any],
+    b_data: Report | Mapping[str, Any],
+    a_dir: Path | None = None,
+    b_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Rows of two runs matched by (model, quantization): each figure for A, B and B - A; with the
     run directories, each task's B - A paired on the samples both answered (same id and prompt)."""
-    b_rows = {(r["model"], r["quantization"]): r for r in b["rows"]}
-    rows = []
-    for ra in a["rows"]:
-        rb = b_rows.get((ra["model"], ra["quantization"]))
+    a, b = as_report(a_data), as_report(b_data)
+    b_rows = {(r.model, r.quantization): r for r in b.rows}
+    rows: list[dict[str, Any]] = []
+    matched: list[tuple[str, str]] = []  # (A's target, B's target) per row
+    for ra in a.rows:
+        rb = b_rows.get((ra.model, ra.quantization))
         if rb is None:
             continue
+        matched.append((ra.target, rb.target))
         figures = {}
         for name, get, scale in COMPARED:
             va, vb = get(ra), get(rb)
@@ -60,22 +69,22 @@ def compare_reports(
             }
         rows.append(
             {
-                "model": ra["model"],
-                "quantization": ra["quantization"],
-                "a": {"target": ra["target"], "backend": c.backend(ra)},
-                "b": {"target": rb["target"], "backend": c.backend(rb)},
+                "model": ra.model,
+                "quantization": ra.quantization,
+                "a": {"target": ra.target, "backend": c.backend(ra)},
+                "b": {"target": rb.target, "backend": c.backend(rb)},
                 "figures": figures,
             }
         )
     if a_dir is not None and b_dir is not None and rows:
-        pairs = [(r["a"]["target"], r["b"]["target"]) for r in rows]
-        shared = [n for n in a["tasks"] if n in b["tasks"]]
-        tasks = {n: build_task(n, None, setup=a["setup"]) for n in shared}
+        pairs = matched
+        shared = [n for n in a.tasks if n in b.tasks]
+        tasks = {n: build_task(n, None, setup=a.setup) for n in shared}
         recs_a = _records_of(a_dir, a, [p[0] for p in pairs])
         recs_b = _records_of(b_dir, b, [p[1] for p in pairs])
         for row, paired in zip(rows, paired_runs(pairs, recs_a, recs_b, tasks), strict=True):
             row["paired"] = paired
-    return {"a": a["run_id"], "b": b["run_id"], "setups": [a["setup_version"], b["setup_version"]], "rows": rows}
+    return {"a": a.run_id, "b": b.run_id, "setups": [a.setup_version, b.setup_version], "rows": rows}
 
 
 def render_comparison(cmp: dict[str, Any]) -> Table:
@@ -95,9 +104,10 @@ def render_comparison(cmp: dict[str, Any]) -> Table:
                 continue
             delta = "" if f["delta"] is None else f" ({f['delta']:+.1f})"
             cell = f"{c.num(f['a'], '{:.1f}') or '-'} / {c.num(f['b'], '{:.1f}') or '-'}{delta}"
-            paired = (row.get("paired") or {}).get(TITLES_TO_TASKS.get(name, ""))
-            if paired and paired.get("delta") is not None:
-                cell += f"\npaired Δ {c.delta(paired)} (n={paired['n']})"
+            found = (row.get("paired") or {}).get(TITLES_TO_TASKS.get(name, ""))
+            paired = PairedResult.from_json(found) if found else None
+            if paired is not None and paired.delta is not None:
+                cell += f"\npaired Δ {c.delta(paired)} (n={paired.n})"
             cells.append(cell)
         table.add_row(row["model"], row["quantization"], f"{row['a']['backend']} / {row['b']['backend']}", *cells)
     return table

@@ -15,6 +15,7 @@ from orchestrator import divergence
 from orchestrator.published import cell_text, published_columns
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.report import cells as c
+from orchestrator.report.model import PairedResult, Report, Row
 
 Cell = tuple[str, ...]  # a cell's lines
 
@@ -29,20 +30,21 @@ KLD_HEADERS = ["target", "vs", "task", "paired n", "k", "KL prefix mean [95 % CI
            "RMS Δp", "disjoint top-k", "top-k mass ref / quant", "matched by"]  # fmt: skip
 
 
-def divergence_rows(report: Mapping[str, Any]) -> list[list[str]]:
+def divergence_rows(report: Report) -> list[list[str]]:
     """One row of text per (quantized target, task and "all") with divergence figures, for
     report.md and report.html alike."""
     out = []
-    for row in report["rows"]:
-        cmp = row.get("comparison") or {}
-        found = [(name, (p or {}).get("divergence")) for name, p in (cmp.get("tasks") or {}).items()]
-        for name, d in [*found, ("all", cmp.get("divergence"))]:
+    for row in report.rows:
+        if row.comparison is None:
+            continue
+        found = [(name, p.divergence) for name, p in row.comparison.tasks.items()]
+        for name, d in [*found, ("all", row.comparison.divergence)]:
             if not d:
                 continue
             kl = d["kl_prefix"]
             answer = d.get("answer_probability")
             out.append([
-                row["target"], row.get("reference") or "", name, str(d["n"]), str(d["k"]),
+                row.target, row.reference or "", name, str(d["n"]), str(d["k"]),
                 divergence.with_interval(kl), divergence.sig(kl["median"]), divergence.sig(kl["p99"]),
                 divergence.sig(d["kl_first"]["mean"]),
                 "" if d["top1_agreement"] is None else f"{100 * d['top1_agreement']:.1f}%",
@@ -90,7 +92,7 @@ class Section:
     after: tuple[str, ...] = ()
     items: tuple[str, ...] = ()
     source: tuple[str, str] | None = None
-    figure: Callable[[dict[str, Any]], str | None] | None = None
+    figure: Callable[[Report], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,18 +103,18 @@ class Document:
     sections: tuple[Section, ...]
 
 
-def columns(report: dict[str, Any]) -> list[tuple[str, str]]:
+def columns(report: Report) -> list[tuple[str, str]]:
     """The run's task columns (key, title), in the registry's order: a task the run did not
     measure has no column."""
-    return [(key, title) for key, title in TASKS.items() if key in report["tasks"]]
+    return [(key, title) for key, title in TASKS.items() if key in report.tasks]
 
 
-def has_kld(report: dict[str, Any]) -> bool:
+def has_kld(report: Report) -> bool:
     """Some row was compared on logprobs (the run asked for them): the KLD column is shown."""
-    return any((row.get("comparison") or {}).get("divergence") for row in report["rows"])
+    return any(row.comparison is not None and row.comparison.divergence for row in report.rows)
 
 
-def headers(report: dict[str, Any]) -> tuple[str, ...]:
+def headers(report: Report) -> tuple[str, ...]:
     """The main table's headers."""
     return (
         "Model", "Quantization", "Backend", "Average", "Δ Avg", *(["KLD"] if has_kld(report) else []),
@@ -120,73 +122,73 @@ def headers(report: dict[str, Any]) -> tuple[str, ...]:
     )  # fmt: skip
 
 
-def _row_cells(report: dict[str, Any], row: dict[str, Any]) -> tuple[Cell, ...]:
+def _row_cells(report: Report, row: Row) -> tuple[Cell, ...]:
     """One row of the main table: accuracy with intervals and Δ, then speed."""
     kld, tasks = has_kld(report), columns(report)
-    head: list[Cell] = [(row["model"],), (c.quantization(row),), (c.backend(row),)]
-    if row.get("failure") and row["average"] is None and not any(a["n"] for a in row["tasks"].values()):
+    head: list[Cell] = [(row.model,), (c.quantization(row),), (c.backend(row),)]
+    if row.failure and row.average is None and not any(a.n for a in row.tasks.values()):
         # Nothing measured: say so instead of a row of blanks or zeros.
         blank = [("failed",), ("",), *([("",)] if kld else []), *[("",) for _ in tasks], *[("",)] * 4]
-        return (*head, *blank, (str(row["errors"]),))
-    cmp = row.get("comparison") or {}
+        return (*head, *blank, (str(row.errors),))
+    cmp = row.comparison
     out: list[Cell] = []
-    if row["average"] is not None:
-        ci = c.ci(row.get("average_interval"), note=row.get("average_interval_note"))
-        out.append((f"{c.pct(row['average'])} {ci}".strip(),))
+    if row.average is not None:
+        ci = c.ci(row.average_interval, note=row.average_interval_note)
+        out.append((f"{c.pct(row.average)} {ci}".strip(),))
     else:
-        out.append(("–" if not row.get("average_missing") else f"– ({row['average_missing']})",))
-    out.append((c.delta(cmp.get("average")),))
+        out.append(("–" if not row.average_missing else f"– ({row.average_missing})",))
+    out.append((c.delta(cmp.average if cmp else None),))
     if kld:
         out.append((c.kld(cmp),))
     for key, _title in tasks:
-        agg = row["tasks"].get(key)
-        if agg is None or agg["accuracy"] is None:
+        agg = row.tasks.get(key)
+        if agg is None or agg.accuracy is None:
             out.append(("",))
             continue
         # The unparsed rate stands next to the accuracy it qualifies: a low score with many
         # unparsed replies is an extraction problem, not (only) a model problem.
-        unparsed = f", {c.pct(agg['unparsed_rate'])}% unparsed" if agg.get("unparsed") else ""
-        ci = c.ci(agg.get("interval"), note=agg.get("interval_note"))
-        delta = c.delta((cmp.get("tasks") or {}).get(key))
-        out.append((f"{c.pct(agg['accuracy'])} {ci} (n={agg['n']}{unparsed})", *([f"Δ {delta}"] if delta else [])))
-    sp = row["speed"]
-    ratios = row.get("speed_vs_reference") or {}
-    server = sp.get("server_tpot_p50_ms")
+        unparsed = f", {c.pct(agg.unparsed_rate)}% unparsed" if agg.unparsed else ""
+        ci = c.ci(agg.interval, note=agg.interval_note)
+        delta = c.delta(cmp.tasks.get(key) if cmp else None)
+        out.append((f"{c.pct(agg.accuracy)} {ci} (n={agg.n}{unparsed})", *([f"Δ {delta}"] if delta else [])))
+    sp = row.speed
+    ratios = row.speed_vs_reference or {}
+    server = sp.server_tpot_p50_ms
     out += [
-        (c.num(sp["requests_per_s"]),),
-        (c.num(sp["output_tokens_per_s"], "{:.1f}") + c.ratio(ratios.get("output_tokens_per_s")),),
-        (c.num(sp["ttft_p50_ms"], "{:.0f}") + c.ratio(ratios.get("ttft_p50_ms")),),
+        (c.num(sp.requests_per_s),),
+        (c.num(sp.output_tokens_per_s, "{:.1f}") + c.ratio(ratios.get("output_tokens_per_s")),),
+        (c.num(sp.ttft_p50_ms, "{:.0f}") + c.ratio(ratios.get("ttft_p50_ms")),),
         # The server's own time per token beside the client's, where it gives one (llama-server).
-        (c.num(sp["tpot_p50_ms"], "{:.1f}"), *([f"server {server:.1f}"] if server is not None else [])),
-        (str(row["errors"]),),
+        (c.num(sp.tpot_p50_ms, "{:.1f}"), *([f"server {server:.1f}"] if server is not None else [])),
+        (str(row.errors),),
     ]
     return (*head, *out)
 
 
-def main_table(report: dict[str, Any]) -> Table:
+def main_table(report: Report) -> Table:
     """The table of the Qwen docs' layout: one row per quantization, grouped by model."""
-    rows = tuple(_row_cells(report, row) for row in report["rows"])
-    return Table(headers(report), rows, tuple(row["model"] for row in report["rows"]))
+    rows = tuple(_row_cells(report, row) for row in report.rows)
+    return Table(headers(report), rows, tuple(row.model for row in report.rows))
 
 
-def interval_caption(report: dict[str, Any]) -> str:
+def interval_caption(report: Report) -> str:
     """The headline figures' interval methods in one line, grouped by method."""
     by_method: dict[str, list[str]] = {}
-    for figure, method in report["intervals"]["headline"].items():
+    for figure, method in report.intervals["headline"].items():
         by_method.setdefault(method, []).append(figure)
     listed = "; ".join(f"{m} ({', '.join(figures)})" for m, figures in by_method.items())
     return f"95 % intervals: {listed}; report.md says what each method is" if listed else ""
 
 
-def pace_lines(report: dict[str, Any]) -> list[str]:
+def pace_lines(report: Report) -> list[str]:
     """One line per target that says who set its pace: the server or the client."""
-    return [f"{row['target']}: {row['saturation']['line']}" for row in report["rows"] if row.get("saturation")]
+    return [f"{row.target}: {row.saturation['line']}" for row in report.rows if row.saturation]
 
 
-def caption(report: dict[str, Any]) -> list[str]:
+def caption(report: Report) -> list[str]:
     """The lines under the main table where it stands alone (the terminal)."""
-    failed = [row["failure"] for row in report["rows"] if row.get("failure")]  # each names its target
-    notes = [n for n in dict.fromkeys(row.get("comparison_note") for row in report["rows"]) if n]
+    failed = [row.failure for row in report.rows if row.failure]  # each names its target
+    notes = [n for n in dict.fromkeys(row.comparison_note for row in report.rows) if n]
     return [
         c.DELTA_LEGEND,
         *([KLD_NOTE] if has_kld(report) else []),
@@ -197,48 +199,48 @@ def caption(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def _flips(p: dict[str, Any], key: str) -> str:
-    return f"{p[key]} ({c.pct(p[key] / p['n'] if p['n'] else None)}%)"
+def _flips(p: PairedResult, count: int) -> str:
+    return f"{count} ({c.pct(count / p.n if p.n else None)}%)"
 
 
-def _comparisons(report: dict[str, Any]) -> list[Section]:
+def _comparisons(report: Report) -> list[Section]:
     """Each quantized row against its reference: the paired statistics behind every Δ."""
     head = (
         "Target", "vs", "Task", "paired n", "one side only (ref / quant)", "Δ pts [95 % CI]", "p (McNemar)",
         "p (Holm)", "right→wrong", "wrong→right", "changed answers", "recovery", "verdict",
     )  # fmt: skip
     body: list[tuple[Cell, ...]] = []
-    for row in report["rows"]:
-        cmp = row.get("comparison")
-        if row.get("comparison_note"):
-            body.append(((row["target"],), ("–",), ("–",), *[("",)] * 9, (row["comparison_note"],)))
-        if not cmp:
+    for row in report.rows:
+        cmp = row.comparison
+        if row.comparison_note:
+            body.append(((row.target,), ("–",), ("–",), *[("",)] * 9, (row.comparison_note,)))
+        if cmp is None:
             continue
-        items = [*cmp["tasks"].items(), *([("Average", cmp["average"])] if cmp.get("average") else [])]
+        items = [*cmp.tasks.items(), *([("Average", cmp.average)] if cmp.average else [])]
         for name, p in items:
             body.append(tuple((text,) for text in (
-                row["target"], row["reference"], name, str(p["n"]),
-                f"{p['only_reference']} / {p['only_quantized']}", c.delta(p).rstrip(" ▼▲≈?"),
-                c.num(p["p_value"], "{:.3g}"), c.num(p["p_holm"], "{:.3g}"),
-                _flips(p, "right_to_wrong"), _flips(p, "wrong_to_right"),
-                f"{c.pct(p['changed_rate'])}%", f"{c.pct(p['recovery'])}%", p["verdict"],
+                row.target, row.reference or "", name, str(p.n),
+                f"{p.only_reference} / {p.only_quantized}", c.delta(p).rstrip(" ▼▲≈?"),
+                c.num(p.p_value, "{:.3g}"), c.num(p.p_holm, "{:.3g}"),
+                _flips(p, p.right_to_wrong), _flips(p, p.wrong_to_right),
+                f"{c.pct(p.changed_rate)}%", f"{c.pct(p.recovery)}%", p.verdict,
             )))  # fmt: skip
     sections = []
     if body:
         title = "What each quantization costs (paired, on the samples both answered)"
         sections.append(Section(title, table=Table(head, tuple(body))))
-    missing = [row for row in report["rows"] if row.get("average_missing")]
+    missing = [row for row in report.rows if row.average_missing]
     if missing:
         sections.append(
             Section(
                 after=("Average left out (computed only over complete tasks):",),
-                items=tuple(f"{row['target']}: {row['average_missing']}" for row in missing),
+                items=tuple(f"{row.target}: {row.average_missing}" for row in missing),
             )
         )
     return sections
 
 
-def _divergence(report: dict[str, Any]) -> list[Section]:
+def _divergence(report: Report) -> list[Section]:
     rows = divergence_rows(report)
     if not rows:
         return []
@@ -246,17 +248,17 @@ def _divergence(report: dict[str, Any]) -> list[Section]:
     return [Section("Divergence from the reference (servers' top-k logprobs)", table=table, after=(KLD_NOTE + ".",))]
 
 
-def published_tables(report: dict[str, Any]) -> list[tuple[dict[str, Any], Table]]:
+def published_tables(report: Report) -> list[tuple[dict[str, Any], Table]]:
     """Published vs measured, one table per published source with a matching checkpoint."""
     out = []
-    for pub in report.get("published") or []:
-        cols = published_columns(report["tasks"], pub)
+    for pub in report.published:
+        cols = published_columns(report.tasks, pub)
         rows = tuple(((prow["target"],), *((cell_text(prow.get(k)),) for k, _ in cols)) for prow in pub["rows"])
         out.append((pub, Table(("Target", *(title for _, title in cols)), rows)))
     return out
 
 
-def _published(report: dict[str, Any]) -> list[Section]:
+def _published(report: Report) -> list[Section]:
     """Does each published figure lie in our interval?"""
     return [
         Section(
@@ -269,23 +271,23 @@ def _published(report: dict[str, Any]) -> list[Section]:
     ]
 
 
-def _averages(report: dict[str, Any]) -> list[Section]:
+def _averages(report: Report) -> list[Section]:
     """Both averages of each multiple-choice task under the names its reference uses, and C-Eval's
     categories as Qwen's cal_ceval prints them."""
     sections = []
     for name in MULTIPLE_CHOICE_TASKS:
-        aggs = [(row, row["tasks"][name]) for row in report["rows"] if row["tasks"].get(name, {}).get("n")]
+        aggs = [(row, agg) for row in report.rows if (agg := row.tasks.get(name)) is not None and agg.n]
         if not aggs:
             continue
         names = aggs[0][1].get("average_names") or {}
-        headline = aggs[0][1].get("headline") or aggs[0][1].get("average", "micro")
+        headline = aggs[0][1].headline or aggs[0][1].get("average", "micro")
         cats = list(aggs[0][1].get("categories") or {})
         head = ["Target", *(f"{k} ({names.get(k, k)})" + (" *" if k == headline else "") for k in ("micro", "macro"))]
         body = tuple(
             tuple(
                 (text,)
                 for text in (
-                    row["target"],
+                    row.target,
                     c.pct(agg.get("micro")),
                     c.pct(agg.get("macro")),
                     *(c.pct((agg.get("categories") or {}).get(k)) for k in cats),
@@ -297,32 +299,32 @@ def _averages(report: dict[str, Any]) -> list[Section]:
     return sections
 
 
-def interval_lines(report: dict[str, Any]) -> list[str]:
+def interval_lines(report: Report) -> list[str]:
     """One line per kind of interval: the figure, its method and what the method is."""
-    found = report["intervals"]
+    found = report.intervals
     return [f"{figure}: {found['methods'].get(m, m)}" for figure, m in found["figures"].items()]
 
 
-def _audit(report: dict[str, Any]) -> Section:
+def _audit(report: Report) -> Section:
     """Per target × task: answers, the unparsed rate and errors."""
     body = []
-    for row in report["rows"]:
-        for name, agg in row["tasks"].items():
-            unparsed = c.pct(agg["unparsed_rate"], "–")
-            cells = (row["target"], name, str(agg["n"]), unparsed + "%" * (unparsed != "–"), str(agg["errors"]))
+    for row in report.rows:
+        for name, agg in row.tasks.items():
+            unparsed = c.pct(agg.unparsed_rate, "–")
+            cells = (row.target, name, str(agg.n), unparsed + "%" * (unparsed != "–"), str(agg.errors))
             body.append(tuple((text,) for text in cells))
     return Section("Extraction audit", table=Table(("Target", "Task", "n", "unparsed", "errors"), tuple(body)))
 
 
-def _failed(report: dict[str, Any]) -> list[Section]:
-    failed = [row for row in report["rows"] if row.get("failure")]
+def _failed(report: Report) -> list[Section]:
+    failed = [row for row in report.rows if row.failure]
     if not failed:
         return []
-    body = tuple(((row["target"],), (row["failure"],)) for row in failed)
+    body = tuple(((row.target,), (row.failure or "",)) for row in failed)
     return [Section("Failed targets", table=Table(("Target", "Why"), body))]
 
 
-def build_document(report: dict[str, Any]) -> Document:
+def build_document(report: Report) -> Document:
     """Every section of a bench run's report, in reading order."""
     from orchestrator.report import figures
 
@@ -333,7 +335,7 @@ def build_document(report: dict[str, Any]) -> Document:
     intervals = interval_lines(report)
     pace = pace_lines(report)
     return Document(
-        f"Run {report['run_id']} (setup `{report['setup_version']}`)",
+        f"Run {report.run_id} (setup `{report.setup_version}`)",
         (
             lead,
             *_comparisons(report),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import divergence
 from orchestrator.registry import TASKS
+from orchestrator.report.model import PairedResult, Report
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,38 +55,38 @@ def pyplot() -> Any:
     return plt
 
 
-def _comparisons(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+def _comparisons(report: Report) -> list[tuple[str, str, PairedResult]]:
     """(target, task or "Average", paired statistics) of every comparison in the run."""
     out = []
-    for row in report["rows"]:
-        cmp = row.get("comparison")
-        if not cmp:
+    for row in report.rows:
+        cmp = row.comparison
+        if cmp is None:
             continue
-        for name, p in cmp["tasks"].items():
-            out.append((row["target"], TASKS.get(name, name), p))
-        if cmp.get("average"):
-            out.append((row["target"], "Average", cmp["average"]))
+        for name, p in cmp.tasks.items():
+            out.append((row.target, TASKS.get(name, name), p))
+        if cmp.average is not None:
+            out.append((row.target, "Average", cmp.average))
     return out
 
 
-def forest_plot(report: dict[str, Any]) -> str | None:
+def forest_plot(report: Report) -> str | None:
     """Each Δ with its 95 % interval, coloured by verdict; the noise floor as a band."""
-    items = [(t, name, p) for t, name, p in _comparisons(report) if p.get("delta") is not None and p.get("interval")]
+    items = [(t, name, p) for t, name, p in _comparisons(report) if p.delta is not None and p.interval]
     if not items:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(items) + 1.2))
     colours = {"loss": "tab:red", "gain": "tab:green", "no detectable change": "tab:gray"}
     for y, (_, _, p) in enumerate(reversed(items)):
-        if p.get("noise_band"):  # what serving alone changed, behind the quantization's Δ
-            n_lo, n_hi = (100 * v for v in p["noise_band"])
+        if p.noise_band:  # what serving alone changed, behind the quantization's Δ
+            n_lo, n_hi = (100 * v for v in p.noise_band)
             ax.fill_between([n_lo, n_hi], y - 0.3, y + 0.3, color="tab:blue", alpha=0.15, lw=0)
-        lo, hi = (100 * v for v in p["interval"])
-        colour = colours.get(p["verdict"], "tab:orange")
+        lo, hi = (100 * v for v in p.interval or (0.0, 0.0))
+        colour = colours.get(p.verdict, "tab:orange")
         ax.plot([lo, hi], [y, y], color=colour, lw=2)
-        ax.plot([100 * p["delta"]], [y], "o", color=colour)
+        ax.plot([100 * (p.delta or 0.0)], [y], "o", color=colour)
     ax.set_yticks(range(len(items)), [f"{t} · {n}" for t, n, _ in reversed(items)])
-    if any(p.get("noise_band") for *_, p in items):
+    if any(p.noise_band for *_, p in items):
         ax.set_title("blue band: the noise floor (the reference against itself)", fontsize=9)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("Δ accuracy vs reference (points), 95 % interval")
@@ -93,9 +94,9 @@ def forest_plot(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def pareto_plots(report: dict[str, Any]) -> str | None:
+def pareto_plots(report: Report) -> str | None:
     """Average accuracy against output tokens/s and against TTFT p50, one point per checkpoint."""
-    rows = [r for r in report["rows"] if r.get("average") is not None]
+    rows = [r for r in report.rows if r.average is not None]
     if not rows:
         return None
     plt = pyplot()
@@ -104,7 +105,7 @@ def pareto_plots(report: dict[str, Any]) -> str | None:
         (axes[0], "output_tokens_per_s", "output tokens/s", True),
         (axes[1], "ttft_p50_ms", "TTFT p50 (ms)", False),
     ):
-        points = [(r["speed"].get(key), 100 * r["average"], r["target"]) for r in rows if r["speed"].get(key)]
+        points = [(x, 100 * (r.average or 0.0), r.target) for r in rows if (x := r.speed.get(key))]
         for x, y, name in points:
             ax.plot(x, y, "o")
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -132,18 +133,18 @@ def _pareto(points: list[tuple[float, float, str]], higher_x: bool) -> list[tupl
     return sorted(front, key=lambda p: p[0])
 
 
-def flips_plot(report: dict[str, Any]) -> str | None:
+def flips_plot(report: Report) -> str | None:
     """Right→wrong and wrong→right per comparison (Dutta et al.: flips beyond the accuracy)."""
-    items = [(t, name, p) for t, name, p in _comparisons(report) if name != "Average" and p.get("n")]
+    items = [(t, name, p) for t, name, p in _comparisons(report) if name != "Average" and p.n]
     if not items:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(items) + 2), 3.5))
     xs = range(len(items))
-    ax.bar(xs, [100 * p["right_to_wrong"] / p["n"] for *_, p in items], label="right → wrong", color="tab:red")
+    ax.bar(xs, [100 * p.right_to_wrong / p.n for *_, p in items], label="right → wrong", color="tab:red")
     ax.bar(
-        xs, [100 * p["wrong_to_right"] / p["n"] for *_, p in items], label="wrong → right", color="tab:green",
-        bottom=[100 * p["right_to_wrong"] / p["n"] for *_, p in items],
+        xs, [100 * p.wrong_to_right / p.n for *_, p in items], label="wrong → right", color="tab:green",
+        bottom=[100 * p.right_to_wrong / p.n for *_, p in items],
     )  # fmt: skip
     ax.set_xticks(list(xs), [f"{t}\n{n}" for t, n, _ in items], fontsize=8)
     ax.set_ylabel("% of paired samples")
@@ -151,9 +152,9 @@ def flips_plot(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def kl_plot(report: dict[str, Any]) -> str | None:
+def kl_plot(report: Report) -> str | None:
     """Per quantization, its samples' KL(ref ‖ quant) sorted: the share of samples below each value."""
-    curves = [(r["target"], d) for r in report["rows"] if (d := (r.get("comparison") or {}).get("divergence"))]
+    curves = [(r.target, d) for r in report.rows if r.comparison is not None and (d := r.comparison.divergence)]
     if not curves:
         return None
     plt = pyplot()
@@ -167,23 +168,26 @@ def kl_plot(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def subject_plot(report: dict[str, Any], top: int = 8) -> str | None:
+def subject_plot(report: Report, top: int = 8) -> str | None:
     """Per task, the subjects whose accuracy quantization moved most against the reference, each
     labelled with its task and its number of samples (a subject of 3 moves in steps of 33 points)."""
-    by_target = {r["target"]: r for r in report["rows"]}
+    by_target = {r.target: r for r in report.rows}
     bars: list[tuple[str, float]] = []
     for name, title in TASKS.items():
         found: list[tuple[str, float]] = []
-        for row in report["rows"]:
-            ref = by_target.get(row.get("reference") or "")
-            agg = row["tasks"].get(name)
-            if not row.get("comparison") or ref is None or not agg:
+        for row in report.rows:
+            ref = by_target.get(row.reference or "")
+            agg = row.tasks.get(name)
+            if row.comparison is None or ref is None or agg is None:
                 continue
-            mine, theirs = agg.get("subjects") or {}, ref["tasks"].get(name, {}).get("subjects") or {}
+            mine, theirs = (
+                agg.get("subjects") or {},
+                (ref.tasks[name].get("subjects") if name in ref.tasks else None) or {},
+            )
             counts = agg.get("subject_n") or {}
             found += [
                 (
-                    f"{row['target']} · {title} · {s}" + (f" (n={counts[s]})" if s in counts else ""),
+                    f"{row.target} · {title} · {s}" + (f" (n={counts[s]})" if s in counts else ""),
                     100 * (v - theirs[s]),
                 )
                 for s, v in mine.items()

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import html
-from typing import Any
 
 from orchestrator.report.document import Document, Table
+from orchestrator.report.model import Report
 
 STYLE = (
     "<style>body{font-family:sans-serif;margin:1.5em}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
@@ -32,7 +32,7 @@ def page(title: str, body: list[str]) -> str:
     return "\n".join([*head, f"<h1>{esc(title)}</h1>", *body, "</html>"]) + "\n"
 
 
-def render_html_document(doc: Document, report: dict[str, Any]) -> str:
+def render_html_document(doc: Document, report: Report) -> str:
     """The whole page; ``report`` feeds the figures."""
     esc = html.escape
     body: list[str] = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.table import Table as RichTable
 
 from orchestrator.report import document
 from orchestrator.report.document import Table
+from orchestrator.report.model import Report, as_report
 
 
 def rich_table(
@@ -39,14 +41,16 @@ def rich_table(
     return out
 
 
-def render_table(report: dict[str, Any]) -> RichTable:
+def render_table(data: Report | Mapping[str, Any]) -> RichTable:
     """The main table: one section per model, one row per quantization, its caption below."""
-    title = f"Run {report['run_id']} · setup {report['setup_version']}"
+    report = as_report(data)
+    title = f"Run {report.run_id} · setup {report.setup_version}"
     return rich_table(document.main_table(report), title, "\n".join(document.caption(report)), first_bold=True)
 
 
-def render_published(report: dict[str, Any]) -> list[RichTable]:
+def render_published(data: Report | Mapping[str, Any]) -> list[RichTable]:
     """Published vs measured, one table per published source with a matching checkpoint."""
+    report = as_report(data)
     return [
         rich_table(table, f"Published vs measured · {pub['title']}", pub.get("note") or pub["source"], first_bold=True)
         for pub, table in document.published_tables(report)

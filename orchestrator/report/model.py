@@ -1,0 +1,215 @@
+"""The report as typed objects: ``Report`` → ``Row`` → ``TaskAggregate``, ``SpeedSummary``,
+``Comparison`` → ``PairedResult``; each with ``from_json``/``to_json`` over report.json's shape.
+
+Every renderer reads a report through these (attributes, not string keys). A figure a node does
+not declare (a task's own: MMLU's micro/macro and subjects, IFEval's levels) stays in its
+``extra``; keys are written back in the order they were read, so ``Report.from_json(d).to_json()
+== d`` for every stored report.json (tests/test_stored_runs.py), and a report re-rendered from
+its records is byte-identical whatever the hash seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Self
+
+_META = ("extra", "keys")
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Node):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    return value
+
+
+@dataclass(kw_only=True)
+class Node:
+    """A typed view of one JSON object of the report: its declared fields typed, the other keys
+    kept in ``extra``, ``keys`` the order the object was read in (empty when built in code)."""
+
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # key -> how that declared field is read from JSON (the nested nodes)
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
+
+    @classmethod
+    def declared(cls) -> tuple[str, ...]:
+        """The declared fields' names, in order."""
+        return tuple(f.name for f in fields(cls) if f.name not in _META)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        """Read one object (keys it does not declare go to ``extra``)."""
+        declared = set(cls.declared())
+        values = {k: cls.READERS.get(k, _same)(v) for k, v in data.items() if k in declared}
+        extra = {k: v for k, v in data.items() if k not in declared}
+        return cls(**values, extra=extra, keys=tuple(data))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data, in the order read (or the declared order, then ``extra``)."""
+        declared = self.declared()
+        order = self.keys or (*declared, *self.extra)
+        return {k: _dump(getattr(self, k)) if k in declared else self.extra[k] for k in order}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A figure by name, declared or not (a task's own figures)."""
+        if key in self.declared():
+            return getattr(self, key)
+        return self.extra.get(key, default)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(kw_only=True)
+class SpeedSummary(Node):
+    """A row's throughput and median latencies, from its answered requests."""
+
+    requests: int = 0
+    busy_seconds: float = 0.0
+    requests_per_s: float | None = None
+    output_tokens: int = 0
+    output_tokens_per_s: float | None = None
+    ttft_p50_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    e2e_p50_ms: float | None = None
+    send_delay_p50_ms: float | None = None
+    server_tpot_p50_ms: float | None = None
+    server_wait_p50_ms: float | None = None
+    resent: int = 0  # sent again at once on a keep-alive connection the server had closed
+    token_sources: list[str] = field(default_factory=list)
+    token_count_agreement: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class TaskAggregate(Node):
+    """One task's figures for one row: the headline accuracy, its interval and method, counts;
+    the task's own figures in ``extra`` (``get("micro")``, ``get("subjects")``…)."""
+
+    accuracy: float | None = None
+    headline: str | None = None
+    n: int = 0
+    errors: int = 0
+    unparsed: int = 0
+    unparsed_rate: float | None = None
+    interval: list[float] | None = None
+    interval_method: str | None = None
+    interval_note: str | None = None
+    intervals: dict[str, list[float] | None] = field(default_factory=dict)
+    interval_methods: dict[str, str] = field(default_factory=dict)
+    expected: int | None = None
+    complete: bool = False
+
+
+@dataclass(kw_only=True)
+class PairedResult(Node):
+    """A quantized side against its reference, on the samples both answered (stats.Paired, with
+    the recovery, the noise floor's band and, per task, the divergence)."""
+
+    n: int = 0
+    only_reference: int = 0
+    only_quantized: int = 0
+    reference: float | None = None
+    quantized: float | None = None
+    delta: float | None = None
+    interval: list[float] | None = None
+    right_to_wrong: int = 0
+    wrong_to_right: int = 0
+    changed: int = 0
+    p_value: float = 1.0
+    mdd: float | None = None
+    p_holm: float | None = None
+    verdict: str = ""
+    interval_method: str = ""
+    interval_note: str | None = None
+    flip_rate: float | None = None
+    changed_rate: float | None = None
+    recovery: float | None = None
+    divergence: dict[str, Any] | None = None
+    noise_band: list[float] | None = None
+    inside_noise_floor: bool | None = None
+
+
+def _paired(data: Any) -> PairedResult | None:
+    return None if data is None else PairedResult.from_json(data)
+
+
+@dataclass(kw_only=True)
+class Comparison(Node):
+    """A row against its reference: per task, the Average, and the KL divergence over all tasks."""
+
+    tasks: dict[str, PairedResult] = field(default_factory=dict)
+    average: PairedResult | None = None
+    divergence: dict[str, Any] | None = None
+
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "tasks": lambda d: {k: PairedResult.from_json(v) for k, v in d.items()},
+        "average": _paired,
+    }
+
+
+@dataclass(kw_only=True)
+class Row(Node):
+    """One (model, quantization) target: what it served, each task, the Average, its speed, who
+    set its pace, and its comparison with the model's reference row."""
+
+    target: str = ""
+    failure: str | None = None
+    model: str = ""
+    quantization: str = ""
+    noise_of: str | None = None
+    weights: str | None = None
+    concurrency: int | None = None
+    backend: str = ""
+    server_version: str | None = None
+    served_model: str | None = None
+    replicas: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, TaskAggregate] = field(default_factory=dict)
+    errors: int = 0
+    speed: SpeedSummary = field(default_factory=SpeedSummary)
+    saturation: dict[str, Any] | None = None
+    average_tasks: list[str] = field(default_factory=list)
+    average: float | None = None
+    average_interval: list[float] | None = None
+    average_interval_method: str | None = None
+    average_interval_note: str | None = None
+    average_missing: str | None = None
+    reference: str | None = None
+    comparison: Comparison | None = None
+    comparison_note: str | None = None
+    speed_vs_reference: dict[str, float | None] | None = None
+    delta_average: float | None = None
+    noise_floor: dict[str, Any] | None = None
+
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "tasks": lambda d: {k: TaskAggregate.from_json(v) for k, v in d.items()},
+        "speed": SpeedSummary.from_json,
+        "comparison": lambda d: None if d is None else Comparison.from_json(d),
+    }
+
+
+@dataclass(kw_only=True)
+class Report(Node):
+    """A bench run's report: its rows, the published tables set against them, and which method
+    made each interval."""
+
+    run_id: str = ""
+    setup: str = ""
+    setup_version: str = ""
+    tasks: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    published: list[dict[str, Any]] = field(default_factory=list)
+    intervals: dict[str, Any] = field(default_factory=dict)
+
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"rows": lambda d: [Row.from_json(r) for r in d]}
+
+
+def as_report(report: Report | Mapping[str, Any]) -> Report:
+    """A report as the typed model (report.json's data is read into it)."""
+    return report if isinstance(report, Report) else Report.from_json(report)
