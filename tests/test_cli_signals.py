@@ -67,6 +67,7 @@ async def bench(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_interrupt_keeps_answered_drops_in_flight(tmp_path: Path, data_dir: Path, sig: signal.Signals) -> None:
     server, fake = await start_fake(slow_b)
@@ -122,6 +123,7 @@ async def test_error_threshold_exit_3(tmp_path: Path, data_dir: Path) -> None:
         await server.close()
 
 
+@pytest.mark.slow
 async def test_targets_in_parallel_and_report_command(tmp_path: Path, data_dir: Path) -> None:
     windows: dict[str, list[float]] = {"a": [], "b": []}
 

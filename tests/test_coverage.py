@@ -24,6 +24,8 @@ import pytest
 from orchestrator import stats
 from tests.support import simulate as sim
 
+pytestmark = pytest.mark.slow  # 149 simulated regimes, ~20 s in all
+
 REPLICATES = 400
 LOWEST = 0.925  # 400 data sets: 95 % lies 2 standard errors above this
 HIGHEST = 0.985  # where the data are informative, more than this is waste

@@ -125,6 +125,7 @@ async def test_a_fault_that_clears_is_retried_into_an_answer(
     assert outcome.errors == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "stream"), PROTOCOLS, ids=[f"{b}-{'sse' if s else 'json'}" for b, s in PROTOCOLS])
 @pytest.mark.parametrize("mode", sorted(m for m in MODES if m != "trickle"))
 async def test_a_persistent_fault_is_an_error_record_of_its_kind(
@@ -170,6 +171,7 @@ async def test_retry_after_is_capped_by_the_request_timeout(serve: Any, tmp_path
     assert time.monotonic() - started < 60  # the 1 s request timeout, not an hour
 
 
+@pytest.mark.slow
 async def test_the_retry_window_outlasts_a_server_restart(tmp_path: Path, data_dir: Path) -> None:
     """The server goes away for a while (connections refused) and comes back on the same port."""
     fault = FaultServer("trickle", rate=0.0, notify_at=10)

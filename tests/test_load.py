@@ -78,6 +78,7 @@ async def run_load(
     return tmp_path / "run", results, fake
 
 
+@pytest.mark.slow
 async def test_concurrency_levels_metrics(tmp_path: Path, data_dir: Path) -> None:
     run_dir, results, fake = await run_load(
         tmp_path, data_dir, paced(0.05, 0.005), levels=(1, 4), requests=48, warmup=2, output_tokens=16
@@ -161,6 +162,7 @@ def test_roofline_estimate(tmp_path: Path) -> None:
     assert r["fraction"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 async def test_auto_sweep_duration_bound_and_task_prompts(tmp_path: Path, data_dir: Path) -> None:
     # auto: a closed-loop probe at the highest level finds the saturation rate, then rates up to it.
     run_dir, results, fake = await run_load(

@@ -175,6 +175,7 @@ def _one_clear_line(done: subprocess.CompletedProcess[str], what: str) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_main_job_without_the_hub_is_one_line_exit_2(tmp_path: Path) -> None:
     """The README's main job on a machine without the Hub: the GGUF files cannot be fetched."""
     manifest = yaml.safe_load((REPO / "manifests" / "local.yaml").read_text())
@@ -188,6 +189,7 @@ def test_main_job_without_the_hub_is_one_line_exit_2(tmp_path: Path) -> None:
 
 # Each case waits out huggingface_hub's own retries (about 25 s): one per kind of download, the
 # data sets all go through the same orchestrator.hub.fetch.
+@pytest.mark.slow
 @pytest.mark.parametrize(("task", "what"), [("mmlu", "cais/mmlu")])
 def test_benchmark_data_without_the_hub_is_one_line_exit_2(tmp_path: Path, task: str, what: str) -> None:
     data: dict[str, Any] = {

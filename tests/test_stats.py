@@ -67,6 +67,7 @@ def test_macro_accuracy_uses_kish_effective_size() -> None:
     assert n_eff < len(values)
 
 
+@pytest.mark.slow
 def test_holm_matches_statsmodels() -> None:
     rng = random.Random(3)
     for _ in range(50):

@@ -31,6 +31,7 @@ def _render(run: Path, seed: int) -> dict[str, bytes]:
     return {name: (run / name).read_bytes() for name in GOLDEN}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STORED)
 def test_a_stored_run_renders_its_golden_reports_under_any_hash_seed(tmp_path: Path, name: str) -> None:
     assert STORED, "no stored run found"
