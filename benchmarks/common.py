@@ -38,6 +38,9 @@ class SyntheticTask:
     def score(self, sample: Sample, reply: str) -> Score:
         return Score(None, "unparsed", False)
 
+    def score_job(self, sample: Sample, reply: str) -> None:
+        return None  # scored in the loop's process
+
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         return {}
 
