@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from orchestrator.errors import DataError
+from orchestrator.run_meta import RunMeta
 
 T = TypeVar("T")
 
@@ -25,15 +26,15 @@ DATA_DIR_ENV = "ORCHESTRATOR_DATA_DIR"
 
 
 def data_root(
-    explicit: str | Path | None, run_meta: Mapping[str, Any] | None = None, configured: Path | None = None
+    explicit: str | Path | None, run_meta: RunMeta | None = None, configured: Path | None = None
 ) -> Path | None:
     """Where benchmark data is read from, by one rule for every command: the command line's
     folder; else the one the run was made with (a resumed or re-scored run reads what it read);
     else the manifest's ``run.data_dir``; else ``$ORCHESTRATOR_DATA_DIR``; else None, the Hub."""
     if explicit:
         return Path(explicit).resolve()
-    if run_meta and run_meta.get("data_dir"):
-        return Path(str(run_meta["data_dir"]))
+    if run_meta is not None and run_meta.data_dir:
+        return Path(run_meta.data_dir)
     if configured is not None:
         return configured
     env = os.environ.get(DATA_DIR_ENV)

@@ -36,6 +36,7 @@ from orchestrator.compose_cli import (
 )
 from orchestrator.errors import StoreError
 from orchestrator.interrupts import terminate_as_interrupt, uninterrupted
+from orchestrator.run_meta import RunMeta
 from orchestrator.store import RunStore
 
 
@@ -245,14 +246,14 @@ class TurnFailure:
 
 
 class Lifecycle:
-    """Runs a plan's turns: up, bench, logs, down; what happened is kept in ``meta['compose']``."""
+    """Runs a plan's turns: up, bench, logs, down; what happened is kept in run.json's ``compose``."""
 
     def __init__(
         self,
         plan: Plan,
         cli: ComposeCLI,
         store: RunStore,
-        meta: dict[str, Any],
+        meta: RunMeta,
         keep_up: bool = False,
         say: Callable[[str], None] = print,
     ) -> None:
@@ -262,7 +263,7 @@ class Lifecycle:
         self.meta = meta
         self.keep_up = keep_up
         self.say = say
-        record = meta.setdefault("compose", {})
+        record = meta.compose
         record.update(plan.to_dict())
         record["cli"] = {"command": " ".join(cli.argv), "version": cli.version}
         record.setdefault("events", [])
@@ -374,7 +375,7 @@ class Lifecycle:
 
     def _event(self, turn: Turn, event: str, detail: str) -> None:
         """One step of the lifecycle, kept in run.json at once (a killed run still says how far it got)."""
-        self.meta["compose"]["events"].append(
+        self.meta.compose["events"].append(
             {
                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "profile": turn.profile,

@@ -27,8 +27,9 @@ LOGPROB_SPANS = 4
 RECORD_SCHEMA = 2
 
 
-def schema_of(meta: dict[str, Any]) -> int:
-    """The record schema a run was written with (runs before it was recorded: 1)."""
+def schema_of(meta: Any) -> int:
+    """The record schema a run was written with (runs before it was recorded: 1); ``meta``:
+    run.json's data or ``run_meta.RunMeta``."""
     return int(meta.get("record_schema", 1))
 
 

@@ -32,7 +32,7 @@ def rescore_run(run_dir: Path, data_dir: str | Path | None = None) -> dict[str, 
     """Re-score every answered record of a run in place; returns records re-scored per task."""
     store = RunStore(run_dir)
     meta = store.require_meta()
-    manifest = meta["manifest"]
+    manifest = meta.manifest
     setup = manifest["run"]["setup"]
     version = run_setup_version(meta)
     if version != SETUP_VERSIONS.get(setup):

@@ -58,9 +58,10 @@ def store_key(version: str) -> str:
     return _LEGACY_KEYS.get(version, version)
 
 
-def run_setup_version(meta: dict[str, Any]) -> str:
+def run_setup_version(meta: Any) -> str:
     """The setup version a run was made with, as its run.json says (the current one if it does
-    not say: every run.json since setups existed names its version)."""
+    not say: every run.json since setups existed names its version); ``meta``: run.json's data or
+    ``run_meta.RunMeta``."""
     setup = meta.get("setup") or {}
-    name = setup.get("name") or meta["manifest"]["run"]["setup"]
+    name = setup.get("name") or meta.get("manifest")["run"]["setup"]
     return str(setup.get("version") or SETUP_VERSIONS[name])

@@ -26,6 +26,7 @@ import orjson
 
 from orchestrator.errors import DataError, StoreError, UserError
 from orchestrator.records import RECORD_SCHEMA, Exchange, LoadRecord, SampleRecord, schema_of
+from orchestrator.run_meta import RunMeta
 from orchestrator.secrets import mask_secrets, redact
 
 T = TypeVar("T")
@@ -195,16 +196,22 @@ class RunStore:
         """Log file of a managed server."""
         return self.root / "servers" / f"{target}.log"
 
-    def read_meta(self) -> dict[str, Any]:
-        """run.json as a dict (empty for a new run)."""
+    def read_meta(self) -> RunMeta | None:
+        """run.json, typed (None for a new run)."""
         if not self.run_json.exists():
-            return {}
-        return dict(json.loads(self.run_json.read_text(encoding="utf-8")))
+            return None
+        try:
+            data = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise NotARunError(f"{self.run_json}: unreadable ({exc})") from None
+        if not isinstance(data, dict):
+            raise NotARunError(f"{self.run_json}: not a run.json (expected an object)")
+        return RunMeta.from_json(data)
 
-    def require_meta(self) -> dict[str, Any]:
+    def require_meta(self) -> RunMeta:
         """run.json of an existing run; NotARunError otherwise."""
         meta = self.read_meta()
-        if not meta:
+        if meta is None:
             raise NotARunError(f"{self.root}: not a run directory (no run.json)")
         if schema_of(meta) > RECORD_SCHEMA:
             raise NotARunError(
@@ -213,11 +220,12 @@ class RunStore:
             )
         return meta
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
+    def write_meta(self, meta: RunMeta | dict[str, Any]) -> None:
         """Replace run.json atomically (the old one stays whole if the disk fails)."""
+        data = meta.to_json() if isinstance(meta, RunMeta) else meta
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write_json(self.run_json, redact(meta))
+            _atomic_write_json(self.run_json, redact(data))
         except OSError as exc:
             raise StoreError(f"cannot write {self.run_json}: {exc.strerror or exc}") from None
 

@@ -19,6 +19,7 @@ from orchestrator.cli import main
 from orchestrator.compose import ComposeError, ComposeOptions, render_compose
 from orchestrator.compose_cli import ComposeCLI, DockerUnavailable, _run
 from orchestrator.lifecycle import Lifecycle, Plan, Turn, plan_turns
+from orchestrator.run_meta import RunMeta
 from orchestrator.secrets import mask_secrets
 from orchestrator.store import RunStore
 
@@ -157,9 +158,9 @@ class FakeCompose:
         return out
 
 
-def _lifecycle(tmp_path: Path, cli: FakeCompose, keep_up: bool = False) -> tuple[Lifecycle, dict[str, Any], list[str]]:
+def _lifecycle(tmp_path: Path, cli: FakeCompose, keep_up: bool = False) -> tuple[Lifecycle, RunMeta, list[str]]:
     plan = plan_turns(_doc(), tmp_path / "c.yaml", None, 600)
-    meta: dict[str, Any] = {}
+    meta = RunMeta()
     said: list[str] = []
     return Lifecycle(plan, cli, RunStore(tmp_path / "run"), meta, keep_up, said.append), meta, said  # type: ignore[arg-type]
 
@@ -181,7 +182,7 @@ def test_turns_up_bench_logs_down_in_order(tmp_path: Path) -> None:
     on_disk = json.loads((tmp_path / "run" / "run.json").read_text())["compose"]
     assert [e["event"] for e in on_disk["events"]] == ["up", "healthy", "benched", "down"] * 2
     assert on_disk["cli"] == {"command": "docker compose", "version": "2.99.0"}
-    assert json.loads(json.dumps(meta["compose"])) == on_disk
+    assert json.loads(json.dumps(meta.compose)) == on_disk
 
 
 def test_resume_skips_complete_turns_and_brings_up_only_what_is_left(tmp_path: Path) -> None:
@@ -192,7 +193,7 @@ def test_resume_skips_complete_turns_and_brings_up_only_what_is_left(tmp_path: P
     life.run(lambda names: benched.append(names) or [], lambda name: left.get(name, 0))
     assert benched == [["qwen2-7b-awq"]]
     assert [c for c in cli.calls if c[0] == "up"] == [("up", "7b", "qwen2-7b-awq")]
-    assert (meta["compose"]["events"][0]["profile"], meta["compose"]["events"][0]["event"]) == ("0.5b", "skipped")
+    assert (meta.compose["events"][0]["profile"], meta.compose["events"][0]["event"]) == ("0.5b", "skipped")
 
 
 def test_a_turn_that_never_becomes_healthy_is_failed_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -235,7 +236,7 @@ def test_an_interrupted_bench_takes_its_turn_down_unless_kept_up(tmp_path: Path,
     assert (("down", "7b") in cli.calls) is not keep_up
     assert cli.running == ({"qwen2-7b-bf16", "qwen2-7b-awq"} if keep_up else set())
     assert ("logs", "qwen2-7b-awq") in cli.calls
-    last = meta["compose"]["events"][-1]
+    last = meta.compose["events"][-1]
     assert (last["event"], last["detail"]) == (("kept up", "interrupted") if keep_up else ("down", "interrupted"))
     if keep_up:
         assert any("left up (--keep-up): `docker compose -f c.yaml --profile 7b down`" in s for s in said)

@@ -40,6 +40,7 @@ from orchestrator.manifest import (
 )
 from orchestrator.records import RECORD_SCHEMA
 from orchestrator.registry import TASKS
+from orchestrator.run_meta import RunMeta, ServerFacts
 from orchestrator.secrets import is_redacted, redact
 from orchestrator.setups import run_setup_version
 
@@ -58,7 +59,7 @@ class BenchSession:
     args: argparse.Namespace
     manifest: Manifest
     store: RunStore
-    meta: dict[str, Any]
+    meta: RunMeta
     plan: Plan | None
     outcomes: list[TargetOutcome] = field(default_factory=list)
 
@@ -87,25 +88,21 @@ class BenchSession:
         }
         self.progress = RichProgress(not args.no_progress, console)
         runner = Runner(manifest, list(tasks), store, self.progress, tokenizer_path(manifest), model_paths=model_paths)
-        meta.setdefault("run_id", store.root.name)
-        meta.setdefault("created_at", now())
-        meta["manifest"] = redact(manifest.to_dict())
-        meta["manifest_path"] = (
-            str(Path(manifest.source).resolve())
-            if manifest.source.endswith((".yaml", ".yml"))
-            else (meta.get("manifest_path"))
-        )
-        meta["data_dir"] = None if data_dir is None else str(data_dir)
-        meta["setup"] = {"name": manifest.run.setup, "version": SETUP_VERSIONS[manifest.run.setup]}
+        meta.run_id = meta.run_id or store.root.name
+        meta.created_at = meta.created_at or now()
+        meta.manifest = redact(manifest.to_dict())
+        if manifest.source.endswith((".yaml", ".yml")):
+            meta.manifest_path = str(Path(manifest.source).resolve())
+        meta.data_dir = None if data_dir is None else str(data_dir)
+        meta.setup = {"name": manifest.run.setup, "version": SETUP_VERSIONS[manifest.run.setup]}
         # The newest record schema in the run (a resumed run of schema 1 appends schema-2 records; the
         # reader takes both).
-        meta["record_schema"] = RECORD_SCHEMA
-        meta["versions"] = versions()
-        meta["git_sha"] = git_sha()
-        meta["samples"] = {name: len(s) for name, s in runner.samples.items()}
+        meta.record_schema = RECORD_SCHEMA
+        meta.versions = versions()
+        meta.git_sha = git_sha()
+        meta.samples = {name: len(s) for name, s in runner.samples.items()}
         self.entry: dict[str, Any] = {"started_at": now(), "ended_at": None, "status": "running", "argv": sys.argv[1:]}
-        meta.setdefault("sessions", []).append(self.entry)
-        meta.setdefault("servers", {})
+        meta.sessions.append(self.entry)
         store.check_writable()
         store.write_meta(meta)
         route_logs(store.root / LOG_NAME)  # libraries' log lines: the run's log, never the terminal
@@ -197,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return stopped if stopped is not None else session.finish(runner)
 
 
-def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[str, Any], Plan | None]:
+def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, RunMeta, Plan | None]:
     """The run's manifest, store and run.json, and the Compose plan when its servers are brought up in turns."""
     from orchestrator.store import RunStore
     from orchestrator.tasks import SETUP_VERSIONS
@@ -208,7 +205,7 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         if not RunStore(run_dir).read_meta():
             raise ManifestError(str(run_dir), "", "not a run directory (no run.json) to resume")
         meta = RunStore(run_dir).require_meta()  # refuses records of a newer schema
-        made_with, current = run_setup_version(meta), SETUP_VERSIONS.get(meta["manifest"]["run"]["setup"])
+        made_with, current = run_setup_version(meta), SETUP_VERSIONS.get(meta.manifest["run"]["setup"])
         if made_with != current:
             raise ManifestError(
                 str(run_dir),
@@ -219,12 +216,12 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
         if args.manifest:
             manifest = load_manifest(args.manifest)
         else:
-            manifest = parse_manifest(meta["manifest"], meta.get("manifest_path") or str(run_dir / "run.json"))
+            manifest = parse_manifest(meta.manifest, meta.manifest_path or str(run_dir / "run.json"))
             manifest = _restore_credentials(manifest, meta, run_dir)
-        if meta.get("compose"):
+        if meta.compose:
             from orchestrator.lifecycle import Plan
 
-            plan = Plan.from_dict(meta["compose"])
+            plan = Plan.from_dict(meta.compose)
     else:
         if args.compose:
             manifest, plan = _manifest_from_compose(args)
@@ -234,7 +231,7 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
             raise ManifestError("orchestrate bench", "", "give a manifest, --compose FILE, or --resume RUN_DIR")
         run_id = args.run_id or f"{manifest.run.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         run_dir = manifest.resolve_path(manifest.run.output_dir) / run_id
-        meta = RunStore(run_dir).read_meta()
+        meta = RunStore(run_dir).read_meta() or RunMeta()  # a run id used again resumes it
     manifest = with_overrides(
         manifest,
         limit=args.limit,
@@ -246,13 +243,13 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, dict[
     return manifest, RunStore(run_dir), meta, plan
 
 
-def _restore_credentials(manifest: Manifest, meta: dict[str, Any], run_dir: Path) -> Manifest:
+def _restore_credentials(manifest: Manifest, meta: RunMeta, run_dir: Path) -> Manifest:
     """run.json keeps no credentials: a resumed target whose URL had some takes its URLs from the
     manifest file the run was started from (re-read, so ${VAR}s are expanded again), when that
     file still describes the same target; otherwise one line says how to resume."""
     if not any(is_redacted(u) for t in manifest.targets for u in (t.url, *t.urls) if u):
         return manifest
-    path = meta.get("manifest_path")
+    path = meta.manifest_path
     original = {t.name: t for t in load_manifest(path).targets} if path and Path(path).is_file() else {}
     targets = []
     for i, t in enumerate(manifest.targets):
@@ -312,13 +309,13 @@ async def _bench_async(runner: Runner, only: list[str] | None = None) -> list[Ta
         return await runner.run(only)
 
 
-def _record_outcomes(meta: dict[str, Any], outcomes: list[TargetOutcome]) -> None:
+def _record_outcomes(meta: RunMeta, outcomes: list[TargetOutcome]) -> None:
     """Each target's server facts and, if it stopped early, why (for its row in the report; a later
     session that completes it clears the reason)."""
-    failures = meta.setdefault("failures", {})
+    failures = meta.failures
     for o in outcomes:
         if o.server:
-            meta.setdefault("servers", {})[o.name] = o.server
+            meta.servers[o.name] = ServerFacts.from_json(o.server)
         if o.failure:
             failures[o.name] = o.failure
         else:
@@ -326,7 +323,7 @@ def _record_outcomes(meta: dict[str, Any], outcomes: list[TargetOutcome]) -> Non
 
 
 def _bench_in_turns(
-    plan: Plan, compose: ComposeCLI, runner: Runner, store: RunStore, meta: dict[str, Any], keep_up: bool
+    plan: Plan, compose: ComposeCLI, runner: Runner, store: RunStore, meta: RunMeta, keep_up: bool
 ) -> list[TargetOutcome]:
     """The Compose turns: each profile brought up, benched, its logs saved, taken down."""
     from orchestrator.lifecycle import Lifecycle

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from orchestrator import __version__
 from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.run_meta import RunMeta
 from orchestrator.secrets import redact
 
 EXIT_BAD_INPUT = 2
@@ -77,7 +78,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def data_dir_of(manifest: Manifest, cli_value: str | None, run_meta: dict[str, Any] | None = None) -> Path | None:
+def data_dir_of(manifest: Manifest, cli_value: str | None, run_meta: RunMeta | None = None) -> Path | None:
     """The data root of a command on a manifest (``hub.data_root``'s one rule)."""
     from orchestrator.hub import data_root
 

@@ -22,6 +22,7 @@ from orchestrator.cli.common import (
 )
 from orchestrator.manifest import Manifest, load_manifest
 from orchestrator.records import RECORD_SCHEMA
+from orchestrator.run_meta import RunMeta, ServerFacts
 from orchestrator.secrets import redact
 
 
@@ -61,16 +62,18 @@ def cmd_load(args: argparse.Namespace) -> int:
     profile = LoadProfile.from_dict(base)
     run_id = args.run_id or f"{manifest.run.name}-load-{dt.datetime.now():%Y%m%d-%H%M%S}"
     store = RunStore(manifest.resolve_path(manifest.run.output_dir) / run_id)
-    meta: dict[str, Any] = {
-        "run_id": run_id,
-        "created_at": now(),
-        "kind": "load",
-        "manifest": redact(manifest.to_dict()),
-        "load_profile": profile.to_dict(),
-        "record_schema": RECORD_SCHEMA,
-        "versions": versions(),
-        "git_sha": git_sha(),
-    }
+    meta = RunMeta.from_json(
+        {
+            "run_id": run_id,
+            "created_at": now(),
+            "kind": "load",
+            "manifest": redact(manifest.to_dict()),
+            "load_profile": profile.to_dict(),
+            "record_schema": RECORD_SCHEMA,
+            "versions": versions(),
+            "git_sha": git_sha(),
+        }
+    )
     store.write_meta(meta)
     from orchestrator.progress import RichProgress
     from orchestrator.runtime import run_async
@@ -86,7 +89,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     finally:
         store.close()
     requests = sum(len(r.records) for r in results)
-    meta["client"] = {
+    meta.client = {
         "cpu_s": time.process_time() - cpu0,
         # While levels ran only: building the prompts (tokenizing thousands of them) is set-up.
         "levels_cpu_s": sum(r.cpu_s for r in results),
@@ -94,13 +97,13 @@ def cmd_load(args: argparse.Namespace) -> int:
         # Per level, for who set its pace (saturation.py).
         "levels": {f"{r.target}/{r.mode}-{r.level:g}": r.cpu_s for r in results},
     }
-    meta["load_notes"] = runner.notes
-    meta["servers"] = runner.servers
-    meta["server_metrics"] = {
+    meta.load_notes = runner.notes
+    meta.servers = {name: ServerFacts.from_json(facts or {}) for name, facts in runner.servers.items()}
+    meta.server_metrics = {
         f"{r.target}/{r.mode}-{r.level:g}": {"before": r.server_before, "after": r.server_after} for r in results
     }
     if args.gpu or args.bandwidth_gbs:
-        meta["roofline"] = _rooflines(manifest, results, args, profile)
+        meta.roofline = _rooflines(manifest, results, args, profile)
     store.write_meta(meta)
     report = write_load_report(store.root)
     out().print(render_latency_table(report))

@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.published import compare_published, load_references
 from orchestrator.registry import TASKS
 from orchestrator.report.model import Report, as_report
+from orchestrator.run_meta import ServerFacts
 from orchestrator.saturation import assess, core_share
 from orchestrator.setups import run_setup_version, store_key
 from orchestrator.stats import METHODS
@@ -24,30 +25,30 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     published table to set the measurements against (the shipped Qwen table by default)."""
     store = RunStore(run_dir)
     meta = store.require_meta()
-    manifest = meta["manifest"]
+    manifest = meta.manifest
     setup = manifest["run"]["setup"]
     version = run_setup_version(meta)
     task_names = list(manifest["tasks"])
     names = [t["name"] for t in manifest["targets"]]
-    summaries = summarize_run(run_dir, names, task_names, setup, store_key(version), meta.get("samples") or {})
+    summaries = summarize_run(run_dir, names, task_names, setup, store_key(version), meta.samples)
     rows = []
     sides = {}
     for t, summary in zip(manifest["targets"], summaries, strict=True):
-        server = meta.get("servers", {}).get(t["name"], {})
+        server = meta.server(t["name"])
         sides.update({(t["name"], name): side for name, side in summary.sides.items()})
         rows.append(
             {
                 "target": t["name"],
                 # Why the target stopped early (its server died, the error budget ran out), if it did.
-                "failure": meta.get("failures", {}).get(t["name"]),
+                "failure": meta.failures.get(t["name"]),
                 "model": t["model"],
                 "quantization": t["quantization"],
                 "noise_of": t.get("noise_of"),
                 "weights": t.get("weights"),
                 "concurrency": t.get("concurrency"),
                 "backend": t["backend"],
-                "server_version": server.get("version"),
-                "served_model": server.get("served_model"),
+                "server_version": server.version,
+                "served_model": server.served_model,
                 "replicas": summary.replicas,
                 # The report never hides records that were not sent: n counts what is on disk.
                 "tasks": summary.tasks,
@@ -60,7 +61,7 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     # Each quantization against its reference.
     compare(rows, sides)
     report = {
-        "run_id": meta.get("run_id", run_dir.name),
+        "run_id": meta.run_id or run_dir.name,
         "setup": setup,
         "setup_version": version,
         "tasks": task_names,
@@ -102,18 +103,18 @@ def interval_methods(report: dict[str, Any]) -> dict[str, Any]:
     return {"figures": figures, "headline": headline, "methods": {m: METHODS[m] for m in used if m in METHODS}}
 
 
-def _saturation(speed: dict[str, Any], server: dict[str, Any]) -> dict[str, Any] | None:
+def _saturation(speed: dict[str, Any], server: ServerFacts) -> dict[str, Any] | None:
     """Who set the pace for this target (saturation.py), from its speed figures and run.json."""
     if not speed.get("requests"):
         return None
-    client = server.get("client") or {}
+    client = server.client or {}
     return assess(
         lambda name: speed.get(SPEED_LATENCIES[name]),
         core_share(client.get("cpu_s"), client.get("wall_s")),
         speed.get("send_delay_p50_ms"),
-        server.get("managed"),
-        server.get("metrics_before"),
-        server.get("metrics_after"),
+        server.managed,
+        server.metrics_before,
+        server.metrics_after,
     )
 
 

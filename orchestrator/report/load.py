@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.report import cells as c
+from orchestrator.run_meta import RunMeta
 from orchestrator.saturation import assess, core_share
 from orchestrator.store import RunStore
 
@@ -25,9 +26,9 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
 
     store = RunStore(run_dir)
     meta = store.require_meta()
-    profile = LoadProfile.from_dict(meta["load_profile"])
+    profile = LoadProfile.from_dict(meta.load_profile or {})
     targets: dict[str, list[dict[str, Any]]] = {}
-    for t in meta["manifest"]["targets"]:
+    for t in meta.manifest["targets"]:
         levels = []
         for records in store.load_levels(t["name"]):
             metrics = level_metrics(records, profile)
@@ -37,22 +38,22 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
         levels.sort(key=lambda m: (m["mode"] != "concurrency", m["level"]))
         targets[t["name"]] = levels
     return {
-        "run_id": meta.get("run_id", run_dir.name),
-        "profile": meta["load_profile"],
-        "notes": meta.get("load_notes", {}),
-        "client": meta.get("client", {}),
-        "roofline": meta.get("roofline", {}),
+        "run_id": meta.run_id or run_dir.name,
+        "profile": meta.load_profile,
+        "notes": meta.load_notes,
+        "client": meta.client,
+        "roofline": meta.roofline,
         "targets": targets,
         # Each model's checkpoints (target, quantization), for the chart that compares them.
         "models": {
-            model: [(t["name"], t["quantization"]) for t in meta["manifest"]["targets"] if t["model"] == model]
-            for model in dict.fromkeys(t["model"] for t in meta["manifest"]["targets"])
+            model: [(t["name"], t["quantization"]) for t in meta.manifest["targets"] if t["model"] == model]
+            for model in dict.fromkeys(t["model"] for t in meta.manifest["targets"])
         },
     }
 
 
 def _level_saturation(
-    meta: dict[str, Any], target: str, records: Sequence[Any], metrics: dict[str, Any]
+    meta: RunMeta, target: str, records: Sequence[Any], metrics: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Who set the pace of one load level (saturation.py): its metrics, the client's CPU time and
     the server's /metrics around it (run.json)."""
@@ -61,13 +62,13 @@ def _level_saturation(
     key = f"{target}/{records[0].mode}-{records[0].level:g}"
     timed = [r.timing for r in records if r.timing is not None]
     wall = max(t.wall_end for t in timed) - min(t.wall_send for t in timed) if timed else None
-    scraped = meta.get("server_metrics", {}).get(key) or {}
+    scraped = meta.server_metrics.get(key) or {}
 
     return assess(
         lambda name: (metrics.get(name) or {}).get("p50"),
-        core_share(meta.get("client", {}).get("levels", {}).get(key), wall),
+        core_share(meta.client.get("levels", {}).get(key), wall),
         (metrics.get("queue_ms") or {}).get("p50") if records[0].mode == "concurrency" else None,
-        meta.get("servers", {}).get(target),
+        meta.server(target).to_json(),
         scraped.get("before"),
         scraped.get("after"),
     )

@@ -11,60 +11,10 @@ its records is byte-identical whatever the hash seed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-_META = ("extra", "keys")
-
-
-def _dump(value: Any) -> Any:
-    if isinstance(value, Node):
-        return value.to_json()
-    if isinstance(value, dict):
-        return {k: _dump(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_dump(v) for v in value]
-    return value
-
-
-@dataclass(kw_only=True)
-class Node:
-    """A typed view of one JSON object of the report: its declared fields typed, the other keys
-    kept in ``extra``, ``keys`` the order the object was read in (empty when built in code)."""
-
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
-    # key -> how that declared field is read from JSON (the nested nodes)
-    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
-
-    @classmethod
-    def declared(cls) -> tuple[str, ...]:
-        """The declared fields' names, in order."""
-        return tuple(f.name for f in fields(cls) if f.name not in _META)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Self:
-        """Read one object (keys it does not declare go to ``extra``)."""
-        declared = set(cls.declared())
-        values = {k: cls.READERS.get(k, _same)(v) for k, v in data.items() if k in declared}
-        extra = {k: v for k, v in data.items() if k not in declared}
-        return cls(**values, extra=extra, keys=tuple(data))
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain data, in the order read (or the declared order, then ``extra``)."""
-        declared = self.declared()
-        order = self.keys or (*declared, *self.extra)
-        return {k: _dump(getattr(self, k)) if k in declared else self.extra[k] for k in order}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """A figure by name, declared or not (a task's own figures)."""
-        if key in self.declared():
-            return getattr(self, key)
-        return self.extra.get(key, default)
-
-
-def _same(value: Any) -> Any:
-    return value
+from orchestrator.jsonmodel import Node
 
 
 @dataclass(kw_only=True)
