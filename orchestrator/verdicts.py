@@ -2,8 +2,9 @@
 
 ``target_statistics`` gives one target, from its records: the 95 % interval of every accuracy and
 of the Average; whether each task is complete (every sample of the run attempted), the Average
-only over complete tasks. ``compare`` then adds to each quantized row of the report its
-comparison with the model's reference row (BF16/FP16/F16/FP32/F32): per task
+only over complete tasks. ``compare`` then gives each quantized row of the report its
+comparison with the model's reference row (BF16/FP16/F16/FP32/F32), as objects
+(``Compared``, the report model's ``Comparison``; the rows are not changed): per task
 and for the Average the paired difference on the samples both answered, its interval, flips,
 changed answers, McNemar's exact p with Holm's correction across every comparison of the run,
 recovery, the speed ratio, and a verdict in words. Everything comes from the records on disk.
@@ -13,16 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator import divergence, stats
 from orchestrator.records import SampleRecord
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, REFERENCE_QUANTS
+from orchestrator.report.model import Comparison, PairedResult
 from orchestrator.stats import Outcomes, Paired
 from orchestrator.tasks import Task
 
 
-def reference_of(group: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def reference_of(group: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The row a model's quantizations are compared with: its first full-precision row."""
     for quant in REFERENCE_QUANTS:
         for row in group:
@@ -107,147 +110,197 @@ class Side(Protocol):
     def logprobs(self) -> Mapping[str, Any]: ...
 
 
-def compare(rows: list[dict[str, Any]], sides: Mapping[tuple[str, str], Side]) -> None:
+@dataclass
+class Compared:
+    """What comparing one row gives it: its reference, the comparison (per task, the Average and
+    the divergence), why there is none, its speed against the reference, the noise floor's bands."""
+
+    reference: str | None = None
+    comparison: Comparison | None = None
+    note: str | None = None
+    speed_vs_reference: dict[str, float | None] | None = None
+    noise_floor: dict[str, list[float]] | None = None
+
+    @property
+    def delta_average(self) -> float | None:
+        """The Average's paired difference, where there is one."""
+        cmp = self.comparison
+        return None if cmp is None or cmp.average is None else cmp.average.delta
+
+    def fields(self) -> dict[str, Any]:
+        """The row's fields in report.json, in its order."""
+        out: dict[str, Any] = {
+            "reference": self.reference,
+            "comparison": None if self.comparison is None else self.comparison.to_json(),
+            "comparison_note": self.note,
+        }
+        if self.speed_vs_reference is not None:
+            out["speed_vs_reference"] = self.speed_vs_reference
+        out["delta_average"] = self.delta_average
+        if self.noise_floor is not None:
+            out["noise_floor"] = self.noise_floor
+        return out
+
+
+@dataclass
+class _Pending:
+    """One row's comparison while the run's p-values wait for Holm's correction."""
+
+    row: Mapping[str, Any]
+    ref: Mapping[str, Any]
+    tasks: dict[str, Paired] = field(default_factory=dict)
+    average: Paired | None = None
+    single: str | None = None  # the one task the Average is
+    divergence: dict[str, Any] | None = None
+
+
+def compare(rows: Sequence[Mapping[str, Any]], sides: Mapping[tuple[str, str], Side]) -> dict[str, Compared]:
     """Each row against its model's reference row (a noise-floor row against the target it
-    repeats): per task and for the Average, added to ``rows`` in place, Holm-corrected across the
-    run; then the noise floor. ``sides``: each (target, task)'s outcomes, answers and verdicts."""
-    by_model: dict[str, list[dict[str, Any]]] = {}
+    repeats): per task and for the Average, Holm-corrected across the run, then the noise floor.
+    ``sides``: each (target, task)'s outcomes, answers and verdicts. Returns each row's
+    ``Compared`` by target; the rows are read, never changed."""
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
-    family: list[tuple[dict[str, Any], Paired]] = []  # every comparison, for Holm's correction
-    singles: list[tuple[dict[str, Any], str]] = []  # comparisons whose Average is their one task
-
     by_name = {row["target"]: row for row in rows}
+    out: dict[str, Compared] = {}
+    pending: list[_Pending] = []
     for model, group in by_model.items():
         model_ref = reference_of(group)
         for row in group:
             # A noise-floor row repeats its reference target: compared with that one, like a quantization.
             ref = by_name.get(row["noise_of"]) if row.get("noise_of") else model_ref
-            row["reference"] = None if ref is None else ref["target"]
-            row["comparison"] = None
-            row["comparison_note"] = None
+            done = out[row["target"]] = Compared(reference=None if ref is None else ref["target"])
             if ref is None:
-                row["comparison_note"] = f"no reference row ({'/'.join(REFERENCE_QUANTS)}) for {model}"
-                continue
-            if row is ref:
-                continue
-            cmp: dict[str, Any] = {"tasks": {}, "average": None}
-            parts: list[Paired] = []
-            pooled = [0, 0, 0, 0]  # n, right->wrong, wrong->right, changed
-            kl_all: dict[tuple[str, str], divergence.SampleDivergence] = {}  # every task's paired samples
-            kl_k: list[int] = []
-            for name in row["tasks"]:
-                if name not in ref["tasks"]:
-                    continue
-                r_side, q_side = sides[(ref["target"], name)], sides[(row["target"], name)]
-                r_out, q_out = r_side.outcomes, q_side.outcomes
-                p = stats.paired(r_out, q_out, r_side.answers, q_side.answers, r_side.verdicts, q_side.verdicts)
-                if r_side.logprobs and q_side.logprobs:
-                    found = divergence.divergences(
-                        r_side.logprobs, q_side.logprobs, r_side.answers if name in MULTIPLE_CHOICE_TASKS else None
-                    )
-                    k = min(divergence.k_of(r_side.logprobs), divergence.k_of(q_side.logprobs))
-                    seed = stats.seed_for(ref["target"], row["target"], name, "kl")
-                    p = dataclasses.replace(p, extra={**p.extra, "divergence": divergence.summarize(found, k, seed)})
-                    kl_all.update(((name, sid), d) for sid, d in found.items())
-                    kl_k.append(k)
-                cmp["tasks"][name] = p
-                family.append((cmp["tasks"], p))
-                if name in row["average_tasks"] and name in ref["average_tasks"] and p.n:
-                    parts.append(p)
-                    pooled = [
-                        a + b for a, b in zip(pooled, (p.n, p.right_to_wrong, p.wrong_to_right, p.changed), strict=True)
-                    ]
-            common = [n for n in row["tasks"] if n in row["average_tasks"] and n in ref["average_tasks"]]
-            if len(common) == 1 and len(parts) == 1:
-                # The Average of one task is that task: the same comparison (one test for Holm).
-                singles.append((cmp, common[0]))
-            elif parts and len(parts) == len(common):
-                ci = stats.paired_average(parts)
-                deltas = [cmp["tasks"][n].delta for n in common]
-                n, r2w, w2r, changed = pooled
-                avg = Paired(
-                    n, 0, 0,
-                    sum(cmp["tasks"][n_].reference for n_ in common) / len(common),
-                    sum(cmp["tasks"][n_].quantized for n_ in common) / len(common),
-                    sum(deltas) / len(deltas),
-                    ci.bounds,
-                    r2w, w2r, changed, stats.mcnemar_exact(r2w, w2r),
-                    stats.mdd_of(ci),
-                    interval_method=ci.method,
-                    interval_note=ci.note,
-                    extra={"tasks": common},
-                )  # fmt: skip
-                cmp["average"] = avg
-                family.append((cmp, avg))
-            # Over every task's samples: the KLD column.
-            cmp["divergence"] = (
-                divergence.summarize(kl_all, min(kl_k), stats.seed_for(ref["target"], row["target"], "kl"))
-                if kl_all
-                else None
-            )
-            row["comparison"] = cmp
-            row["speed_vs_reference"] = _speed_ratios(row["speed"], ref["speed"])
-            if not any(p.n for p in cmp["tasks"].values()):
-                row["comparison_note"] = f"shares no answered sample with {ref['target']}: nothing to compare"
-    adjusted = stats.holm([p.p_value for _, p in family])
-    for (holder, p), p_holm in zip(family, adjusted, strict=True):
-        final = _judged(p, p_holm)
-        for key, value in list(holder.items()):
-            if value is p:
-                holder[key] = final
-    for cmp, name in singles:
-        task = cmp["tasks"][name]
-        cmp["average"] = dataclasses.replace(task, extra={**task.extra, "tasks": [name]})
-    for row in rows:
-        done: dict[str, Any] | None = row.get("comparison")
-        if done is None:
+                done.note = f"no reference row ({'/'.join(REFERENCE_QUANTS)}) for {model}"
+            elif row is not ref:
+                pending.append(_pair(row, ref, sides))
+                done.speed_vs_reference = _speed_ratios(row["speed"], ref["speed"])
+                if not any(p.n for p in pending[-1].tasks.values()):
+                    done.note = f"shares no answered sample with {ref['target']}: nothing to compare"
+    family = [p for c in pending for p in (*c.tasks.values(), *([c.average] if c.average else []))]
+    holm = dict(zip(map(id, family), stats.holm([p.p_value for p in family]), strict=True))
+    for c in pending:
+        tasks = {name: _result(_judged(p, holm[id(p)]), c.row, c.ref, name) for name, p in c.tasks.items()}
+        if c.single is not None:
+            # The Average of one task is that task: the same comparison (one test for Holm).
+            average: PairedResult | None = PairedResult.from_json({**tasks[c.single].to_json(), "tasks": [c.single]})
+            # report.json's order: the task list where a paired Average keeps it, before recovery
+            assert average is not None
+            average = _reordered(average)
+        elif c.average is not None:
+            average = _result(_judged(c.average, holm[id(c.average)]), c.row, c.ref, None)
+        else:
+            average = None
+        out[c.row["target"]].comparison = Comparison(tasks=tasks, average=average, divergence=c.divergence)
+    _noise_floor(rows, out)
+    return out
+
+
+def _pair(row: Mapping[str, Any], ref: Mapping[str, Any], sides: Mapping[tuple[str, str], Side]) -> _Pending:
+    """A row's paired statistics per task against its reference, the Average's (or the one task it
+    is), and the divergence over every task's samples (the KLD column)."""
+    c = _Pending(row, ref)
+    parts: list[Paired] = []
+    pooled = [0, 0, 0, 0]  # n, right->wrong, wrong->right, changed
+    kl_all: dict[tuple[str, str], divergence.SampleDivergence] = {}  # every task's paired samples
+    kl_k: list[int] = []
+    for name in row["tasks"]:
+        if name not in ref["tasks"]:
             continue
-        ref_row = next(r for r in rows if r["target"] == row["reference"])
-        tasks_json = {}
-        for name, p in done["tasks"].items():
-            out = p.to_json()
-            ref_acc, acc = ref_row["tasks"][name]["accuracy"], row["tasks"][name]["accuracy"]
-            out["recovery"] = None if not ref_acc or acc is None else acc / ref_acc
-            tasks_json[name] = out
-        done["tasks"] = tasks_json
-        if done["average"] is not None:
-            out = done["average"].to_json()
-            out["recovery"] = out["quantized"] / out["reference"] if out["reference"] else None
-            done["average"] = out
-    for row in rows:
-        row["delta_average"] = ((row.get("comparison") or {}).get("average") or {}).get("delta")
-    _noise_floor(rows)
+        r_side, q_side = sides[(ref["target"], name)], sides[(row["target"], name)]
+        p = stats.paired(
+            r_side.outcomes, q_side.outcomes, r_side.answers, q_side.answers, r_side.verdicts, q_side.verdicts
+        )
+        if r_side.logprobs and q_side.logprobs:
+            found = divergence.divergences(
+                r_side.logprobs, q_side.logprobs, r_side.answers if name in MULTIPLE_CHOICE_TASKS else None
+            )
+            k = min(divergence.k_of(r_side.logprobs), divergence.k_of(q_side.logprobs))
+            seed = stats.seed_for(ref["target"], row["target"], name, "kl")
+            p = dataclasses.replace(p, extra={**p.extra, "divergence": divergence.summarize(found, k, seed)})
+            kl_all.update(((name, sid), d) for sid, d in found.items())
+            kl_k.append(k)
+        c.tasks[name] = p
+        if name in row["average_tasks"] and name in ref["average_tasks"] and p.n:
+            parts.append(p)
+            pooled = [a + b for a, b in zip(pooled, (p.n, p.right_to_wrong, p.wrong_to_right, p.changed), strict=True)]
+    common = [n for n in row["tasks"] if n in row["average_tasks"] and n in ref["average_tasks"]]
+    if len(common) == 1 and len(parts) == 1:
+        c.single = common[0]
+    elif parts and len(parts) == len(common):
+        ci = stats.paired_average(parts)
+        # Every common task has paired samples here (len(parts) == len(common)): no figure is None.
+        deltas = [c.tasks[n].delta or 0.0 for n in common]
+        n, r2w, w2r, changed = pooled
+        c.average = Paired(
+            n, 0, 0,
+            sum(c.tasks[n_].reference or 0.0 for n_ in common) / len(common),
+            sum(c.tasks[n_].quantized or 0.0 for n_ in common) / len(common),
+            sum(deltas) / len(deltas),
+            ci.bounds,
+            r2w, w2r, changed, stats.mcnemar_exact(r2w, w2r),
+            stats.mdd_of(ci),
+            interval_method=ci.method,
+            interval_note=ci.note,
+            extra={"tasks": common},
+        )  # fmt: skip
+    if kl_all:
+        c.divergence = divergence.summarize(kl_all, min(kl_k), stats.seed_for(ref["target"], row["target"], "kl"))
+    return c
 
 
-def _noise_floor(rows: list[dict[str, Any]]) -> None:
+def _result(p: Paired, row: Mapping[str, Any], ref: Mapping[str, Any], task: str | None) -> PairedResult:
+    """A judged comparison with its recovery (the quantized side's share of the reference's
+    accuracy): a task's from the two rows' accuracies, the Average's from the paired means."""
+    data = p.to_json()
+    if task is not None:
+        ref_acc, acc = ref["tasks"][task]["accuracy"], row["tasks"][task]["accuracy"]
+        data["recovery"] = None if not ref_acc or acc is None else acc / ref_acc
+    else:
+        data["recovery"] = data["quantized"] / data["reference"] if data["reference"] else None
+    return PairedResult.from_json(data)
+
+
+def _reordered(p: PairedResult) -> PairedResult:
+    """The one-task Average with its task list where a paired Average has it (before recovery)."""
+    data = p.to_json()
+    tasks = data.pop("tasks")
+    keys = list(data)
+    at = keys.index("recovery")
+    return PairedResult.from_json({k: data[k] for k in keys[:at]} | {"tasks": tasks} | {k: data[k] for k in keys[at:]})
+
+
+def _noise_floor(rows: Sequence[Mapping[str, Any]], found: Mapping[str, Compared]) -> None:
     """Per model, the span of the reference-vs-itself intervals (each task and the Average); a
     quantization's Δ inside it is not told apart from what serving alone changes."""
-    for model in {row["model"] for row in rows}:
-        noise = [r for r in rows if r["model"] == model and r.get("noise_of") and r.get("comparison")]
-        if not noise:
-            continue
+    for model in dict.fromkeys(row["model"] for row in rows):
+        noise = [found[r["target"]].comparison for r in rows if r["model"] == model and r.get("noise_of")]
         bands: dict[str, list[float]] = {}
-        for r in noise:
-            cmp = r["comparison"]
-            for name, p in [*cmp["tasks"].items(), ("average", cmp.get("average"))]:
-                if p and p.get("interval"):
-                    lo, hi = p["interval"]
+        for cmp in noise:
+            if cmp is None:
+                continue
+            for name, p in [*cmp.tasks.items(), ("average", cmp.average)]:
+                if p is not None and p.interval:
+                    lo, hi = p.interval
                     band = bands.setdefault(name, [lo, hi])
                     band[0], band[1] = min(band[0], lo), max(band[1], hi)
+        if not any(noise):
+            continue
         for r in rows:
-            cmp = r.get("comparison")
-            if r["model"] != model or r.get("noise_of") or not cmp:
+            done = found[r["target"]]
+            cmp = done.comparison
+            if r["model"] != model or r.get("noise_of") or cmp is None:
                 continue
-            r["noise_floor"] = bands
-            for name, p in [*cmp["tasks"].items(), ("average", cmp.get("average"))]:
+            done.noise_floor = bands
+            for name, p in [*cmp.tasks.items(), ("average", cmp.average)]:
                 span = bands.get(name)
-                if p is None or span is None or p.get("delta") is None:
+                if p is None or span is None or p.delta is None:
                     continue
-                p["noise_band"] = span
-                p["inside_noise_floor"] = span[0] <= p["delta"] <= span[1]
-                if p["inside_noise_floor"]:
-                    p["verdict"] += " (inside the noise floor)"
+                p.noise_band = span
+                p.inside_noise_floor = span[0] <= p.delta <= span[1]
+                if p.inside_noise_floor:
+                    p.verdict += " (inside the noise floor)"
 
 
 def _judged(p: Paired, p_holm: float) -> Paired:
@@ -309,4 +362,13 @@ def paired_runs(
     return out
 
 
-__all__ = ["Side", "answers_of", "compare", "paired_runs", "reference_of", "target_statistics", "verdicts_of"]
+__all__ = [
+    "Compared",
+    "Side",
+    "answers_of",
+    "compare",
+    "paired_runs",
+    "reference_of",
+    "target_statistics",
+    "verdicts_of",
+]

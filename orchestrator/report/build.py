@@ -59,7 +59,9 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
             }
         )
     # Each quantization against its reference.
-    compare(rows, sides)
+    compared = compare(rows, sides)
+    for row in rows:
+        row.update(compared[row["target"]].fields())
     report = {
         "run_id": meta.run_id or run_dir.name,
         "setup": setup,
