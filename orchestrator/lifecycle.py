@@ -361,17 +361,10 @@ class Lifecycle:
                 self.cli.remove(strays)
 
     def _save_log(self, name: str) -> None:
-        path = self.store.server_log(name)
         text = self.cli.logs(name)
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(f"==== docker compose logs {name} at {stamp} ====\n{text}")
-                if text and not text.endswith("\n"):
-                    f.write("\n")
-        except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        end = "\n" if text and not text.endswith("\n") else ""
+        self.store.append_server_log(name, f"==== docker compose logs {name} at {stamp} ====\n{text}{end}")
 
     def _event(self, turn: Turn, event: str, detail: str) -> None:
         """One step of the lifecycle, kept in run.json at once (a killed run still says how far it got)."""

@@ -18,7 +18,7 @@ from orchestrator.hub import data_root
 from orchestrator.manifest import parse_manifest
 from orchestrator.records import SampleRecord
 from orchestrator.setups import SETUP_VERSIONS, run_setup_version, store_key
-from orchestrator.store import RunStore, atomic_write, jsonl_line, read_records
+from orchestrator.store import RunStore, atomic_write, read_records
 from orchestrator.tasks import IFEvalTask, Sample, manifest_tasks
 from orchestrator.tasks.base import DataError
 from orchestrator.tasks.ifeval import aggregate_verdicts
@@ -65,7 +65,7 @@ def rescore_run(run_dir: Path, data_dir: str | Path | None = None) -> dict[str, 
                 r.extracted, r.rule, r.correct = score.extracted, score.rule, score.correct
                 r.score_details = score.details
                 counts[name] += 1
-            atomic_write(path, b"".join(jsonl_line(r.to_json()) for r in records))  # a crash leaves the old file
+            store.replace_records(target["name"], name, store_key(version), records)  # a crash leaves the old file
     return counts
 
 

@@ -300,6 +300,26 @@ class RunStore:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path
 
+    def replace_records(self, target: str, task: str, setup: str, records: list[SampleRecord]) -> Path:
+        """Rewrite one samples file whole (re-scoring): all or nothing, a crash leaves the old one."""
+        path = self.samples_path(target, task, setup)
+        try:
+            atomic_write(path, b"".join(jsonl_line(r.to_json()) for r in records))
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return path
+
+    def append_server_log(self, target: str, text: str) -> Path:
+        """Add a block (a Compose service's logs) to a server's log, masked of secrets."""
+        path = self.server_log(target)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(mask_secrets(text))
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return path
+
     def write_text(self, name: str, text: str) -> Path:
         """Write a text file (a report) into the run dir atomically, credentials masked."""
         return self.write_bytes(name, mask_secrets(text).encode("utf-8"))

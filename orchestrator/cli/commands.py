@@ -9,7 +9,6 @@ from pathlib import Path
 
 from orchestrator.cli.common import EXIT_BAD_INPUT, console, error, out, split
 from orchestrator.manifest import ManifestError, load_manifest
-from orchestrator.secrets import redact
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -25,14 +24,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if getattr(args, "other_run", None):
         other = write_report(Path(args.other_run), reference)
         out().print(render_table(other))
-        from orchestrator.store import atomic_write, json_document
+        from orchestrator.store import RunStore
 
         cmp = compare_reports(report, other, Path(args.run_dir), Path(args.other_run))
         if not cmp["rows"]:
             raise NotARunError("the two runs share no checkpoint (model and quantization)")
         out().print(render_comparison(cmp))
-        path = Path(args.other_run) / f"compare-{report['run_id']}.json"
-        atomic_write(path, json_document(redact(cmp)))
+        path = RunStore(Path(args.other_run)).write_json(f"compare-{report['run_id']}.json", cmp)
         console.print(f"comparison: {path}")
     return 0
 
