@@ -427,3 +427,18 @@ def test_a_second_published_model_and_rows_whose_weights_are_not_the_published_o
     md = render_markdown(report)
     assert "SmolLM2-135M-Instruct model card" in md and "IFEval (average prompt/inst)" in md
     assert "weights F16 dequantized from Q4_1, not the published checkpoint's, not comparable" in md
+
+
+def test_requests_sent_again_on_a_closed_keep_alive_connection_are_reported(tmp_path: Path) -> None:
+    """A request re-sent at once on a connection the server had closed is still one sample; the
+    report says how many there were (report.json's speed and a line under the table)."""
+    run = _run(tmp_path, [_target("bf16", "M", "BF16")], {"mmlu": 20})
+    store = RunStore(run)
+    writer = store.writer("bf16", "mmlu", "qwen@2")
+    for i in range(20):
+        common = {"id": f"mmlu/{i}", "task": "mmlu", "subject": "s", "target": "bf16", "gold": "A", "reply": "A"}
+        writer.write(SampleRecord(**common, extracted="A", rule="r", correct=True, resends=int(i < 3)))
+    store.close()
+    report = write_report(run)
+    assert report["rows"][0]["speed"]["resent"] == 3
+    assert "bf16: 3 requests were sent again at once" in (run / "report.md").read_text()

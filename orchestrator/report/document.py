@@ -185,6 +185,17 @@ def pace_lines(report: Report) -> list[str]:
     return [f"{row.target}: {row.saturation['line']}" for row in report.rows if row.saturation]
 
 
+def resent_lines(report: Report) -> list[str]:
+    """Rows some of whose requests were sent twice: at once, on a keep-alive connection the server
+    had closed (not a retry after an error, and never an answer counted twice)."""
+    return [
+        f"{row.target}: {row.speed.resent} requests were sent again at once "
+        "(the server had closed the keep-alive connection)"
+        for row in report.rows
+        if row.speed.resent
+    ]
+
+
 def caption(report: Report) -> list[str]:
     """The lines under the main table where it stands alone (the terminal)."""
     failed = [row.failure for row in report.rows if row.failure]  # each names its target
@@ -195,6 +206,7 @@ def caption(report: Report) -> list[str]:
         *([line] if (line := interval_caption(report)) else []),
         *notes,
         *(["failed: " + " · ".join(failed)] if failed else []),
+        *resent_lines(report),
         *pace_lines(report),
     ]
 
@@ -330,7 +342,7 @@ def build_document(report: Report) -> Document:
 
     lead = Section(
         table=main_table(report),
-        after=(c.DELTA_LEGEND, *([KLD_NOTE + "."] if has_kld(report) else [])),
+        after=(c.DELTA_LEGEND, *([KLD_NOTE + "."] if has_kld(report) else []), *resent_lines(report)),
     )
     intervals = interval_lines(report)
     pace = pace_lines(report)
