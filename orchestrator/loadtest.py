@@ -31,7 +31,7 @@ from typing import Any
 from orchestrator import timing
 from orchestrator.errors import LoadConfigError
 from orchestrator.manifest import MODES, LoadProfile
-from orchestrator.metrics import Distribution, latencies
+from orchestrator.metrics import LATENCIES, Distribution, latencies
 from orchestrator.records import Exchange, LoadRecord, Timing
 
 # One type for a load test's profile: the manifest's load_test section, the CLI's overrides on
@@ -84,7 +84,9 @@ def synthetic_prompts(tokenizer: Any, n: int, input_tokens: int, seed: int) -> l
 
 
 # A load level's latencies (metrics.LATENCIES), the server's own last.
-LEVEL_LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms", "post_ms", "server_tpot_ms", "server_wait_ms")
+def level_latencies() -> tuple[str, ...]:
+    """A load level's latencies: every entry of metrics.LATENCIES marked ``load``."""
+    return tuple(name for name, m in LATENCIES.items() if m.load)
 
 
 def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[str, Any]:
@@ -122,7 +124,8 @@ def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[s
     p = profile.percentiles
     # The profile's percentiles, and the median always: who set the pace, the roofline and the
     # curves read it whatever was asked.
-    found = latencies(ok, measured, LEVEL_LATENCIES, sorted({*p, 50.0}))
+    names = level_latencies()
+    found = latencies(ok, measured, names, sorted({*p, 50.0}))
     metrics: dict[str, Any] = {
         "completed": len(ok),
         "failed": len(measured) - len(ok),
@@ -131,12 +134,12 @@ def level_metrics(records: Sequence[LoadRecord], profile: LoadProfile) -> dict[s
         "output_throughput": out_tokens / window if window else None,
         "total_token_throughput": (out_tokens + in_tokens) / window if window else None,
         "mean_output_tokens": sum(r.completion_tokens or 0 for r in ok) / len(ok) if ok else None,
-        **{name: found[name].to_json() for name in LEVEL_LATENCIES[:6]},
+        **{name: found[name].to_json() for name in names if not LATENCIES[name].server},
         "dispatch_lag_ms": Distribution.of(lag, p).to_json() if lag else None,
     }
     # The server's own account, where it gives one (llama-server's timings).
     if any(r.server_timing is not None for r in ok):
-        metrics.update({name: found[name].to_json() for name in LEVEL_LATENCIES[6:]})
+        metrics.update({name: found[name].to_json() for name in names if LATENCIES[name].server})
     # A level whose requests outlast it is one wave of requests, not a steady state.
     e2e_median = found["e2el_ms"].p(50)
     metrics["one_wave"] = bool(profile.duration and e2e_median and e2e_median / 1000.0 >= profile.duration)

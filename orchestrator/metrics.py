@@ -75,12 +75,15 @@ def _post(r: Exchange) -> list[float]:
 @dataclass(frozen=True)
 class Latency:
     """A latency metric: its name (milliseconds), a title, its values from one answered record
-    (none, one, or several: ITL pools every gap), and whether it counts failed requests too."""
+    (none, one, or several: ITL pools every gap), whether it counts failed requests too, and
+    where it is shown: a load level's figures and table, or only where the server gave it."""
 
     name: str
     title: str
     values: Callable[[Exchange], list[float]]
     every_request: bool = False  # measured on every request, failed ones included (client time)
+    load: bool = True  # a load level's figure (load_report.json, the latency table)
+    server: bool = False  # the server's own account: shown where the server gives one
 
 
 LATENCIES: dict[str, Latency] = {
@@ -92,11 +95,16 @@ LATENCIES: dict[str, Latency] = {
         Latency("e2el_ms", "E2EL", lambda r: _one(r.e2e)),
         Latency("queue_ms", "queue", _queued, every_request=True),
         Latency("post_ms", "post", _post),
-        Latency("send_delay_ms", "send delay", lambda r: _one(r.timing.send_delay if r.timing else None)),
+        Latency("send_delay_ms", "send delay", lambda r: _one(r.timing.send_delay if r.timing else None), load=False),
         # The server's own account, where it gives one (llama-server's timings): its time per
         # decoded token, and the wait before its prompt (TTFT minus its prompt time).
-        Latency("server_tpot_ms", "server TPOT", lambda r: _one(r.server_timing and r.server_timing.per_token_ms, 1.0)),
-        Latency("server_wait_ms", "server wait", _server_wait),
+        Latency(
+            "server_tpot_ms",
+            "server TPOT",
+            lambda r: _one(r.server_timing and r.server_timing.per_token_ms, 1.0),
+            server=True,
+        ),
+        Latency("server_wait_ms", "server wait", _server_wait, server=True),
     )
 }
 

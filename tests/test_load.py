@@ -289,3 +289,30 @@ async def test_the_load_report_shows_the_percentiles_asked_and_keeps_the_median(
     console = Console(width=250, record=True)
     console.print(render_latency_table(report))
     assert "p90/p99.9" in console.export_text()
+
+
+async def test_a_new_latency_metric_is_one_entry(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry in metrics.LATENCIES (here: time from the first token to the last) reaches the
+    level's figures, the latency table and the page, with nothing else edited."""
+    from rich.console import Console
+
+    from orchestrator.metrics import LATENCIES, Latency
+    from orchestrator.report import render_latency_table
+
+    def decode(r: Any) -> list[float]:
+        return [] if r.ttft is None or r.e2e is None else [(r.e2e - r.ttft) * 1000.0]
+
+    monkeypatch.setitem(LATENCIES, "decode_ms", Latency("decode_ms", "decode", decode))
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, paced(0.02, 0.002), levels=(1,), requests=6, warmup=0, output_tokens=4
+    )
+    report = write_load_report(run_dir)
+    [m] = report["targets"]["fake"]
+    assert m["decode_ms"]["p50"] == pytest.approx(m["e2el_ms"]["p50"] - m["ttft_ms"]["p50"], abs=5.0)
+    console = Console(width=300, record=True)
+    console.print(render_latency_table(report))
+    assert (
+        "DECODE ms" in console.export_text() and "decode_ms p50/p90/p99" in (run_dir / "load_report.html").read_text()
+    )

@@ -12,12 +12,16 @@ from typing import Any
 
 from rich.table import Table
 
+from orchestrator.metrics import LATENCIES
 from orchestrator.report import cells as c
 from orchestrator.run_meta import RunMeta
 from orchestrator.saturation import assess, core_share
 from orchestrator.store import RunStore
 
-LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms", "post_ms")
+
+def table_latencies() -> tuple[str, ...]:
+    """The latency table's metrics: every load-level latency of metrics.LATENCIES but the server's own."""
+    return tuple(name for name, m in LATENCIES.items() if m.load and not m.server)
 
 
 def build_load_report(run_dir: Path) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def render_latency_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"Load test {report['run_id']} ({report['profile']['mode']})")
     for col in ("Target", "Level", "req/s", "out tok/s", "ok/fail"):
         table.add_column(col, justify="right" if col != "Target" else "left")
-    for metric in LATENCY_METRICS:
+    for metric in table_latencies():
         table.add_column(f"{metric.removesuffix('_ms').upper()} ms\n{'/'.join(pcts)}", justify="right")
     if any(m.get("goodput") for levels in report["targets"].values() for m in levels):
         table.add_column("goodput", justify="right")
@@ -95,7 +99,7 @@ def render_latency_table(report: dict[str, Any]) -> Table:
                 c.num(m["output_throughput"], "{:.1f}"),
                 f"{m['completed']}/{m['failed']}",
             ]
-            for metric in LATENCY_METRICS:
+            for metric in table_latencies():
                 s = m[metric]
                 cells.append(" / ".join(c.num(s.get(p), "{:.1f}") or "-" for p in pcts))
             if m.get("goodput"):
@@ -161,11 +165,11 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
         )
     for target, levels in report["targets"].items():
         body.append(f"<h2>{esc(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th>")
-        body += [f"<th>{m} {'/'.join(pcts)}</th>" for m in LATENCY_METRICS]
+        body += [f"<th>{m} {'/'.join(pcts)}</th>" for m in table_latencies()]
         body.append("</tr>")
         for m in levels:
             cells = [f"{m['mode']} {m['level']:g}", c.num(m["request_throughput"]), c.num(m["output_throughput"])]
-            for metric in LATENCY_METRICS:
+            for metric in table_latencies():
                 s = m[metric]
                 cells.append(" / ".join(c.num(s.get(k), "{:.1f}") or "-" for k in pcts))
             body.append("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>")
