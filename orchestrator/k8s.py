@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.compose import CACHE_ENV, CACHE_MOUNT, CONTAINER_PORT, IMAGES, LABEL, selected, server_command
+from orchestrator.compose import LABEL, selected
+from orchestrator.deploy import CACHE_ENV, CACHE_MOUNT, CONTAINER_PORT, IMAGES, server_command
 from orchestrator.matrix import Checkpoint
 from orchestrator.registry import TASKS
 
