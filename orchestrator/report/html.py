@@ -11,7 +11,7 @@ from orchestrator.report.model import Report
 STYLE = (
     "<style>body{font-family:sans-serif;margin:1.5em}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
     "text-align:right;white-space:pre-line}th{background:#f4f4f4}table{border-collapse:collapse;"
-    "margin:0.5em 0 1.5em}img{max-width:100%}.note{color:#555}</style>"
+    "margin:0.5em 0 1.5em}td:first-child,th:first-child{text-align:left}img{max-width:100%}.note{color:#555}</style>"
 )
 
 
