@@ -49,7 +49,12 @@ class ScoringProcess:
         """Start the child through the supervisor (it imports what the first job needs when that
         job arrives); ``log``: the run's log, where its stderr and log lines go."""
         env = {**os.environ, LOG_ENV: str(log)} if log is not None else None
-        self._proc = await supervisor.spawn([sys.executable, "-m", "orchestrator.scoring"], log, pipes=True, env=env)
+        try:
+            self._proc = await supervisor.spawn(
+                [sys.executable, "-m", "orchestrator.scoring"], log, pipes=True, env=env
+            )
+        except OSError as exc:
+            raise ScoringError(f"cannot start the scoring process ({sys.executable}): {exc.strerror or exc}") from None
         self._reader = asyncio.create_task(self._read())
 
     @property

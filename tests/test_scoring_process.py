@@ -73,3 +73,11 @@ def test_a_module_missing_in_a_command_is_one_line_and_exit_2(
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "matplotlib" in err and "Traceback" not in err
+
+
+async def test_a_scoring_process_that_cannot_start_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with pytest.raises(ScoringError, match=r"cannot start the scoring process .*no-python"):
+        await ScoringProcess().start(tmp_path / "orchestrator.log")

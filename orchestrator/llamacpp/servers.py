@@ -75,7 +75,11 @@ class ManagedServer:
     async def start(self) -> str:
         """Start the server process (orchestrator.serving.launch_server waits until it serves)."""
         self.build = await asyncio.to_thread(self.check_build)
-        self.process = await supervisor.spawn(self.command(), self.log_path)
+        command = self.command()
+        try:
+            self.process = await supervisor.spawn(command, self.log_path)
+        except OSError as exc:  # the binary gone or not executable, the log's folder unwritable
+            raise LaunchError(f"cannot start {command[0]} for {self.name}: {exc.strerror or exc}") from None
         return self.url
 
     def exited(self) -> bool:
