@@ -132,7 +132,8 @@ def main() -> None:
     print(f"places naming a task outside registry.py and tasks/: {len(places)}")
     for place in places:
         print(f"  {place}")
-    backends = named_outside(pkg, BACKEND_NAMES, ("registry.py", "backends/", "compose.py", "k8s.py", "matrix.py"))
+    homes = ("registry.py", "backends/", "deploy.py", "compose.py", "k8s.py", "matrix.py")
+    backends = named_outside(pkg, BACKEND_NAMES, homes)
     print(f"places naming a backend outside registry.py, backends/ and the deployment renderings: {len(backends)}")
     for place in backends:
         print(f"  {place}")
