@@ -23,8 +23,8 @@ def _dump(value: Any) -> Any:
 
 @dataclass(kw_only=True)
 class Node:
-    """A typed view of one JSON object of the report: its declared fields typed, the other keys
-    kept in ``extra``, ``keys`` the order the object was read in (empty when built in code)."""
+    """A typed view of one JSON object: its declared fields typed, the other keys kept in
+    ``extra``, ``keys`` the order the object was read in (empty when built in code)."""
 
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -34,7 +34,7 @@ class Node:
     @classmethod
     def declared(cls) -> tuple[str, ...]:
         """The declared fields' names, in order."""
-        return tuple(f.name for f in fields(cls) if f.name not in _META)
+        return _declared(cls)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
@@ -69,6 +69,17 @@ class Node:
 
 def _same(value: Any) -> Any:
     return value
+
+
+_DECLARED: dict[type, tuple[str, ...]] = {}
+
+
+def _declared(cls: type) -> tuple[str, ...]:
+    # Once per class: dataclasses.fields walks the class, and get() is called per figure rendered.
+    found = _DECLARED.get(cls)
+    if found is None:
+        found = _DECLARED[cls] = tuple(f.name for f in fields(cls) if f.name not in _META)
+    return found
 
 
 def _default(cls: type, name: str) -> Any:

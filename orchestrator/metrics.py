@@ -10,12 +10,11 @@ new) and an entry below; ``speed_summary`` (a bench row's speed) and ``loadtest.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from orchestrator.records import Exchange, LoadRecord
+from orchestrator.timing import percentile_of_sorted
 
 MS = 1000.0
 
@@ -36,7 +35,7 @@ class Distribution:
         return cls(
             len(ordered),
             sum(values) / len(values) if values else None,  # in their order: the same float sum as ever
-            {float(q): _at(ordered, q) for q in percentiles},
+            {float(q): percentile_of_sorted(ordered, q) for q in percentiles},
         )
 
     def p(self, q: float) -> float | None:
@@ -46,14 +45,6 @@ class Distribution:
     def to_json(self) -> dict[str, float | None]:
         """``{"mean": …, "p50": …, …}``: load_report.json's form."""
         return {"mean": self.mean, **{f"p{q:g}": v for q, v in self.percentiles.items()}}
-
-
-def _at(ordered: Sequence[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    pos = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _one(value: float | None, scale: float = MS) -> list[float]:
@@ -121,8 +112,3 @@ def latencies(
         pool = every if metric.every_request else answered
         out[name] = Distribution.of([v for r in pool for v in metric.values(r)], qs)
     return out
-
-
-def flat(found: Mapping[str, Distribution], q: float = 50) -> dict[str, Any]:
-    """``{"ttft_p50_ms": …}``: a bench row's speed figures' form (report.json)."""
-    return {f"{name.removesuffix('_ms')}_p{q:g}_ms": d.p(q) for name, d in found.items()}

@@ -62,8 +62,3 @@ class RunMeta(Node):
     def server(self, target: str) -> ServerFacts:
         """A target's server facts (empty when the run has none)."""
         return self.servers.get(target) or ServerFacts()
-
-
-def as_meta(meta: RunMeta | Mapping[str, Any]) -> RunMeta:
-    """run.json's data as the typed model."""
-    return meta if isinstance(meta, RunMeta) else RunMeta.from_json(meta)

@@ -84,9 +84,13 @@ class LoopPacer:
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
-    if not values:
+    return percentile_of_sorted(sorted(values), q)
+
+
+def percentile_of_sorted(ordered: Sequence[float], q: float) -> float | None:
+    """``percentile`` of values already sorted (several percentiles of one sort)."""
+    if not ordered:
         return None
-    ordered = sorted(values)
     pos = (len(ordered) - 1) * q / 100.0
     lo = math.floor(pos)
     hi = math.ceil(pos)

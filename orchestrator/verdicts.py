@@ -182,16 +182,13 @@ def compare(rows: Sequence[Mapping[str, Any]], sides: Mapping[tuple[str, str], S
     holm = dict(zip(map(id, family), stats.holm([p.p_value for p in family]), strict=True))
     for c in pending:
         tasks = {name: _result(_judged(p, holm[id(p)]), c.row, c.ref, name) for name, p in c.tasks.items()}
+        average: PairedResult | None = None
         if c.single is not None:
             # The Average of one task is that task: the same comparison (one test for Holm).
-            average: PairedResult | None = PairedResult.from_json({**tasks[c.single].to_json(), "tasks": [c.single]})
-            # report.json's order: the task list where a paired Average keeps it, before recovery
-            assert average is not None
-            average = _reordered(average)
+            task = _judged(c.tasks[c.single], holm[id(c.tasks[c.single])])
+            average = _result(dataclasses.replace(task, extra={**task.extra, "tasks": [c.single]}), c.row, c.ref, None)
         elif c.average is not None:
             average = _result(_judged(c.average, holm[id(c.average)]), c.row, c.ref, None)
-        else:
-            average = None
         out[c.row["target"]].comparison = Comparison(tasks=tasks, average=average, divergence=c.divergence)
     _noise_floor(rows, out)
     return out
@@ -260,15 +257,6 @@ def _result(p: Paired, row: Mapping[str, Any], ref: Mapping[str, Any], task: str
     else:
         data["recovery"] = data["quantized"] / data["reference"] if data["reference"] else None
     return PairedResult.from_json(data)
-
-
-def _reordered(p: PairedResult) -> PairedResult:
-    """The one-task Average with its task list where a paired Average has it (before recovery)."""
-    data = p.to_json()
-    tasks = data.pop("tasks")
-    keys = list(data)
-    at = keys.index("recovery")
-    return PairedResult.from_json({k: data[k] for k in keys[:at]} | {"tasks": tasks} | {k: data[k] for k in keys[at:]})
 
 
 def _noise_floor(rows: Sequence[Mapping[str, Any]], found: Mapping[str, Compared]) -> None:

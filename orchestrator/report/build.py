@@ -17,8 +17,6 @@ from orchestrator.store import RunStore
 from orchestrator.summary import SPEED_LATENCIES, summarize_run
 from orchestrator.verdicts import compare
 
-ACCURACY_COLUMNS = tuple(TASKS.items())
-
 
 def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]:
     """Every figure of a run, computed from run.json and the sample records; ``reference``: a

@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
 def png_bytes(fig: Figure, dpi: int = 80) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
