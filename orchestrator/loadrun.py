@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from typing import Any
 
 from orchestrator.backends import Backend, BackendError, ChatRequest
 from orchestrator.llamacpp import LaunchError
-from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.manifest import GenerationConfig, LoadProfile, Manifest, TargetConfig
 from orchestrator.records import LoadRecord
 from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving
@@ -46,7 +48,7 @@ class LoadRunner:
     def __init__(
         self,
         manifest: Manifest,
-        profile: Any,
+        profile: LoadProfile,
         store: RunStore,
         progress: Progress | None = None,
         tokenizer_path: Callable[[TargetConfig], Path | None] | None = None,
@@ -87,12 +89,7 @@ class LoadRunner:
         return results
 
     def _tokenizer(self, target: TargetConfig) -> Any:
-        source = target.tokenizer or target.model_id
-        if source is None:
-            raise LaunchError(
-                f"{target.name}: synthetic prompts need the model's tokenizer (set tokenizer or model_id)"
-            )
-        return load_tokenizer(source, self.tokenizer_path(target))
+        return target_tokenizer(target, self.tokenizer_path)
 
     async def _run_target(self, target: TargetConfig, runtime: Runtime) -> list[LevelResult]:
         from orchestrator.loadtest import schedule
@@ -122,7 +119,7 @@ class LoadRunner:
                     # Saturation first: a closed loop at high concurrency, then rates up to its throughput.
                     probe_c = int(max(profile.levels)) if profile.levels else 64
                     prompts = self._prompts(tokenizer, per_level, profile.seed)
-                    counts = _prompt_counts(tokenizer, template, prompts)
+                    counts = prompt_counts(tokenizer, template, prompts)
                     probe = await self._level(target, backend, "concurrency", probe_c, prompts, [], counts)
                     results.append(probe)
                     from orchestrator.loadtest import level_metrics
@@ -136,7 +133,7 @@ class LoadRunner:
                     n = per_level + (int(level) if mode == "concurrency" else 0)
                     prompts = self._prompts(tokenizer, n, profile.seed + 1 + i)
                     offsets = [] if mode == "concurrency" else schedule(mode, level, n, profile.seed + i)
-                    counts = _prompt_counts(tokenizer, template, prompts)
+                    counts = prompt_counts(tokenizer, template, prompts)
                     results.append(await self._level(target, backend, mode, level, prompts, offsets, counts))
         except* (BackendError, LaunchError) as group:
             self.notes.setdefault(target.name, []).append(f"failed: {group.exceptions[0]}")
@@ -152,15 +149,7 @@ class LoadRunner:
         return task_prompts(self.profile.prompts, data_dir, n, seed)
 
     def _template(self, target: TargetConfig) -> Any:
-        """The model's chat template, to know each prompt's token count as the server will see it."""
-        from orchestrator.backends.tgi import ChatTemplate
-
-        path = self.tokenizer_path(target)
-        source = str(path) if path is not None else (target.tokenizer or target.model_id)
-        try:
-            return ChatTemplate.load(source) if source else None
-        except Exception:  # no template anywhere: prompt counts are then not cross-checked
-            return None
+        return chat_template(target, self.tokenizer_path)
 
     async def _level(
         self,
@@ -170,98 +159,161 @@ class LoadRunner:
         level: float,
         prompts: list[tuple[tuple[str, str], ...]],
         offsets: list[float],
-        prompt_counts: list[int | None],
+        counts: list[int | None],
     ) -> LevelResult:
-        profile = self.profile
-        gen = self.manifest.generation
-        key = f"{target.name}/{mode}-{level:g}"
-        self.progress.add(key, f"{target.name} · {mode} {level:g}", len(prompts), 0)
-        writer = self.store.writer(target.name, f"load-{mode}-{level:g}", "load")
-        records: list[LoadRecord] = []
-        server_before = await backend.scrape_metrics()
-        cpu0 = time.process_time()
-        cap = int(level) if mode == "concurrency" else profile.max_concurrency
-        slots = asyncio.Semaphore(cap) if cap else None
-        start = time.perf_counter() + 0.05
-        deadline = None if profile.duration is None else start + profile.duration
+        return await run_level(
+            LevelPlan(target.name, mode, level, prompts, offsets, counts, self.profile),
+            backend,
+            self.store,
+            self.progress,
+            self.manifest.generation,
+        )
 
-        async def one(i: int, wake: float, intended: float | None) -> None:
-            if slots is not None and mode != "concurrency":
-                await slots.acquire()  # the client-side queue of a rate mode (max_concurrency)
-                if deadline is not None and time.perf_counter() > deadline:
-                    slots.release()  # its slot came after the level ended: never sent
-                    return
-            request = ChatRequest(
-                prompts[i], profile.output_tokens, gen.seed, gen.temperature, ignore_eos=profile.ignore_eos
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """What one level sends: its target, mode and level, the prompts (and a rate mode's send
+    offsets), each prompt's token count, the profile that bounds it, and the records file it
+    fills (``name``.``setup``.jsonl under the target's samples)."""
+
+    target: str
+    mode: str
+    level: float
+    prompts: list[tuple[tuple[str, str], ...]]
+    offsets: list[float]
+    prompt_counts: list[int | None]
+    profile: LoadProfile
+    name: str = ""
+    setup: str = "load"
+
+    @property
+    def file(self) -> str:
+        """The records file's task part."""
+        return self.name or f"load-{self.mode}-{self.level:g}"
+
+
+async def run_level(
+    plan: LevelPlan, backend: Backend, store: RunStore, progress: Progress, gen: GenerationConfig
+) -> LevelResult:
+    """One level: a closed loop at ``plan.level`` requests in flight, or sends on a rate mode's
+    schedule; one record of raw stamps per request, written as it ends. Used by ``orchestrate
+    load`` and by the bench's speed phase alike."""
+    profile, mode, level, prompts = plan.profile, plan.mode, plan.level, plan.prompts
+    key = f"{plan.target}/{plan.file}"
+    progress.add(key, f"{plan.target} · {plan.file}", len(prompts), 0)
+    writer = store.writer(plan.target, plan.file, plan.setup)
+    records: list[LoadRecord] = []
+    server_before = await backend.scrape_metrics()
+    cpu0 = time.process_time()
+    cap = int(level) if mode == "concurrency" else profile.max_concurrency
+    slots = asyncio.Semaphore(cap) if cap else None
+    start = time.perf_counter() + 0.05
+    deadline = None if profile.duration is None else start + profile.duration
+
+    async def one(i: int, wake: float, intended: float | None) -> None:
+        if slots is not None and mode != "concurrency":
+            await slots.acquire()  # the client-side queue of a rate mode (max_concurrency)
+            if deadline is not None and time.perf_counter() > deadline:
+                slots.release()  # its slot came after the level ended: never sent
+                return
+        request = ChatRequest(
+            prompts[i], profile.output_tokens, gen.seed, gen.temperature, ignore_eos=profile.ignore_eos
+        )
+        place: dict[str, Any] = {
+            "index": i,
+            "warmup": i < profile.warmup,
+            "cooldown": i >= profile.warmup + profile.requests,
+            "mode": mode,
+            "level": level,
+            "dispatch_lag": None if intended is None else round(wake - intended, 6),
+            "prompt_digest": prompt_digest(prompts[i]),
+        }
+        progress.started(key)
+        try:
+            completion = await backend.generate(request)
+        except BackendError as exc:
+            record = LoadRecord(**place, error=str(exc), queued=round(time.perf_counter() - wake, 6))
+        else:
+            record = LoadRecord(
+                **place,
+                # Waiting for a slot, a late loop and building the request: all client-side.
+                queued=round((completion.stamps.t_wire or completion.stamps.t_send) - wake, 6),
+                # From the reply's last byte to the slot being freed (just below): decoding, counting.
+                post=round(time.perf_counter() - completion.stamps.t_end, 6),
+                timing=completion.stamps.to_timing(),
+                server_timing=completion.server_timing,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                token_source=completion.token_source,
+                token_counts=completion.token_counts,
+                prompt_token_counts={
+                    k: v
+                    for k, v in (("usage", completion.prompt_tokens), ("tokenizer", plan.prompt_counts[i]))
+                    if v is not None
+                },
+                finish_reason=completion.finish_reason,
+                request={k: v for k, v in completion.request.items() if k not in ("messages", "inputs")},
             )
-            place: dict[str, Any] = {
-                "index": i,
-                "warmup": i < profile.warmup,
-                "cooldown": i >= profile.warmup + profile.requests,
-                "mode": mode,
-                "level": level,
-                "dispatch_lag": None if intended is None else round(wake - intended, 6),
-            }
-            self.progress.started(key)
-            try:
-                completion = await backend.generate(request)
-            except BackendError as exc:
-                record = LoadRecord(**place, error=str(exc), queued=round(time.perf_counter() - wake, 6))
-            else:
-                record = LoadRecord(
-                    **place,
-                    # Waiting for a slot, a late loop and building the request: all client-side.
-                    queued=round((completion.stamps.t_wire or completion.stamps.t_send) - wake, 6),
-                    # From the reply's last byte to the slot being freed (just below): decoding, counting.
-                    post=round(time.perf_counter() - completion.stamps.t_end, 6),
-                    timing=completion.stamps.to_timing(),
-                    server_timing=completion.server_timing,
-                    prompt_tokens=completion.prompt_tokens,
-                    completion_tokens=completion.completion_tokens,
-                    token_source=completion.token_source,
-                    token_counts=completion.token_counts,
-                    prompt_token_counts={
-                        k: v
-                        for k, v in (("usage", completion.prompt_tokens), ("tokenizer", prompt_counts[i]))
-                        if v is not None
-                    },
-                    finish_reason=completion.finish_reason,
-                    request={k: v for k, v in completion.request.items() if k not in ("messages", "inputs")},
-                )
-            finally:
-                if slots is not None:
-                    slots.release()
-            records.append(record)
-            writer.write(record)
-            self.progress.advance(key, record.error is not None)
+        finally:
+            if slots is not None:
+                slots.release()
+        records.append(record)
+        writer.write(record)
+        progress.advance(key, record.error is not None)
 
-        async with asyncio.TaskGroup() as tg:
-            for i in range(len(prompts)):
+    async with asyncio.TaskGroup() as tg:
+        for i in range(len(prompts)):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            if mode == "concurrency":
+                assert slots is not None
+                await slots.acquire()  # closed loop: the next request goes when a slot frees
                 if deadline is not None and time.perf_counter() > deadline:
+                    slots.release()  # the slot freed after the level ended: nothing more is sent
                     break
-                if mode == "concurrency":
-                    assert slots is not None
-                    await slots.acquire()  # closed loop: the next request goes when a slot frees
-                    if deadline is not None and time.perf_counter() > deadline:
-                        slots.release()  # the slot freed after the level ended: nothing more is sent
-                        break
-                    tg.create_task(one(i, time.perf_counter(), None))
-                    continue
-                intended = start + offsets[i]
-                if deadline is not None and intended > deadline:
-                    break  # scheduled after the level's end
-                delay = intended - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tg.create_task(one(i, time.perf_counter(), intended))
-        cpu = time.process_time() - cpu0
-        writer.sync()
-        server_after = await backend.scrape_metrics()
-        return LevelResult(target.name, mode, level, records, cpu, server_before, server_after)
+                tg.create_task(one(i, time.perf_counter(), None))
+                continue
+            intended = start + plan.offsets[i]
+            if deadline is not None and intended > deadline:
+                break  # scheduled after the level's end
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tg.create_task(one(i, time.perf_counter(), intended))
+    cpu = time.process_time() - cpu0
+    writer.sync()
+    server_after = await backend.scrape_metrics()
+    return LevelResult(plan.target, mode, level, records, cpu, server_before, server_after)
 
 
-def _prompt_counts(tokenizer: Any, template: Any, prompts: list[tuple[tuple[str, str], ...]]) -> list[int | None]:
+def prompt_digest(messages: tuple[tuple[str, str], ...]) -> str:
+    """A prompt's identity in the records (the text itself is not stored): the same digest on two
+    rows means the same chat turns were sent."""
+    return hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def target_tokenizer(target: TargetConfig, tokenizer_path: Callable[[TargetConfig], Path | None]) -> Any:
+    """The model's tokenizer, which synthetic prompts are made of (a Hub id is fetched)."""
+    source = target.tokenizer or target.model_id
+    if source is None:
+        raise LaunchError(f"{target.name}: synthetic prompts need the model's tokenizer (set tokenizer or model_id)")
+    return load_tokenizer(source, tokenizer_path(target))
+
+
+def chat_template(target: TargetConfig, tokenizer_path: Callable[[TargetConfig], Path | None]) -> Any:
+    """The model's chat template, to know each prompt's token count as the server will see it."""
+    from orchestrator.backends.tgi import ChatTemplate
+
+    path = tokenizer_path(target)
+    source = str(path) if path is not None else (target.tokenizer or target.model_id)
+    try:
+        return ChatTemplate.load(source) if source else None
+    except Exception:  # no template anywhere: prompt counts are then not cross-checked
+        return None
+
+
+def prompt_counts(tokenizer: Any, template: Any, prompts: list[tuple[tuple[str, str], ...]]) -> list[int | None]:
     """Tokens of each chat-templated prompt with the model's tokenizer (computed before sending)."""
-    if template is None:
+    if template is None or tokenizer is None:
         return [None] * len(prompts)
     return [len(tokenizer.encode(template.render(p), add_special_tokens=False).ids) for p in prompts]

@@ -125,6 +125,24 @@ class LoadProfile:
 
 
 @dataclass(frozen=True)
+class SpeedPhaseConfig:
+    """``orchestrate bench``'s controlled speed phase: after a target's accuracy pass, with its
+    server still up, the same workload for every row (synthetic prompts of ``input_tokens`` from
+    the model's tokenizer, ``output_tokens`` replies with end-of-sequence ignored where the backend
+    honours it, greedy, no logprobs), at the run's concurrency and at batch 1, each level bounded
+    by its requests and by ``duration`` seconds. The main table's speed columns come from it."""
+
+    enabled: bool = True
+    requests: int = 64  # measured requests at the run's concurrency (after warm-up)
+    batch1_requests: int = 8  # measured requests at batch 1
+    warmup: int = 2  # per level, excluded from the figures
+    duration: float = 20.0  # seconds of sending per level at most
+    input_tokens: int = 256
+    output_tokens: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """A llama.cpp server the orchestrator starts itself (managed target)."""
 
@@ -193,6 +211,7 @@ class Manifest:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     load_test: LoadProfile = field(default_factory=lambda: LoadProfile())
+    speed_phase: SpeedPhaseConfig = field(default_factory=SpeedPhaseConfig)
     source: str = ""
 
     def resolve_path(self, value: str) -> Path:
@@ -247,6 +266,14 @@ def _check_semantics(m: Manifest, source: str) -> None:
     for i, t in enumerate(m.targets):
         if t.concurrency is not None and t.concurrency < 1:
             raise ManifestError(source, f"targets[{i}].concurrency", "expected a positive integer")
+    sp = m.speed_phase
+    for key in ("requests", "batch1_requests", "input_tokens", "output_tokens"):
+        if getattr(sp, key) < 1:
+            raise ManifestError(source, f"speed_phase.{key}", "expected a positive integer")
+    if sp.warmup < 0:
+        raise ManifestError(source, "speed_phase.warmup", "expected 0 or more requests")
+    if not sp.duration > 0:
+        raise ManifestError(source, "speed_phase.duration", "expected a positive number of seconds")
     if m.client.retries < 0:
         raise ManifestError(source, "client.retries", "expected 0 or more")
     if m.client.retry_budget < 0:
@@ -357,6 +384,8 @@ def with_overrides(m: Manifest, **changes: Any) -> Manifest:
         m = dataclasses.replace(m, client=dataclasses.replace(m.client, concurrency=changes["concurrency"]))
     if changes.get("noise_floor"):
         m = dataclasses.replace(m, run=dataclasses.replace(m.run, noise_floor=True))
+    if changes.get("speed_phase") is False:
+        m = dataclasses.replace(m, speed_phase=dataclasses.replace(m.speed_phase, enabled=False))
     if changes.get("tasks"):
         wanted = set(changes["tasks"])
         unknown = sorted(wanted - set(m.tasks))

@@ -294,6 +294,7 @@ class LoadRecord(Exchange):
     queued: float = 0.0  # waiting for a slot, a late loop, building the request (client-side)
     post: float | None = None  # from the reply's last byte to its slot being freed
     prompt_token_counts: dict[str, int] | None = None
+    prompt_digest: str | None = None  # which prompt was sent (the text is not stored)
 
     @property
     def measured(self) -> bool:

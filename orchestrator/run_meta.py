@@ -25,6 +25,7 @@ class ServerFacts(Node):
     client: dict[str, Any] | None = None
     metrics_before: dict[str, float] | None = None
     metrics_after: dict[str, float] | None = None
+    speed_phase: dict[str, Any] | None = None  # the bench's speed phase: its levels, workload, notes
 
 
 def _servers(data: Mapping[str, Any]) -> dict[str, ServerFacts]:
@@ -56,6 +57,8 @@ class RunMeta(Node):
     load_notes: dict[str, list[str]] = field(default_factory=dict)
     server_metrics: dict[str, Any] = field(default_factory=dict)
     roofline: dict[str, Any] = field(default_factory=dict)
+    # A bench run's (--gpu/--bandwidth-gbs): bandwidth, GPUs per server, each target's weight bytes
+    roofline_weights: dict[str, Any] | None = None
 
     READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"servers": _servers}
 

@@ -70,6 +70,7 @@ class Runner:
         tokenizer_path: Callable[[TargetConfig], Path | None] | None = None,
         retry_wait_max: float = 8.0,
         model_paths: dict[str, Path] | None = None,
+        speed_done: Collection[str] = (),
     ) -> None:
         self.manifest = manifest
         # Samples files are keyed by the setup's version: two protocols never share a file.
@@ -87,6 +88,13 @@ class Runner:
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.retry_wait_max = retry_wait_max
         self._samples = {task.name: task.samples() for task in tasks}
+        self.speed_done = set(speed_done)  # targets whose speed phase a session before this one measured
+        # Speed phases run one at a time, and (targets in parallel) once every accuracy pass of
+        # the call has ended: nothing else is sent to any server while one is measured.
+        self._speed_turn = asyncio.Lock()
+        self._passes_left = 0
+        self._passes_done = asyncio.Event()
+        self._ended: set[str] = set()
 
     @property
     def samples(self) -> dict[str, list[Sample]]:
@@ -124,6 +132,9 @@ class Runner:
         if not targets:
             return []
         self._prepare_files(targets)
+        self._passes_left = len(targets)
+        self._passes_done = asyncio.Event()
+        self._ended = set()
         # Heavy scorers (IFEval's checkers: milliseconds of pure Python per reply) run in one
         # process of their own. In a thread here they would take the GIL from the event loop for
         # up to 5 ms at a time, and stream stamps due meanwhile would be late: measured at c=64
@@ -157,7 +168,9 @@ class Runner:
                 len(self._samples[task.name]) - len(pending),
             )
             work += [(task, s) for s in pending]
-        if not work:
+        speed = self._wants_speed_phase(target)
+        if not work and not speed:
+            self._pass_ended(target.name)
             return outcome
         try:
             model_path = self.model_paths.get(target.name)
@@ -177,28 +190,20 @@ class Runner:
                     # llama-cpp-python's server does not say its version; the launcher knows it.
                     outcome.server["version"] = f"{live.server.kind} {live.server.build.version}"
                 outcome.server["replicas"] = [b.base_url for b in backends]
-                asked = max((self._top_k(task) for task in self.tasks), default=0)
-                if asked:
-                    got, why = await probe_logprobs(backends[0], asked, self.manifest.generation.seed)
-                    outcome.server["logprobs"] = {"asked": asked, "got": got}
-                    self._logprobs_cap[target.name] = got
-                    if why:
-                        self.notes.append(f"{target.name}: {why}")
-                        self.progress.note(f"{target.name}: {why}")
-                # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
-                outcome.server["metrics_before"] = await backends[0].scrape_metrics()
-                cpu0, wall0 = time.process_time(), time.monotonic()
-                if live.server is None:
-                    await self._run_samples(target, backends, work, outcome, None)
-                else:
-                    await unless_dead(self._run_samples(target, backends, work, outcome, live.server), live.server)
-                # The client's share of a core while this target ran (with targets in parallel, the
-                # whole process's: an upper bound): is the client ever the limit?
-                outcome.server["client"] = {
-                    "cpu_s": round(time.process_time() - cpu0, 3),
-                    "wall_s": round(time.monotonic() - wall0, 3),
-                }
-                outcome.server["metrics_after"] = await backends[0].scrape_metrics()
+                try:
+                    if work:
+                        await self._accuracy_pass(target, backends, work, outcome, live.server)
+                finally:
+                    self._pass_ended(target.name)
+                if speed:
+                    if self.manifest.client.targets_in_parallel:
+                        await self._passes_done.wait()
+                    async with self._speed_turn:
+                        phase = self._speed_phase(target, backends)
+                        facts = await (phase if live.server is None else unless_dead(phase, live.server))
+                    outcome.server["speed_phase"] = facts
+                    for note in facts["notes"]:
+                        self.notes.append(f"{target.name}: speed phase: {note}")
         except* (StoreError, ScoringError) as group:
             raise group.exceptions[0] from None  # the disk or the scorer, not this target: the run stops
         except* ErrorBudgetExceeded as group:
@@ -212,10 +217,85 @@ class Runner:
             outcome.failure = str(group.exceptions[0])
         except* (BackendError, LaunchError, DataError) as group:
             outcome.failure = f"{target.name}: {group.exceptions[0]}"
+        finally:
+            self._pass_ended(target.name)  # a server that never came up: its pass has ended too
         if outcome.failure:
             for task in self.tasks:
                 self.progress.abort(f"{target.name}/{task.name}", outcome.failure)
         return outcome
+
+    async def _accuracy_pass(
+        self,
+        target: TargetConfig,
+        backends: list[Backend],
+        work: list[tuple[Task, Sample]],
+        outcome: TargetOutcome,
+        server: ManagedServer | None,
+    ) -> None:
+        """The target's samples sent, with the top-k logprobs its server really gives, and the
+        server's counters and the client's CPU around them."""
+        asked = max((self._top_k(task) for task in self.tasks), default=0)
+        if asked:
+            got, why = await probe_logprobs(backends[0], asked, self.manifest.generation.seed)
+            outcome.server["logprobs"] = {"asked": asked, "got": got}
+            self._logprobs_cap[target.name] = got
+            if why:
+                self.notes.append(f"{target.name}: {why}")
+                self.progress.note(f"{target.name}: {why}")
+        # The server's own counters around the run (vLLM vllm:*, TGI tgi_*), for cross-checks.
+        outcome.server["metrics_before"] = await backends[0].scrape_metrics()
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        if server is None:
+            await self._run_samples(target, backends, work, outcome, None)
+        else:
+            await unless_dead(self._run_samples(target, backends, work, outcome, server), server)
+        # The client's share of a core while this target ran (with targets in parallel, the
+        # whole process's: an upper bound): is the client ever the limit?
+        outcome.server["client"] = {
+            "cpu_s": round(time.process_time() - cpu0, 3),
+            "wall_s": round(time.monotonic() - wall0, 3),
+        }
+        outcome.server["metrics_after"] = await backends[0].scrape_metrics()
+
+    def _wants_speed_phase(self, target: TargetConfig) -> bool:
+        """A speed phase for this target: enabled, not measured yet, and not a noise-floor row
+        (it repeats its reference's server, which has a phase of its own)."""
+        return self.manifest.speed_phase.enabled and target.noise_of is None and target.name not in self.speed_done
+
+    def _pass_ended(self, target: str) -> None:
+        """``target``'s accuracy pass is over (once per target and call, however it ended)."""
+        if target in self._ended:
+            return
+        self._ended.add(target)
+        self._passes_left -= 1
+        if self._passes_left <= 0:
+            self._passes_done.set()
+
+    async def _speed_phase(self, target: TargetConfig, backends: list[Backend]) -> dict[str, Any]:
+        from orchestrator.speedphase import run_phase
+
+        def fallback(n: int, seed: int) -> list[tuple[tuple[str, str], ...]]:
+            pool = [s for samples in self._samples.values() for s in samples]
+            rng = random.Random(seed)
+            return [pool[rng.randrange(len(pool))].messages for _ in range(n)]
+
+        concurrency = target.concurrency or self.manifest.client.concurrency
+        # One tokenizer per model (the first of its targets that names one): the same prompts on every row.
+        donor = next(
+            (t for t in self.manifest.targets if t.model == target.model and (t.tokenizer or t.model_id)), None
+        )
+        return await run_phase(
+            target,
+            backends,
+            concurrency,
+            self.manifest.speed_phase,
+            self.manifest.generation,
+            self.store,
+            self.progress,
+            self.tokenizer_path,
+            fallback,
+            donor,
+        )
 
     async def _run_samples(
         self,

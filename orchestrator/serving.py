@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -21,6 +21,8 @@ from orchestrator.manifest import Manifest, TargetConfig
 from orchestrator.secrets import split_credentials
 from orchestrator.store import RunStore
 from orchestrator.timing import LoopPacer
+
+T = TypeVar("T")
 
 
 class Progress(Protocol):
@@ -232,7 +234,7 @@ async def probe_logprobs(backend: Backend, asked: int, seed: int) -> tuple[int, 
     return 0, f"{name} refuses logprobs (asked for top-{asked}: {refused[:200]}): divergence is not measured for it"
 
 
-async def unless_dead(work: Coroutine[Any, Any, None], server: ManagedServer) -> None:
+async def unless_dead(work: Coroutine[Any, Any, T], server: ManagedServer) -> T:
     """Run ``work`` while watching the managed server: if the server exits first, the work is
     cancelled at once (in-flight samples are not written, nor retried into errors) and
     :class:`ServerDied` says how it died."""
@@ -245,7 +247,7 @@ async def unless_dead(work: Coroutine[Any, Any, None], server: ManagedServer) ->
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await job
             raise watcher.result()
-        await job  # finished (or failed) on its own
+        return await job  # finished (or failed) on its own
     finally:
         for fut in (job, watcher):
             fut.cancel()

@@ -266,6 +266,24 @@ class RunStore:
         levels = [_typed(p, functools.partial(level, p)) for p in paths]
         return [lv for lv in levels if lv]
 
+    def level_records(self, target: str, task: str, setup: str) -> list[LoadRecord]:
+        """The records of one level's file (a speed-phase level: ``level_records(t, "speed-c64",
+        "speed")``), in file order; none when it does not exist."""
+        path = self.samples_path(target, task, setup)
+        return _typed(path, lambda: [LoadRecord.from_json(r) for r in read_records(path)])
+
+    def discard(self, target: str, task: str, setup: str) -> None:
+        """Remove one records file (a level measured again from its start replaces what an
+        interrupted session left of it)."""
+        writer = self._writers.pop((target, task, setup), None)
+        path = self.samples_path(target, task, setup)
+        try:
+            if writer is not None:
+                writer.close()
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot remove {path}: {exc.strerror or exc}") from None
+
     def writer(self, target: str, task: str, setup: str) -> SampleWriter:
         """The (single) writer of a target x task x setup."""
         key = (target, task, setup)

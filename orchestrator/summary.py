@@ -54,6 +54,7 @@ class TargetSummary:
     sides: dict[str, TaskSide]
     speed: dict[str, Any]
     replicas: dict[str, int]
+    costs: dict[str, dict[str, Any]]  # task -> what an answer costs (answer_costs)
 
 
 # Below this much of records (~15,000) starting workers costs more than it saves.
@@ -104,6 +105,38 @@ def speed_figures(records: Sequence[SampleRecord]) -> dict[str, Any]:
     }
 
 
+def answer_costs(records: Sequence[SampleRecord]) -> dict[str, Any] | None:
+    """What an answer of one task costs, from the accuracy pass: output tokens per answer (mean,
+    p90), the share cut at max_tokens, and output tokens and server seconds per *correct* answer
+    (a quantization that rambles pays for it here). Server seconds: the server's own account of
+    each request where it gives one (llama-server's prompt + generation time), else the client's
+    send-to-last-byte; both count a request's whole time, batched with others or not."""
+    answered = [r for r in records if r.answered]
+    if not answered:
+        return None
+    tokens = sorted(n for r in answered if (n := r.completion_tokens) is not None)
+    correct = sum(1 for r in answered if r.correct)
+    seconds, sources = 0.0, set()
+    for r in answered:
+        st = r.server_timing
+        if st is not None and st.prompt_ms is not None and st.predicted_ms is not None:
+            seconds += (st.prompt_ms + st.predicted_ms) / 1000.0
+            sources.add("server")
+        elif r.timing is not None:
+            seconds += r.timing.e2e
+            sources.add("client")
+    return {
+        "answers": len(answered),
+        "correct": correct,
+        "mean_output_tokens": sum(tokens) / len(tokens) if tokens else None,
+        "p90_output_tokens": timing.percentile_of_sorted(tokens, 90) if tokens else None,
+        "cut_at_max_tokens": sum(1 for r in answered if r.finish_reason == "length") / len(answered),
+        "output_tokens_per_correct": sum(tokens) / correct if correct and tokens else None,
+        "server_seconds_per_correct": seconds / correct if correct and sources else None,
+        "seconds_from": "/".join(sorted(sources)) or None,
+    }
+
+
 def replica_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
     """Answered requests per replica URL (targets with several URLs)."""
     counts: dict[str, int] = {}
@@ -141,6 +174,7 @@ def summarize(
         },
         speed=speed_figures(everything),
         replicas=replica_counts(everything),
+        costs={name: cost for name in tasks if (cost := answer_costs(records[name])) is not None},
     )
 
 
@@ -194,4 +228,4 @@ def summarize_run(
     return [_run_job(job) for job in jobs]
 
 
-__all__ = ["TargetSummary", "TaskSide", "replica_counts", "speed_figures", "summarize", "summarize_run"]
+__all__ = ["TargetSummary", "TaskSide", "answer_costs", "replica_counts", "speed_figures", "summarize", "summarize_run"]

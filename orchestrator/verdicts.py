@@ -119,6 +119,7 @@ class Compared:
     comparison: Comparison | None = None
     note: str | None = None
     speed_vs_reference: dict[str, float | None] | None = None
+    costs_vs_reference: dict[str, dict[str, float | None]] | None = None
     noise_floor: dict[str, list[float]] | None = None
 
     @property
@@ -136,6 +137,8 @@ class Compared:
         }
         if self.speed_vs_reference is not None:
             out["speed_vs_reference"] = self.speed_vs_reference
+        if self.costs_vs_reference is not None:
+            out["costs_vs_reference"] = self.costs_vs_reference
         out["delta_average"] = self.delta_average
         if self.noise_floor is not None:
             out["noise_floor"] = self.noise_floor
@@ -175,7 +178,8 @@ def compare(rows: Sequence[Mapping[str, Any]], sides: Mapping[tuple[str, str], S
                 done.note = f"no reference row ({'/'.join(REFERENCE_QUANTS)}) for {model}"
             elif row is not ref:
                 pending.append(_pair(row, ref, sides))
-                done.speed_vs_reference = _speed_ratios(row["speed"], ref["speed"])
+                done.speed_vs_reference = _speed_ratios(row.get("speed_phase"), ref.get("speed_phase"))
+                done.costs_vs_reference = _cost_changes(row.get("costs") or {}, ref.get("costs") or {})
                 if not any(p.n for p in pending[-1].tasks.values()):
                     done.note = f"shares no answered sample with {ref['target']}: nothing to compare"
     family = [p for c in pending for p in (*c.tasks.values(), *([c.average] if c.average else []))]
@@ -296,14 +300,46 @@ def _judged(p: Paired, p_holm: float) -> Paired:
     return dataclasses.replace(p, p_holm=p_holm, verdict=stats.verdict(p.delta, p.interval, p_holm, p.n, p.mdd))
 
 
-def _speed_ratios(speed: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, float | None]:
-    """Throughput and latency as multiples of the reference row's."""
+def _speed_ratios(phase: Mapping[str, Any] | None, ref: Mapping[str, Any] | None) -> dict[str, float | None] | None:
+    """Throughput and latency as multiples of the reference row's, from both rows' speed phases
+    (the same workload on both: never the accuracy pass's timings); None when either has none."""
+    from orchestrator.speedphase import batch1_level, main_level
 
-    def ratio(key: str) -> float | None:
-        a, b = speed.get(key), ref.get(key)
-        return None if a is None or not b else a / b
+    if not phase or not ref:
+        return None
 
-    return {"output_tokens_per_s": ratio("output_tokens_per_s"), "ttft_p50_ms": ratio("ttft_p50_ms")}
+    def ratio(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, key: str) -> float | None:
+        x, y = (a or {}).get(key), (b or {}).get(key)
+        return None if x is None or not y else x / y
+
+    main, main_ref = main_level(dict(phase)), main_level(dict(ref))
+    return {
+        "output_tokens_per_s": ratio(main, main_ref, "output_tokens_per_s"),
+        "ttft_p50_ms": ratio(main, main_ref, "ttft_p50_ms"),
+        "tpot_p50_ms": ratio(main, main_ref, "tpot_p50_ms"),
+        "batch1_decode_tokens_per_s": ratio(batch1_level(dict(phase)), batch1_level(dict(ref)), "decode_tokens_per_s"),
+    }
+
+
+# What an answer costs, against the reference: ratios for tokens and seconds, a difference for a share.
+COST_RATIOS = ("mean_output_tokens", "p90_output_tokens", "output_tokens_per_correct", "server_seconds_per_correct")
+
+
+def _cost_changes(costs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, dict[str, float | None]] | None:
+    """Per task both rows answered: each cost as a multiple of the reference's, and the share cut
+    at max_tokens as a difference."""
+    out: dict[str, dict[str, float | None]] = {}
+    for task, mine in costs.items():
+        theirs = ref.get(task)
+        if not theirs:
+            continue
+        changes: dict[str, float | None] = {
+            key: None if mine.get(key) is None or not theirs.get(key) else mine[key] / theirs[key]
+            for key in COST_RATIOS
+        }
+        changes["cut_at_max_tokens"] = mine["cut_at_max_tokens"] - theirs["cut_at_max_tokens"]
+        out[task] = changes
+    return out or None
 
 
 def _digests(records: Sequence[SampleRecord]) -> dict[str, str]:

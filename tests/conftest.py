@@ -1,14 +1,18 @@
-"""Fixtures: the shared data, the tiny model, and a real vLLM server (session-wide)."""
+"""Fixtures: the shared data, the tiny model, a real vLLM server (session-wide), and scripted
+OpenAI-compatible servers (``fake_url``: start one per handler, closed after the test)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from tests.support import smollm2
+from tests.support.fake_openai import FakeOpenAI, Handler
 from tests.support.servers import VLLMServer
 from tests.support.tiny_model import VERSION, build
 
@@ -53,3 +57,19 @@ def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield url
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def fake_url() -> AsyncIterator[Any]:
+    servers: list[TestServer] = []
+
+    async def start(handler: Handler) -> tuple[str, FakeOpenAI]:
+        fake = FakeOpenAI(handler)
+        server = TestServer(fake.app(), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/"), fake
+
+    yield start
+    for s in servers:
+        await s.close()

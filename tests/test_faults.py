@@ -73,6 +73,7 @@ async def run_against(
             "tasks": {"mmlu": {"limit": limit, "shots": 0}},
             "generation": {"stream": stream},
             "client": {"concurrency": 8, "retries": 2, "request_timeout": 1.0, "error_threshold": 1.0, **load},
+            "speed_phase": {"enabled": False},  # the faults' hits count the accuracy pass's requests
             "targets": [target],
         }
     )

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.report import write_report
 from orchestrator.store import RunStore
-from tests.support.synthetic import N, kl_run
+from tests.support.synthetic import N, kl_run, write_speed_phase
 from tests.support.synthetic import bench_run as _run
 from tests.support.synthetic import target as _target
 from tests.support.synthetic import write_outcomes as _write
@@ -48,6 +48,8 @@ def test_report_html_renders_every_figure_in_a_real_browser(tmp_path: Path) -> N
         _write(store, "int4", task, [r and i % 5 != 0 for i, r in enumerate(ref)])
         _write(store, "q8", task, [r or i % 7 == 0 for i, r in enumerate(ref)])
     store.close()
+    for name, tpot in (("bf16", 20.0), ("int4", 8.0), ("q8", 12.0)):
+        write_speed_phase(run, name, tpot)
     write_report(run)
     page = run / "report.html"
     text = page.read_text()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from orchestrator.manifest import Manifest, parse_manifest
 from orchestrator.report import build_report
@@ -17,23 +15,7 @@ from orchestrator.runner import Runner
 from orchestrator.store import RunStore
 from orchestrator.tasks import build_task
 from orchestrator.tasks.ifeval.task import IFEvalTask
-from tests.support.fake_openai import FakeOpenAI, Handler, answer_b, chunk, sse
-
-
-@pytest.fixture
-async def fake_url() -> AsyncIterator[Any]:
-    servers: list[TestServer] = []
-
-    async def start(handler: Handler) -> tuple[str, FakeOpenAI]:
-        fake = FakeOpenAI(handler)
-        server = TestServer(fake.app(), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/"), fake
-
-    yield start
-    for s in servers:
-        await s.close()
+from tests.support.fake_openai import Handler, answer_b, chunk, sse
 
 
 def manifest(url: str, tmp_path: Path, **load: Any) -> Manifest:
@@ -42,6 +24,8 @@ def manifest(url: str, tmp_path: Path, **load: Any) -> Manifest:
             "run": {"name": "t", "output_dir": str(tmp_path)},
             "tasks": {"mmlu": {"limit": 60, "shots": 0}},
             "client": {"concurrency": 4, "retries": 2, **load},
+            # The accuracy pass's requests are counted here: no speed phase after it.
+            "speed_phase": {"enabled": False},
             "targets": [{"name": "fake", "model": "M", "quantization": "BF16", "backend": "openai", "url": url}],
         }
     )

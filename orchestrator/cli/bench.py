@@ -87,7 +87,19 @@ class BenchSession:
             t.name: resolve_model(t.launch, manifest.resolve_path) for t in manifest.targets if t.launch is not None
         }
         self.progress = RichProgress(not args.no_progress, console)
-        runner = Runner(manifest, list(tasks), store, self.progress, tokenizer_path(manifest), model_paths=model_paths)
+        # A resumed run measures again only the speed phases no session finished.
+        speed_done = [name for name, facts in meta.servers.items() if (facts.speed_phase or {}).get("status") == "done"]
+        runner = Runner(
+            manifest,
+            list(tasks),
+            store,
+            self.progress,
+            tokenizer_path(manifest),
+            model_paths=model_paths,
+            speed_done=speed_done,
+        )
+        if args.gpu or args.bandwidth_gbs:
+            meta.roofline_weights = _weights_for_roofline(manifest, model_paths, args)
         meta.run_id = meta.run_id or store.root.name
         meta.created_at = meta.created_at or now()
         meta.manifest = redact(manifest.to_dict())
@@ -239,6 +251,7 @@ def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, RunMe
         tasks=args.tasks.split(",") if args.tasks else None,
         backend=args.backend,
         noise_floor=args.noise_floor,
+        speed_phase=False if args.no_speed_phase else None,
     )
     return manifest, RunStore(run_dir), meta, plan
 
@@ -315,7 +328,9 @@ def _record_outcomes(meta: RunMeta, outcomes: list[TargetOutcome]) -> None:
     failures = meta.failures
     for o in outcomes:
         if o.server:
-            meta.servers[o.name] = ServerFacts.from_json(o.server)
+            # What this session found on top of what earlier ones did (a session that only measured
+            # the speed phase keeps the accuracy pass's counters).
+            meta.servers[o.name] = ServerFacts.from_json({**meta.server(o.name).to_json(), **o.server})
         if o.failure:
             failures[o.name] = o.failure
         else:
@@ -343,6 +358,28 @@ def _bench_in_turns(
     lifecycle = Lifecycle(plan, compose, store, meta, keep_up=keep_up, say=say)
     outcomes, unhealthy = lifecycle.run(bench, runner.pending)
     return [*outcomes, *(TargetOutcome(f.name, failure=f.failure) for f in unhealthy)]
+
+
+def _weights_for_roofline(manifest: Manifest, model_paths: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+    """run.json's roofline settings: the bandwidth, the GPUs per server, and each target's weight
+    bytes (a managed GGUF from its file, another from its folder or the Hub's file sizes; what
+    cannot be sized is None and said why). The report sets each row's batch-1 decode against them."""
+    from orchestrator.roofline import bandwidth, weight_bytes
+
+    bw = bandwidth(args.gpu, args.bandwidth_gbs)  # an unknown GPU: one line, exit 2
+    weights: dict[str, int | None] = {}
+    why: dict[str, str] = {}
+    for t in manifest.targets:
+        path = model_paths.get(t.name)
+        source = str(path) if path is not None else t.model_id
+        if source is None:
+            weights[t.name], why[t.name] = None, "no model_id or model file to size the weights from"
+            continue
+        try:
+            weights[t.name] = weight_bytes(source)
+        except Exception as exc:  # the Hub unreachable, a gated repo: the row's roofline is n/a
+            weights[t.name], why[t.name] = None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return {"bandwidth_gbs": bw, "gpus": args.gpus_per_target, "weight_bytes": weights, "unsized": why}
 
 
 def _disk_failure(exc: StoreError, runner: Runner, store: RunStore) -> int:

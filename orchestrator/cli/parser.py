@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BACKENDS,
         help="swap the serving backend of every target (same URLs, another adapter)",
     )
+    b.add_argument(
+        "--no-speed-phase",
+        action="store_true",
+        help="skip the controlled speed phase (the table's speed columns then stay empty; the accuracy pass's "
+        "timings are in report.json/html, under the evaluation workload)",
+    )
+    b.add_argument("--gpu", help="roofline: GPU of the servers (h100, a100, h200, ...): batch-1 decode vs bandwidth")
+    b.add_argument("--bandwidth-gbs", type=float, help="roofline: memory bandwidth per GPU, GB/s")
+    b.add_argument("--gpus-per-target", type=int, default=1, help="roofline: GPUs each server reads weights with")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
 

@@ -29,6 +29,7 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     task_names = list(manifest["tasks"])
     names = [t["name"] for t in manifest["targets"]]
     summaries = summarize_run(run_dir, names, task_names, setup, store_key(version), meta.samples)
+    client = manifest.get("client") or {}
     rows = []
     sides = {}
     for t, summary in zip(manifest["targets"], summaries, strict=True):
@@ -51,8 +52,12 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
                 # The report never hides records that were not sent: n counts what is on disk.
                 "tasks": summary.tasks,
                 "errors": sum(v["errors"] for v in summary.tasks.values()),
-                "speed": summary.speed,
+                # The accuracy pass's timings, with what that workload asked of the server.
+                "speed": {**summary.speed, "workload": _eval_workload(t, server, manifest, client)},
                 "saturation": _saturation(summary.speed, server),
+                # The controlled speed phase (speedphase.py): the main table's speed columns.
+                "speed_phase": _speed_phase(store, t["name"], server, meta.roofline_weights),
+                "costs": summary.costs,
                 **summary.average,
             }
         )
@@ -101,6 +106,41 @@ def interval_methods(report: dict[str, Any]) -> dict[str, Any]:
             add("Δ Average", cmp["average"].get("interval_method", ""), "Δ Average")
     used = dict.fromkeys(figures.values())
     return {"figures": figures, "headline": headline, "methods": {m: METHODS[m] for m in used if m in METHODS}}
+
+
+def _eval_workload(
+    target: dict[str, Any], server: ServerFacts, manifest: dict[str, Any], client: dict[str, Any]
+) -> dict[str, Any]:
+    """What the accuracy pass asked of a server, beside its timings: top-k logprobs, requests in
+    flight, and whether it is a noise-floor row (a reference's samples sent again)."""
+    logprobs = server.extra.get("logprobs") or {}
+    return {
+        "logprobs": logprobs.get("got", 0),
+        "concurrency": target.get("concurrency") or client.get("concurrency"),
+        "noise_floor": bool((manifest.get("run") or {}).get("noise_floor")),
+        "noise_of": target.get("noise_of"),
+    }
+
+
+def _speed_phase(
+    store: RunStore, target: str, server: ServerFacts, weights: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The target's speed phase reduced, and where the run gave a bandwidth (--gpu/--bandwidth-gbs)
+    its batch-1 decode against that bound."""
+    from orchestrator.roofline import roofline
+    from orchestrator.speedphase import batch1_level, phase_figures
+
+    phase = phase_figures(store, target, server.speed_phase)
+    if phase is None or not weights:
+        return phase
+    b1 = batch1_level(phase)
+    size = (weights.get("weight_bytes") or {}).get(target)
+    if b1 is not None and size:
+        phase["roofline"] = roofline(size, weights["bandwidth_gbs"], weights.get("gpus") or 1, b1["tpot_p50_ms"])
+    else:
+        why = (weights.get("unsized") or {}).get(target) or "no batch-1 level"
+        phase["roofline"] = {"fraction": None, "why": why}
+    return phase
 
 
 def _saturation(speed: dict[str, Any], server: ServerFacts) -> dict[str, Any] | None:

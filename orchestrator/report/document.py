@@ -7,18 +7,16 @@ its medium; what is said, in which order and under which labels is decided here,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from orchestrator import divergence
 from orchestrator.published import cell_text, published_columns
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.report import cells as c
+from orchestrator.report.layout import Cell, Document, Section, Table
 from orchestrator.report.model import PairedResult, Report, Row
-
-Cell = tuple[str, ...]  # a cell's lines
-
+from orchestrator.report.speed import SPEED_HEADERS, speed_caption, speed_cells, speed_sections
 
 KLD_NOTE = (
     "KLD: mean KL(reference ‖ quantized) in nats over the common generated prefix, 95 % interval, and top-1 "
@@ -72,37 +70,6 @@ def _token_cells(d: Mapping[str, Any]) -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
-class Table:
-    """Headers and rows of cells; ``groups``: each row's group (the model) where rows are grouped."""
-
-    headers: tuple[str, ...]
-    rows: tuple[tuple[Cell, ...], ...]
-    groups: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Section:
-    """A heading (none for the lead section), paragraphs, a table, paragraphs after it, a list;
-    ``source``: (text, address) of what the heading names; ``figure``: a page-only figure."""
-
-    title: str = ""
-    before: tuple[str, ...] = ()
-    table: Table | None = None
-    after: tuple[str, ...] = ()
-    items: tuple[str, ...] = ()
-    source: tuple[str, str] | None = None
-    figure: Callable[[Report], str | None] | None = None
-
-
-@dataclass(frozen=True)
-class Document:
-    """A run's report as its renderers draw it."""
-
-    title: str
-    sections: tuple[Section, ...]
-
-
 def columns(report: Report) -> list[tuple[str, str]]:
     """The run's task columns (key, title), in the registry's order: a task the run did not
     measure has no column."""
@@ -118,7 +85,7 @@ def headers(report: Report) -> tuple[str, ...]:
     """The main table's headers."""
     return (
         "Model", "Quantization", "Backend", "Average", "Δ Avg", *(["KLD"] if has_kld(report) else []),
-        *(title for _, title in columns(report)), "req/s", "out tok/s", "TTFT p50 ms", "TPOT p50 ms", "errors",
+        *(title for _, title in columns(report)), *SPEED_HEADERS, "errors",
     )  # fmt: skip
 
 
@@ -128,7 +95,7 @@ def _row_cells(report: Report, row: Row) -> tuple[Cell, ...]:
     head: list[Cell] = [(row.model,), (c.quantization(row),), (c.backend(row),)]
     if row.failure and row.average is None and not any(a.n for a in row.tasks.values()):
         # Nothing measured: say so instead of a row of blanks or zeros.
-        blank = [("failed",), ("",), *([("",)] if kld else []), *[("",) for _ in tasks], *[("",)] * 4]
+        blank = [("failed",), ("",), *([("",)] if kld else []), *[("",) for _ in tasks], *[("",)] * len(SPEED_HEADERS)]
         return (*head, *blank, (str(row.errors),))
     cmp = row.comparison
     out: list[Cell] = []
@@ -151,17 +118,7 @@ def _row_cells(report: Report, row: Row) -> tuple[Cell, ...]:
         ci = c.ci(agg.interval, note=agg.interval_note)
         delta = c.delta(cmp.tasks.get(key) if cmp else None)
         out.append((f"{c.pct(agg.accuracy)} {ci} (n={agg.n}{unparsed})", *([f"Δ {delta}"] if delta else [])))
-    sp = row.speed
-    ratios = row.speed_vs_reference or {}
-    server = sp.server_tpot_p50_ms
-    out += [
-        (c.num(sp.requests_per_s),),
-        (c.num(sp.output_tokens_per_s, "{:.1f}") + c.ratio(ratios.get("output_tokens_per_s")),),
-        (c.num(sp.ttft_p50_ms, "{:.0f}") + c.ratio(ratios.get("ttft_p50_ms")),),
-        # The server's own time per token beside the client's, where it gives one (llama-server).
-        (c.num(sp.tpot_p50_ms, "{:.1f}"), *([f"server {server:.1f}"] if server is not None else [])),
-        (str(row.errors),),
-    ]
+    out += [*speed_cells(row), (str(row.errors),)]
     return (*head, *out)
 
 
@@ -205,6 +162,7 @@ def caption(report: Report) -> list[str]:
         *([KLD_NOTE] if has_kld(report) else []),
         *([line] if (line := interval_caption(report)) else []),
         *notes,
+        speed_caption(report),
         *(["failed: " + " · ".join(failed)] if failed else []),
         *resent_lines(report),
         *pace_lines(report),
@@ -342,7 +300,12 @@ def build_document(report: Report) -> Document:
 
     lead = Section(
         table=main_table(report),
-        after=(c.DELTA_LEGEND, *([KLD_NOTE + "."] if has_kld(report) else []), *resent_lines(report)),
+        after=(
+            c.DELTA_LEGEND,
+            *([KLD_NOTE + "."] if has_kld(report) else []),
+            speed_caption(report),
+            *resent_lines(report),
+        ),
     )
     intervals = interval_lines(report)
     pace = pace_lines(report)
@@ -352,6 +315,7 @@ def build_document(report: Report) -> Document:
             lead,
             *_comparisons(report),
             *_divergence(report),
+            *speed_sections(report),
             *(Section(title, figure=draw) for title, draw in figures.FIGURES),
             *_published(report),
             *_averages(report),

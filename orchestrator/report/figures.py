@@ -91,8 +91,9 @@ def forest_plot(report: Report) -> str | None:
 
 
 def pareto_plots(report: Report) -> str | None:
-    """Average accuracy against output tokens/s and against TTFT p50, one point per checkpoint."""
-    rows = [r for r in report.rows if r.average is not None]
+    """Average accuracy against output tokens/s and against TTFT p50, one point per checkpoint,
+    from the speed phase (the same workload on every row)."""
+    rows = [r for r in report.rows if r.average is not None and r.speed_phase is not None and r.speed_phase.main]
     if not rows:
         return None
     plt = pyplot()
@@ -101,7 +102,11 @@ def pareto_plots(report: Report) -> str | None:
         (axes[0], "output_tokens_per_s", "output tokens/s", True),
         (axes[1], "ttft_p50_ms", "TTFT p50 (ms)", False),
     ):
-        points = [(x, 100 * (r.average or 0.0), r.target) for r in rows if (x := r.speed.get(key))]
+        points = [
+            (x, 100 * (r.average or 0.0), r.target)
+            for r in rows
+            if r.speed_phase and r.speed_phase.main and (x := r.speed_phase.main.get(key))
+        ]
         for x, y, name in points:
             ax.plot(x, y, "o")
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)

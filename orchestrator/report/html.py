@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from orchestrator.report.document import Document, Table
+from orchestrator.report.layout import Document, Table
 from orchestrator.report.model import Report
 
 STYLE = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.report.document import Document, Table
+from orchestrator.report.layout import Document, Table
 
 
 def md_cell(text: str) -> str:
@@ -19,8 +19,8 @@ def table_lines(table: Table) -> list[str]:
 
 
 def render_markdown_document(doc: Document) -> str:
-    """Headings, paragraphs, tables and lists, one blank line between blocks; figures are the
-    page's alone."""
+    """Headings, paragraphs, tables and lists, one blank line between blocks; figures and
+    page-only sections are the page's alone."""
     lines = [f"# {doc.title}"]
 
     def block(*text: str) -> None:
@@ -29,7 +29,7 @@ def render_markdown_document(doc: Document) -> str:
         lines.extend(text)
 
     for s in doc.sections:
-        if s.figure is not None:
+        if s.figure is not None or s.page_only:
             continue
         if s.title:
             block(f"## {s.title}" + (f": [{s.source[0]}]({s.source[1]})" if s.source else ""))

@@ -19,7 +19,9 @@ from orchestrator.jsonmodel import Node
 
 @dataclass(kw_only=True)
 class SpeedSummary(Node):
-    """A row's throughput and median latencies, from its answered requests."""
+    """A row's throughput and median latencies in the accuracy pass, from its answered requests:
+    timings under the evaluation workload (``workload`` says what it asked), never the main
+    table's speed columns (those are the speed phase's)."""
 
     requests: int = 0
     busy_seconds: float = 0.0
@@ -33,8 +35,71 @@ class SpeedSummary(Node):
     server_tpot_p50_ms: float | None = None
     server_wait_p50_ms: float | None = None
     resent: int = 0  # sent again at once on a keep-alive connection the server had closed
+    workload: dict[str, Any] | None = None  # what the accuracy pass asked: logprobs, concurrency, noise floor
     token_sources: list[str] = field(default_factory=list)
     token_count_agreement: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class SpeedLevel(Node):
+    """One level of a row's speed phase (speedphase.py): the same workload on every row."""
+
+    concurrency: int = 1
+    completed: int = 0
+    failed: int = 0
+    requests_per_s: float | None = None
+    output_tokens_per_s: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p90_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    tpot_p90_ms: float | None = None
+    e2e_p50_ms: float | None = None
+    server_tpot_p50_ms: float | None = None
+    decode_tokens_per_s: float | None = None
+    mean_input_tokens: float | None = None
+    mean_output_tokens: float | None = None
+    full_length: float | None = None  # share of replies that ran the whole length asked
+    workload: str | None = None  # digest of the prompts sent and the length asked
+
+
+@dataclass(kw_only=True)
+class SpeedPhase(Node):
+    """A row's controlled speed phase: its workload, its levels (the run's concurrency first, then
+    batch 1), and batch-1 decode against the bandwidth bound where the run gave one."""
+
+    prompts: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    ignore_eos: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    levels: list[SpeedLevel] = field(default_factory=list)
+    roofline: dict[str, Any] | None = None
+
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"levels": lambda d: [SpeedLevel.from_json(x) for x in d]}
+
+    @property
+    def main(self) -> SpeedLevel | None:
+        """The level at the run's concurrency: the main table's figures."""
+        return self.levels[0] if self.levels else None
+
+    @property
+    def batch1(self) -> SpeedLevel | None:
+        """The batch-1 level (the roofline's)."""
+        return next((lv for lv in reversed(self.levels) if lv.concurrency == 1), None)
+
+
+@dataclass(kw_only=True)
+class AnswerCost(Node):
+    """What one task's answers cost a row in the accuracy pass (summary.answer_costs)."""
+
+    answers: int = 0
+    correct: int = 0
+    mean_output_tokens: float | None = None
+    p90_output_tokens: float | None = None
+    cut_at_max_tokens: float = 0.0
+    output_tokens_per_correct: float | None = None
+    server_seconds_per_correct: float | None = None
+    seconds_from: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -122,8 +187,10 @@ class Row(Node):
     replicas: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, TaskAggregate] = field(default_factory=dict)
     errors: int = 0
-    speed: SpeedSummary = field(default_factory=SpeedSummary)
+    speed: SpeedSummary = field(default_factory=SpeedSummary)  # the accuracy pass's (its workload's)
     saturation: dict[str, Any] | None = None
+    speed_phase: SpeedPhase | None = None
+    costs: dict[str, AnswerCost] = field(default_factory=dict)
     average_tasks: list[str] = field(default_factory=list)
     average: float | None = None
     average_interval: list[float] | None = None
@@ -134,12 +201,15 @@ class Row(Node):
     comparison: Comparison | None = None
     comparison_note: str | None = None
     speed_vs_reference: dict[str, float | None] | None = None
+    costs_vs_reference: dict[str, dict[str, float | None]] | None = None
     delta_average: float | None = None
     noise_floor: dict[str, Any] | None = None
 
     READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "tasks": lambda d: {k: TaskAggregate.from_json(v) for k, v in d.items()},
         "speed": SpeedSummary.from_json,
+        "speed_phase": lambda d: None if d is None else SpeedPhase.from_json(d),
+        "costs": lambda d: {k: AnswerCost.from_json(v) for k, v in d.items()},
         "comparison": lambda d: None if d is None else Comparison.from_json(d),
     }
 

@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table as RichTable
 
 from orchestrator.report import document
-from orchestrator.report.document import Table
+from orchestrator.report.layout import Table
 from orchestrator.report.model import Report, as_report
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.manifest import parse_manifest
-from orchestrator.records import RECORD_SCHEMA, SampleRecord
+from orchestrator.manifest import SpeedPhaseConfig, parse_manifest
+from orchestrator.records import RECORD_SCHEMA, LoadRecord, SampleRecord, Timing
+from orchestrator.speedphase import SETUP, level_file, level_profiles
 from orchestrator.store import RunStore
 
 N = 200
@@ -40,6 +41,38 @@ def bench_run(tmp_path: Path, targets: list[dict[str, Any]], samples: dict[str, 
          "samples": samples, "record_schema": RECORD_SCHEMA}
     )  # fmt: skip
     return run
+
+
+def write_speed_phase(run: Path, target: str, tpot_ms: float, concurrency: int = 4, tokens: int = 16) -> None:
+    """A target's speed phase with known figures: every request of each level (run's concurrency,
+    then batch 1) takes TTFT 50 ms and ``tpot_ms`` per token after the first, a closed loop with
+    ``concurrency`` requests in flight back to back; run.json says the phase was measured."""
+    store = RunStore(run)
+    config = SpeedPhaseConfig(requests=8, batch1_requests=4, warmup=1, output_tokens=tokens)
+    levels = []
+    for level, profile in level_profiles(config, concurrency):
+        e2e = 0.05 + (tokens - 1) * tpot_ms / 1000.0
+        n = profile.warmup + profile.requests + level
+        writer = store.writer(target, level_file(level), SETUP)
+        for i in range(n):
+            t = Timing(wall_send=1000.0 + (i // level) * e2e, e2e=e2e, ttft=0.05)
+            writer.write(
+                LoadRecord(
+                    index=i, mode="concurrency", level=level, warmup=i < profile.warmup,
+                    cooldown=i >= profile.warmup + profile.requests, timing=t, completion_tokens=tokens,
+                    prompt_tokens=32, prompt_digest=f"p{i}", request={"max_tokens": tokens},
+                )
+            )  # fmt: skip
+        levels.append({"concurrency": level, "file": level_file(level), "profile": profile.to_dict()})
+    store.close()
+    meta = store.require_meta()
+    facts = meta.server(target).to_json()
+    facts["speed_phase"] = {"status": "done", "prompts": "synthetic", "input_tokens": 32, "output_tokens": tokens,
+                            "ignore_eos": True, "levels": levels, "notes": []}  # fmt: skip
+    from orchestrator.run_meta import ServerFacts
+
+    meta.servers[target] = ServerFacts.from_json(facts)
+    store.write_meta(meta)
 
 
 def logsoftmax(x: np.ndarray) -> np.ndarray:
