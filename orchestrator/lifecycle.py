@@ -271,8 +271,8 @@ class Lifecycle:
     def run(
         self, bench: Callable[[list[str]], list[Any]], pending: Callable[[str], int]
     ) -> tuple[list[Any], list[TurnFailure]]:
-        """Every turn with samples left, in order. ``bench(names)`` benches those targets while their
-        turn is up; ``pending(name)`` says how many samples a target has left. Returns the bench
+        """Every turn with work left, in order. ``bench(names)`` benches those targets while their
+        turn is up; ``pending(name)`` says how much a target has left (samples, a speed phase). Returns the bench
         outcomes and the services that never became healthy."""
         outcomes: list[Any] = []
         failed: list[TurnFailure] = []

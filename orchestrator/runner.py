@@ -102,12 +102,15 @@ class Runner:
         return self._samples
 
     def pending(self, target: str) -> int:
-        """Samples of ``target`` without an answered record (what a resumed run would send)."""
+        """What a resumed run would send ``target``: its samples without an answered record, plus
+        one for a speed phase not measured yet (a Compose turn with only that left is brought up)."""
         setup = self.store_key
-        return sum(
+        samples = sum(
             len(samples) - len({s.id for s in samples} & self.store.completed_ids(target, task, setup))
             for task, samples in self._samples.items()
         )
+        config = next((t for t in self.manifest.targets if t.name == target), None)
+        return samples + (config is not None and self._wants_speed_phase(config))
 
     def _prepare_files(self, targets: list[TargetConfig]) -> None:
         """Open every samples file this run will write before the first request, and make sure
@@ -132,6 +135,8 @@ class Runner:
         if not targets:
             return []
         self._prepare_files(targets)
+        # Made per call: each Compose turn runs in an event loop of its own.
+        self._speed_turn = asyncio.Lock()
         self._passes_left = len(targets)
         self._passes_done = asyncio.Event()
         self._ended = set()

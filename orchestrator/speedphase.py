@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -143,10 +144,15 @@ def workload_digest(records: Sequence[LoadRecord]) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def phase_figures(store: RunStore, target: str, facts: dict[str, Any] | None) -> dict[str, Any] | None:
+def phase_figures(
+    store: RunStore, target: str, facts: dict[str, Any] | None, managed: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """A target's speed phase reduced (report.json's ``speed_phase``): per level its throughput,
-    latencies and real lengths through the load test's metric pipeline; None without a phase."""
+    latencies and real lengths through the load test's metric pipeline, and who set its pace (the
+    one builder, saturation.assess: is the figure the server's, or the client's); None without a
+    phase. ``managed``: a managed server's launch (its slots)."""
     from orchestrator.loadtest import level_metrics
+    from orchestrator.saturation import assess, core_share
 
     if not facts or facts.get("status") != "done":
         return None
@@ -158,6 +164,20 @@ def phase_figures(store: RunStore, target: str, facts: dict[str, Any] | None) ->
         ok = [r for r in records if r.measured and r.timed]
         inputs = [n for r in ok if (n := r.prompt_tokens or (r.prompt_token_counts or {}).get("tokenizer"))]
         tpot = m["tpot_ms"]["p50"]
+        timed = [r.timing for r in records if r.timing is not None]
+        wall = max(t.wall_end for t in timed) - min(t.wall_send for t in timed) if timed else None
+        pace = (
+            assess(
+                functools.partial(_median, m),
+                core_share(lv.get("client_cpu_s"), wall),
+                (m.get("queue_ms") or {}).get("p50"),
+                managed,
+                lv.get("metrics_before"),
+                lv.get("metrics_after"),
+            )
+            if m["completed"]
+            else None
+        )
         levels.append(
             {
                 "concurrency": lv["concurrency"],
@@ -181,6 +201,7 @@ def phase_figures(store: RunStore, target: str, facts: dict[str, Any] | None) ->
                 if ok
                 else None,
                 "workload": workload_digest(records),
+                "saturation": pace,
             }
         )
     return {
@@ -191,6 +212,13 @@ def phase_figures(store: RunStore, target: str, facts: dict[str, Any] | None) ->
         "notes": facts.get("notes") or [],
         "levels": levels,
     }
+
+
+def _median(metrics: dict[str, Any], name: str) -> float | None:
+    """A level's median of one latency (its ``metrics.LATENCIES`` name), where it has one."""
+    found = metrics.get(name) or {}
+    value = found.get("p50")
+    return None if value is None else float(value)
 
 
 def main_level(phase: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -69,6 +69,7 @@ def smol_run(smollm2_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPat
         },
         "generation": {"logprobs": 5},
         "client": {"concurrency": 4, "retries": 2},
+        "speed_phase": {"requests": 8, "batch1_requests": 2, "output_tokens": 16, "duration": 5},
         "targets": [
             target("F16", weights="F16 dequantized from the shipped Q4_1"),
             target("Q8_0"), target("Q4_K_M"), target("Q4_1"),
@@ -208,6 +209,7 @@ def test_lm_eval_and_the_orchestrator_agree_on_ifeval(
             "run": {"name": "peer", "output_dir": str(out), "data_dir": str(data_dir)},
             "tasks": {"ifeval": {"limit": PEER_PROMPTS, "max_tokens": PEER_TOKENS}},
             "client": {"concurrency": 1},
+            "speed_phase": {"enabled": False},  # the proxy's requests are lm-eval's peers, one for one
             "targets": [{"name": "f16", "model": MODEL, "quantization": "F16", "backend": "llamacpp",
                          "url": proxy.url}],
         }  # fmt: skip

@@ -186,8 +186,13 @@ async def test_a_resumed_run_measures_only_the_missing_phase(fake_url: Any, tmp_
     assert len(fake.requests) == 16 and not _speed_requests(run, "bf16")
     write_report(run)
     assert NO_PHASE in (run / "report.md").read_text()
+    # What is left: the phase alone (a Compose turn with only that left is brought up again).
+    task = build_task("mmlu", data_dir, limit=16, shots=0)
+    m = _manifest(tmp_path, data_dir, {"bf16": url})
+    assert Runner(m, [task], RunStore(run)).pending("bf16") == 1
+    assert Runner(m, [task], RunStore(run), speed_done=["bf16"]).pending("bf16") == 0
     # Resumed with the phase: every sample is answered, so only the phase is sent.
-    await _bench(_manifest(tmp_path, data_dir, {"bf16": url}), run, data_dir)
+    await _bench(m, run, data_dir)
     sent = fake.requests[16:]
     assert sent and all(b["max_tokens"] == SPEED_TOKENS for b in sent)
     phase = RunStore(run).require_meta().server("bf16").speed_phase

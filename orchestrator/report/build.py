@@ -130,7 +130,7 @@ def _speed_phase(
     from orchestrator.roofline import roofline
     from orchestrator.speedphase import batch1_level, phase_figures
 
-    phase = phase_figures(store, target, server.speed_phase)
+    phase = phase_figures(store, target, server.speed_phase, server.managed)
     if phase is None or not weights:
         return phase
     b1 = batch1_level(phase)

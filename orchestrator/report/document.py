@@ -320,7 +320,7 @@ def build_document(report: Report) -> Document:
             *_published(report),
             *_averages(report),
             *([Section("How the intervals are made", items=tuple(intervals))] if intervals else []),
-            *([Section("Who set the pace", items=tuple(pace))] if pace else []),
+            *([Section("Who set the pace (the accuracy pass)", items=tuple(pace))] if pace else []),
             _audit(report),
             *_failed(report),
         ),

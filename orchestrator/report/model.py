@@ -60,6 +60,7 @@ class SpeedLevel(Node):
     mean_output_tokens: float | None = None
     full_length: float | None = None  # share of replies that ran the whole length asked
     workload: str | None = None  # digest of the prompts sent and the length asked
+    saturation: dict[str, Any] | None = None  # who set the level's pace (saturation.assess)
 
 
 @dataclass(kw_only=True)

@@ -102,6 +102,11 @@ def _phase_section(report: Report) -> list[Section]:
         if phase is None:
             continue
         notes += [f"{row.target}: {note}" for note in phase.notes]
+        notes += [
+            f"{row.target} at {lv.concurrency} in flight: {lv.saturation['line']}"
+            for lv in phase.levels
+            if lv.saturation
+        ]
         for lv in phase.levels:
             bound = _bound(lv, row) if lv.concurrency == 1 else None
             body.append(tuple((text,) for text in (
