@@ -120,7 +120,13 @@ class Setup:
                     "run": {"name": "compose", "output_dir": str(root / "runs"), "data_dir": str(data_dir)},
                     "tasks": {"mmlu": {"limit": LIMIT, "max_tokens": 8}, "ceval": {"limit": LIMIT, "max_tokens": 8}},
                     "client": {"concurrency": 2},
-                    "speed_phase": {"requests": 4, "batch1_requests": 2, "output_tokens": 8, "duration": 5},
+                    "speed_phase": {
+                        "requests": 4,
+                        "batch1_requests": 2,
+                        "input_tokens": 32,
+                        "output_tokens": 8,
+                        "duration": 5,
+                    },
                     "targets": [],
                 }
             )

@@ -52,7 +52,7 @@ def _manifest(smollm2_dir: Path, tiny_model: Path, vllm_url: str, data_dir: Path
         "tasks": {"mmlu": {"limit": N, "max_tokens": 6}},
         "generation": {"logprobs": K},
         "client": {"concurrency": 4, "retries": 2},
-        "speed_phase": {"requests": 8, "batch1_requests": 2, "output_tokens": 16, "duration": 5},
+        "speed_phase": {"requests": 8, "batch1_requests": 2, "input_tokens": 64, "output_tokens": 16, "duration": 5},
         "targets": [
             {"name": "vllm-f32", "model": "tiny-vllm", "quantization": "F32", "backend": "vllm", "url": vllm_url,
              "tokenizer": str(tiny_model / "hf")},

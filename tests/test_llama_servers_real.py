@@ -69,7 +69,7 @@ def bench_run(llama_server: str, tiny_model: Path, data_dir: Path, tmp_path_fact
         "tasks": {"mmlu": {"limit": LIMITS["mmlu"], "max_tokens": 8},
                   "ifeval": {"limit": LIMITS["ifeval"], "max_tokens": 32}},
         "client": {"concurrency": CONCURRENCY, "retries": 2},
-        "speed_phase": {"requests": 8, "batch1_requests": 2, "output_tokens": 16, "duration": 5},
+        "speed_phase": {"requests": 8, "batch1_requests": 2, "input_tokens": 64, "output_tokens": 16, "duration": 5},
         "targets": _targets(tiny_model),
     }  # fmt: skip
     done = _run("bench", manifest, out, "--run-id", "both")

@@ -69,7 +69,7 @@ def smol_run(smollm2_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPat
         },
         "generation": {"logprobs": 5},
         "client": {"concurrency": 4, "retries": 2},
-        "speed_phase": {"requests": 8, "batch1_requests": 2, "output_tokens": 16, "duration": 5},
+        "speed_phase": {"requests": 8, "batch1_requests": 2, "input_tokens": 64, "output_tokens": 16, "duration": 5},
         "targets": [
             target("F16", weights="F16 dequantized from the shipped Q4_1"),
             target("Q8_0"), target("Q4_K_M"), target("Q4_1"),
