@@ -151,7 +151,7 @@ def test_the_report_says_who_set_the_pace(bench_run: Path) -> None:
     # ...and the accuracy pass's, under its own workload, on the page.
     assert f"{ls['speed']['server_tpot_p50_ms']:.1f}</td></tr>" in (bench_run / "report.html").read_text()
     assert rows["py-q8_0"]["saturation"]["server_tpot_ms"] is None  # it gives no timings
-    assert f"ls-q8_0: {pace['line']}" in " ".join((bench_run / "stdout.txt").read_text().split())
+    assert f"ls-q8_0 (accuracy pass): {pace['line']}" in " ".join((bench_run / "stdout.txt").read_text().split())
 
 
 OUTPUT_TOKENS = 96

@@ -138,8 +138,9 @@ def interval_caption(report: Report) -> str:
 
 
 def pace_lines(report: Report) -> list[str]:
-    """One line per target that says who set its pace: the server or the client."""
-    return [f"{row.target}: {row.saturation['line']}" for row in report.rows if row.saturation]
+    """One line per target that says who set its pace in the accuracy pass: the server or the client
+    (the speed phase's levels have theirs in its section)."""
+    return [f"{row.target} (accuracy pass): {row.saturation['line']}" for row in report.rows if row.saturation]
 
 
 def resent_lines(report: Report) -> list[str]:
@@ -320,7 +321,7 @@ def build_document(report: Report) -> Document:
             *_published(report),
             *_averages(report),
             *([Section("How the intervals are made", items=tuple(intervals))] if intervals else []),
-            *([Section("Who set the pace (the accuracy pass)", items=tuple(pace))] if pace else []),
+            *([Section("Who set the pace", items=tuple(pace))] if pace else []),
             _audit(report),
             *_failed(report),
         ),
