@@ -137,7 +137,8 @@ def main() -> None:
     print(f"places naming a backend outside registry.py, backends/ and the deployment renderings: {len(backends)}")
     for place in backends:
         print(f"  {place}")
-    metrics = named_outside(pkg, METRIC_NAMES, ("metrics.py", "loadtest.py", "report/load.py"))
+    # The load test: its metrics, its report, and the bench's speed phase (load levels too).
+    metrics = named_outside(pkg, METRIC_NAMES, ("metrics.py", "loadtest.py", "report/load.py", "speedphase.py"))
     print(f"places naming a latency metric outside metrics.py and the load test: {len(metrics)}")
     if shutil.which("duplicates"):
         out = subprocess.run(["duplicates", "--repo", str(pkg), "--most", "1"], capture_output=True, text=True)

@@ -29,6 +29,7 @@ from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.scoring import ScoringProcessDied
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, probe_logprobs, serving, unless_dead
 from orchestrator.setups import SETUP_VERSIONS, store_key
+from orchestrator.speedphase import PhaseGate, measure
 from orchestrator.store import RunStore
 from orchestrator.tasks import DataError, Sample, Score, Task
 
@@ -89,12 +90,7 @@ class Runner:
         self.retry_wait_max = retry_wait_max
         self._samples = {task.name: task.samples() for task in tasks}
         self.speed_done = set(speed_done)  # targets whose speed phase a session before this one measured
-        # Speed phases run one at a time, and (targets in parallel) once every accuracy pass of
-        # the call has ended: nothing else is sent to any server while one is measured.
-        self._speed_turn = asyncio.Lock()
-        self._passes_left = 0
-        self._passes_done = asyncio.Event()
-        self._ended: set[str] = set()
+        self._gate = PhaseGate((), False)
 
     @property
     def samples(self) -> dict[str, list[Sample]]:
@@ -136,10 +132,7 @@ class Runner:
             return []
         self._prepare_files(targets)
         # Made per call: each Compose turn runs in an event loop of its own.
-        self._speed_turn = asyncio.Lock()
-        self._passes_left = len(targets)
-        self._passes_done = asyncio.Event()
-        self._ended = set()
+        self._gate = PhaseGate([t.name for t in targets], self.manifest.client.targets_in_parallel)
         # Heavy scorers (IFEval's checkers: milliseconds of pure Python per reply) run in one
         # process of their own. In a thread here they would take the GIL from the event loop for
         # up to 5 ms at a time, and stream stamps due meanwhile would be late: measured at c=64
@@ -175,7 +168,7 @@ class Runner:
             work += [(task, s) for s in pending]
         speed = self._wants_speed_phase(target)
         if not work and not speed:
-            self._pass_ended(target.name)
+            self._gate.pass_ended(target.name)
             return outcome
         try:
             model_path = self.model_paths.get(target.name)
@@ -199,12 +192,11 @@ class Runner:
                     if work:
                         await self._accuracy_pass(target, backends, work, outcome, live.server)
                 finally:
-                    self._pass_ended(target.name)
+                    self._gate.pass_ended(target.name)
                 if speed:
-                    if self.manifest.client.targets_in_parallel:
-                        await self._passes_done.wait()
-                    async with self._speed_turn:
-                        phase = self._speed_phase(target, backends)
+                    async with self._gate.turn():
+                        phase = measure(target, backends, self.manifest, self._samples, self.store, self.progress,
+                                        self.tokenizer_path)  # fmt: skip
                         facts = await (phase if live.server is None else unless_dead(phase, live.server))
                     outcome.server["speed_phase"] = facts
                     for note in facts["notes"]:
@@ -223,7 +215,7 @@ class Runner:
         except* (BackendError, LaunchError, DataError) as group:
             outcome.failure = f"{target.name}: {group.exceptions[0]}"
         finally:
-            self._pass_ended(target.name)  # a server that never came up: its pass has ended too
+            self._gate.pass_ended(target.name)  # a server that never came up: its pass has ended too
         if outcome.failure:
             for task in self.tasks:
                 self.progress.abort(f"{target.name}/{task.name}", outcome.failure)
@@ -266,41 +258,6 @@ class Runner:
         """A speed phase for this target: enabled, not measured yet, and not a noise-floor row
         (it repeats its reference's server, which has a phase of its own)."""
         return self.manifest.speed_phase.enabled and target.noise_of is None and target.name not in self.speed_done
-
-    def _pass_ended(self, target: str) -> None:
-        """``target``'s accuracy pass is over (once per target and call, however it ended)."""
-        if target in self._ended:
-            return
-        self._ended.add(target)
-        self._passes_left -= 1
-        if self._passes_left <= 0:
-            self._passes_done.set()
-
-    async def _speed_phase(self, target: TargetConfig, backends: list[Backend]) -> dict[str, Any]:
-        from orchestrator.speedphase import run_phase
-
-        def fallback(n: int, seed: int) -> list[tuple[tuple[str, str], ...]]:
-            pool = [s for samples in self._samples.values() for s in samples]
-            rng = random.Random(seed)
-            return [pool[rng.randrange(len(pool))].messages for _ in range(n)]
-
-        concurrency = target.concurrency or self.manifest.client.concurrency
-        # One tokenizer per model (the first of its targets that names one): the same prompts on every row.
-        donor = next(
-            (t for t in self.manifest.targets if t.model == target.model and (t.tokenizer or t.model_id)), None
-        )
-        return await run_phase(
-            target,
-            backends,
-            concurrency,
-            self.manifest.speed_phase,
-            self.manifest.generation,
-            self.store,
-            self.progress,
-            self.tokenizer_path,
-            fallback,
-            donor,
-        )
 
     async def _run_samples(
         self,

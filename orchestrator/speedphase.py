@@ -16,20 +16,23 @@ metric pipeline (``loadtest.level_metrics``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator.backends import Backend
 from orchestrator.errors import UserError
-from orchestrator.manifest import GenerationConfig, LoadProfile, SpeedPhaseConfig, TargetConfig
+from orchestrator.manifest import GenerationConfig, LoadProfile, Manifest, SpeedPhaseConfig, TargetConfig
 from orchestrator.records import LoadRecord
 from orchestrator.serving import Progress
 from orchestrator.store import RunStore
+from orchestrator.tasks import Sample
 
 SETUP = "speed"  # the records files' setup part: speed-c64.speed.jsonl
 Prompts = list[tuple[tuple[str, str], ...]]
@@ -132,6 +135,60 @@ async def run_phase(
         "levels": levels,
         "notes": notes,
     }
+
+
+class PhaseGate:
+    """When a target's speed phase may run: one at a time, and with targets in parallel only once
+    every accuracy pass of the call has ended, so that nothing else reaches any server while one
+    is measured. Made per call (its lock and event belong to that call's event loop)."""
+
+    def __init__(self, targets: Collection[str], wait_for_all: bool) -> None:
+        self._left = set(targets)
+        self._wait_for_all = wait_for_all
+        self._lock = asyncio.Lock()
+        self._all_ended = asyncio.Event()
+        if not self._left:
+            self._all_ended.set()
+
+    def pass_ended(self, target: str) -> None:
+        """``target``'s accuracy pass is over, however it ended (idempotent)."""
+        self._left.discard(target)
+        if not self._left:
+            self._all_ended.set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold this while a phase runs."""
+        if self._wait_for_all:
+            await self._all_ended.wait()
+        async with self._lock:
+            yield
+
+
+async def measure(
+    target: TargetConfig,
+    backends: Sequence[Backend],
+    manifest: Manifest,
+    samples: Mapping[str, Sequence[Sample]],
+    store: RunStore,
+    progress: Progress,
+    tokenizer_path: Callable[[TargetConfig], Path | None],
+) -> dict[str, Any]:
+    """A bench target's speed phase, at its concurrency, with its model's tokenizer (the first of
+    the model's targets that names one, so that every row of a model gets the same prompts), else
+    the run's own prompts (``samples``, picked by seed alike for every row)."""
+
+    def fallback(n: int, seed: int) -> Prompts:
+        pool = [s for found in samples.values() for s in found]
+        rng = random.Random(seed)
+        return [pool[rng.randrange(len(pool))].messages for _ in range(n)]
+
+    donor = next((t for t in manifest.targets if t.model == target.model and (t.tokenizer or t.model_id)), None)
+    concurrency = target.concurrency or manifest.client.concurrency
+    return await run_phase(
+        target, backends, concurrency, manifest.speed_phase, manifest.generation, store, progress, tokenizer_path,
+        fallback, donor,
+    )  # fmt: skip
 
 
 def workload_digest(records: Sequence[LoadRecord]) -> str | None:
