@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from orchestrator.records import LoadRecord
 from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving
 from orchestrator.store import RunStore
+from orchestrator.tasks.base import messages_digest
 from orchestrator.tokenizer import load_tokenizer
 
 
@@ -226,7 +225,7 @@ async def run_level(
             "mode": mode,
             "level": level,
             "dispatch_lag": None if intended is None else round(wake - intended, 6),
-            "prompt_digest": prompt_digest(prompts[i]),
+            "prompt_digest": messages_digest(prompts[i]),
         }
         progress.started(key)
         try:
@@ -284,12 +283,6 @@ async def run_level(
     writer.sync()
     server_after = await backend.scrape_metrics()
     return LevelResult(plan.target, mode, level, records, cpu, server_before, server_after)
-
-
-def prompt_digest(messages: tuple[tuple[str, str], ...]) -> str:
-    """A prompt's identity in the records (the text itself is not stored): the same digest on two
-    rows means the same chat turns were sent."""
-    return hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def target_tokenizer(target: TargetConfig, tokenizer_path: Callable[[TargetConfig], Path | None]) -> Any:

@@ -278,12 +278,12 @@ def _median(metrics: dict[str, Any], name: str) -> float | None:
     return None if value is None else float(value)
 
 
-def main_level(phase: dict[str, Any] | None) -> dict[str, Any] | None:
+def main_level(phase: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The level at the run's concurrency (the first), whose figures the main table shows."""
     return phase["levels"][0] if phase and phase.get("levels") else None
 
 
-def batch1_level(phase: dict[str, Any] | None) -> dict[str, Any] | None:
+def batch1_level(phase: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The batch-1 level (the roofline's): the last, at concurrency 1."""
     levels = (phase or {}).get("levels") or []
     return next((lv for lv in reversed(levels) if lv["concurrency"] == 1), None)

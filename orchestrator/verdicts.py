@@ -312,12 +312,12 @@ def _speed_ratios(phase: Mapping[str, Any] | None, ref: Mapping[str, Any] | None
         x, y = (a or {}).get(key), (b or {}).get(key)
         return None if x is None or not y else x / y
 
-    main, main_ref = main_level(dict(phase)), main_level(dict(ref))
+    main, main_ref = main_level(phase), main_level(ref)
     return {
         "output_tokens_per_s": ratio(main, main_ref, "output_tokens_per_s"),
         "ttft_p50_ms": ratio(main, main_ref, "ttft_p50_ms"),
         "tpot_p50_ms": ratio(main, main_ref, "tpot_p50_ms"),
-        "batch1_decode_tokens_per_s": ratio(batch1_level(dict(phase)), batch1_level(dict(ref)), "decode_tokens_per_s"),
+        "batch1_decode_tokens_per_s": ratio(batch1_level(phase), batch1_level(ref), "decode_tokens_per_s"),
     }
 
 

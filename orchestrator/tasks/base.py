@@ -37,8 +37,13 @@ class Sample:
 
     def prompt_digest(self) -> str:
         """sha256 of the exact messages: a changed prompt never passes as the same sample."""
-        data = json.dumps(self.messages, ensure_ascii=False, separators=(",", ":")).encode()
-        return hashlib.sha256(data).hexdigest()[:16]
+        return messages_digest(self.messages)
+
+
+def messages_digest(messages: tuple[tuple[str, str], ...]) -> str:
+    """A prompt's identity (sha256 of its exact chat turns): a sample's, a load request's."""
+    data = json.dumps(messages, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
