@@ -49,13 +49,20 @@ class RecordingProxy:
             kept = {k: v for k, v in up.headers.items() if k.lower() in ("content-type", "retry-after")}
             response = web.StreamResponse(status=up.status, headers=kept)
             await response.prepare(request)
-            async for chunk in up.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in up.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except aiohttp.ClientConnectionResetError:
+                pass  # the client stopped reading (it had its answer): its choice, not a proxy failure
             return response
 
     async def _start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        # A fresh upstream connection per request: a kept-alive one the server closed meanwhile
+        # (llama-server drops idle ones) would fail the forward with a 500 the client never caused.
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None), connector=aiohttp.TCPConnector(force_close=True)
+        )
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app)
