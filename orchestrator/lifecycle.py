@@ -63,6 +63,7 @@ class Service:
             "quantization": self.quantization,
             "backend": self.backend,
             "url": self.url,
+            **({"gpus": list(self.gpus)} if self.gpus else {}),
         }
 
 

@@ -4,6 +4,7 @@ rates, one record of raw stamps per request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from typing import Any
 from orchestrator.backends import Backend, BackendError, ChatRequest
 from orchestrator.llamacpp import LaunchError
 from orchestrator.manifest import GenerationConfig, LoadProfile, Manifest, TargetConfig
+from orchestrator.meter import Meter, metering, nvml_opened
+from orchestrator.nvml import Nvml
 from orchestrator.records import LoadRecord
 from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.serving import NullProgress, Progress, fd_capped_concurrency, serving
@@ -58,7 +61,8 @@ class LoadRunner:
         self.progress = progress or NullProgress()
         self.tokenizer_path = tokenizer_path or (lambda t: None)
         self.notes: dict[str, list[str]] = {}
-        self.servers: dict[str, dict[str, Any]] = {}  # a managed server's launch, per target (run.json)
+        self.servers: dict[str, dict[str, Any]] = {}  # a managed server's launch, its footprint, per target
+        self._nvml: tuple[Nvml | None, str | None] = (None, None)
 
     def _size_sessions(self) -> None:
         """The connection pool holds the largest level (a closed loop's concurrency, a rate mode's
@@ -82,9 +86,12 @@ class LoadRunner:
         """Every level of every target, targets one after the other (they would compete otherwise)."""
         self._size_sessions()
         results: list[LevelResult] = []
-        async with open_runtime(self.store) as runtime:
-            for target in self.manifest.targets:
-                results += await self._run_target(target, runtime)
+        with nvml_opened(self.notes.setdefault("all targets", [])) as self._nvml:
+            async with open_runtime(self.store) as runtime:
+                for target in self.manifest.targets:
+                    results += await self._run_target(target, runtime)
+        if not self.notes["all targets"]:
+            del self.notes["all targets"]
         return results
 
     def _tokenizer(self, target: TargetConfig) -> Any:
@@ -96,12 +103,16 @@ class LoadRunner:
         profile = self.profile
         results: list[LevelResult] = []
         try:
-            async with serving(
-                target, self.manifest, self.store, self.progress, self.tokenizer_path, pacer=runtime.pacer
-            ) as live:
+            facts = self.servers.setdefault(target.name, {})
+            async with (
+                serving(
+                    target, self.manifest, self.store, self.progress, self.tokenizer_path, pacer=runtime.pacer
+                ) as live,
+                metering(target, live, self._nvml, None, facts) as meter,
+            ):
                 backend = live.backends[0]  # load tests measure one server: the first replica
                 if live.managed is not None:
-                    self.servers[target.name] = live.managed
+                    facts.update(live.managed)
                 if live.note:
                     self.notes.setdefault(target.name, []).append(live.note)
                 if profile.ignore_eos and not backend.supports_ignore_eos:
@@ -119,7 +130,7 @@ class LoadRunner:
                     probe_c = int(max(profile.levels)) if profile.levels else 64
                     prompts = self._prompts(tokenizer, per_level, profile.seed)
                     counts = prompt_counts(tokenizer, template, prompts)
-                    probe = await self._level(target, backend, "concurrency", probe_c, prompts, [], counts)
+                    probe = await self._level(target, backend, "concurrency", probe_c, prompts, [], counts, meter)
                     results.append(probe)
                     from orchestrator.loadtest import level_metrics
 
@@ -133,7 +144,7 @@ class LoadRunner:
                     prompts = self._prompts(tokenizer, n, profile.seed + 1 + i)
                     offsets = [] if mode == "concurrency" else schedule(mode, level, n, profile.seed + i)
                     counts = prompt_counts(tokenizer, template, prompts)
-                    results.append(await self._level(target, backend, mode, level, prompts, offsets, counts))
+                    results.append(await self._level(target, backend, mode, level, prompts, offsets, counts, meter))
         except* (BackendError, LaunchError) as group:
             self.notes.setdefault(target.name, []).append(f"failed: {group.exceptions[0]}")
         return results
@@ -159,6 +170,7 @@ class LoadRunner:
         prompts: list[tuple[tuple[str, str], ...]],
         offsets: list[float],
         counts: list[int | None],
+        meter: Meter,
     ) -> LevelResult:
         return await run_level(
             LevelPlan(target.name, mode, level, prompts, offsets, counts, self.profile),
@@ -166,6 +178,7 @@ class LoadRunner:
             self.store,
             self.progress,
             self.manifest.generation,
+            meter,
         )
 
 
@@ -192,11 +205,30 @@ class LevelPlan:
 
 
 async def run_level(
-    plan: LevelPlan, backend: Backend, store: RunStore, progress: Progress, gen: GenerationConfig
+    plan: LevelPlan,
+    backend: Backend,
+    store: RunStore,
+    progress: Progress,
+    gen: GenerationConfig,
+    meter: Meter | None = None,
 ) -> LevelResult:
     """One level: a closed loop at ``plan.level`` requests in flight, or sends on a rate mode's
     schedule; one record of raw stamps per request, written as it ends. Used by ``orchestrate
-    load`` and by the bench's speed phase alike."""
+    load`` and by the bench's speed phase alike. ``meter``: the level is an energy window of its
+    own (named after its file), its work the requests answered and their output tokens."""
+    window = contextlib.nullcontext(None) if meter is None else meter.window(plan.file)
+    with window as measured:
+        result = await _run_level(plan, backend, store, progress, gen)
+        if measured is not None:
+            answered = [r for r in result.records if r.error is None]
+            measured.requests = len(answered)
+            measured.output_tokens = sum(r.completion_tokens or 0 for r in answered)
+    return result
+
+
+async def _run_level(
+    plan: LevelPlan, backend: Backend, store: RunStore, progress: Progress, gen: GenerationConfig
+) -> LevelResult:
     profile, mode, level, prompts = plan.profile, plan.mode, plan.level, plan.prompts
     key = f"{plan.target}/{plan.file}"
     progress.add(key, f"{plan.target} · {plan.file}", len(prompts), 0)

@@ -186,6 +186,9 @@ class TargetConfig:
     # Where the weights come from when they are not the named checkpoint's own (e.g. "F16
     # dequantized from Q4_1"): published figures are shown beside the row, never compared with it.
     weights: str | None = None
+    # The GPUs of this host that serve it (indices or UUIDs), for a server the orchestrator did not
+    # start: its energy and device memory are read on them (a Compose service's device_ids).
+    gpus: tuple[int | str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ GPU_BANDWIDTH_GBS = {
     "l4": 300.0,
     "rtx4090": 1008.0,
 }
-WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 
 
 class RooflineError(UserError, ValueError):
@@ -43,20 +42,15 @@ def bandwidth(gpu: str | None, bandwidth_gbs: float | None) -> float:
 
 
 def weight_bytes(source: str) -> int:
-    """Bytes of a checkpoint's weight files: a local file or folder, or a Hub id (file sizes from the Hub)."""
-    path = Path(source)
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
-    from huggingface_hub import HfApi
+    """Bytes of a checkpoint's weight tensors (weights.size_of: a GGUF's tensor table, a folder's
+    safetensors headers, a Hub repo's safetensors metadata); RooflineError when it cannot be sized."""
+    from orchestrator.weights import size_of
 
-    info = HfApi().model_info(source, files_metadata=True)
-    files = [s for s in info.siblings or [] if s.rfilename.endswith(WEIGHT_SUFFIXES)]
-    # Repos ship both safetensors and .bin sometimes: servers load safetensors when present.
-    if any(s.rfilename.endswith(".safetensors") for s in files):
-        files = [s for s in files if s.rfilename.endswith(".safetensors")]
-    return sum(s.size or 0 for s in files)
+    path = Path(source)
+    size = size_of(path, None) if path.exists() else size_of(None, source)
+    if not size.bytes:
+        raise RooflineError(f"weights of {source} not sized: {size.why}")
+    return size.bytes
 
 
 def roofline(weights: int, bandwidth_gbs: float, tp: int, tpot_ms: float | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from orchestrator.footprint import Footprint
 from orchestrator.jsonmodel import Node
 
 
@@ -26,6 +27,11 @@ class ServerFacts(Node):
     metrics_before: dict[str, float] | None = None
     metrics_after: dict[str, float] | None = None
     speed_phase: dict[str, Any] | None = None  # the bench's speed phase: its levels, workload, notes
+    footprint: Footprint | None = None  # weights, memory and energy (footprint.py)
+
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "footprint": lambda d: None if d is None else Footprint.from_json(d)
+    }
 
 
 def _servers(data: Mapping[str, Any]) -> dict[str, ServerFacts]:

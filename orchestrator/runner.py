@@ -24,6 +24,8 @@ from orchestrator.backends import Backend, BackendError, ChatRequest, Completion
 from orchestrator.errors import ScoringError, StoreError
 from orchestrator.llamacpp import LaunchError, ManagedServer, ServerDied
 from orchestrator.manifest import Manifest, TargetConfig
+from orchestrator.meter import metering, nvml_opened
+from orchestrator.nvml import Nvml
 from orchestrator.records import SampleRecord
 from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.scoring import ScoringProcessDied
@@ -50,6 +52,7 @@ class TargetOutcome:
     name: str
     sent: int = 0
     errors: int = 0
+    output_tokens: int = 0  # of the answers this session sent (the energy's work)
     failure: str | None = None  # why the target stopped early, if it did
     last_error: str | None = None
     server: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +94,7 @@ class Runner:
         self._samples = {task.name: task.samples() for task in tasks}
         self.speed_done = set(speed_done)  # targets whose speed phase a session before this one measured
         self._gate = PhaseGate((), False)
+        self._nvml: tuple[Nvml | None, str | None] = (None, None)  # while run() runs: NVML, or why not
 
     @property
     def samples(self) -> dict[str, list[Sample]]:
@@ -141,16 +145,17 @@ class Runner:
         # The first heavy scorer's job on an empty reply: the scoring process warms up on it.
         heavy = (t.score_job(self._samples[t.name][0], "") for t in self.tasks if self._samples[t.name])
         warm_up = next((j for j in heavy if j is not None), None)
-        async with open_runtime(self.store, warm_up) as runtime:
-            self.runtime = runtime
-            if self.manifest.client.targets_in_parallel:
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        jobs = [tg.create_task(self._run_target(t, runtime)) for t in targets]
-                except* (StoreError, ScoringError) as group:
-                    raise group.exceptions[0] from None
-                return [j.result() for j in jobs]
-            return [await self._run_target(t, runtime) for t in targets]
+        with nvml_opened(self.notes) as self._nvml:
+            async with open_runtime(self.store, warm_up) as runtime:
+                self.runtime = runtime
+                if self.manifest.client.targets_in_parallel:
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            jobs = [tg.create_task(self._run_target(t, runtime)) for t in targets]
+                    except* (StoreError, ScoringError) as group:
+                        raise group.exceptions[0] from None
+                    return [j.result() for j in jobs]
+                return [await self._run_target(t, runtime) for t in targets]
 
     async def _run_target(self, target: TargetConfig, runtime: Runtime) -> TargetOutcome:
         outcome = TargetOutcome(target.name)
@@ -171,10 +176,9 @@ class Runner:
             self._gate.pass_ended(target.name)
             return outcome
         try:
-            model_path = self.model_paths.get(target.name)
-            async with serving(
-                target, self.manifest, self.store, self.progress, self.tokenizer_path, model_path, runtime.pacer
-            ) as live:
+            path = self.model_paths.get(target.name)
+            serve = serving(target, self.manifest, self.store, self.progress, self.tokenizer_path, path, runtime.pacer)
+            async with serve as live, metering(target, live, self._nvml, path, outcome.server) as meter:
                 backends = live.backends
                 if live.managed is not None:
                     outcome.server["managed"] = live.managed
@@ -190,13 +194,14 @@ class Runner:
                 outcome.server["replicas"] = [b.base_url for b in backends]
                 try:
                     if work:
-                        await self._accuracy_pass(target, backends, work, outcome, live.server)
+                        with meter.window("accuracy", work=lambda: (outcome.sent, outcome.output_tokens)):
+                            await self._accuracy_pass(target, backends, work, outcome, live.server)
                 finally:
                     self._gate.pass_ended(target.name)
                 if speed:
                     async with self._gate.turn():
                         phase = measure(target, backends, self.manifest, self._samples, self.store, self.progress,
-                                        self.tokenizer_path)  # fmt: skip
+                                        self.tokenizer_path, meter)  # fmt: skip
                         facts = await (phase if live.server is None else unless_dead(phase, live.server))
                     outcome.server["speed_phase"] = facts
                     for note in facts["notes"]:
@@ -303,6 +308,7 @@ class Runner:
                     raise
                 self.written += 1
                 outcome.sent += 1
+                outcome.output_tokens += record.completion_tokens or 0
                 failed = record.error is not None
                 outcome.errors += failed
                 self.progress.advance(f"{target.name}/{task.name}", failed)

@@ -29,6 +29,7 @@ from typing import Any
 from orchestrator.backends import Backend
 from orchestrator.errors import UserError
 from orchestrator.manifest import GenerationConfig, LoadProfile, Manifest, SpeedPhaseConfig, TargetConfig
+from orchestrator.meter import Meter
 from orchestrator.records import LoadRecord
 from orchestrator.serving import Progress
 from orchestrator.store import RunStore
@@ -73,6 +74,7 @@ async def run_phase(
     tokenizer_path: Callable[[TargetConfig], Path | None],
     fallback: Callable[[int, int], Prompts],
     tokenizer_of: TargetConfig | None = None,
+    meter: Meter | None = None,
 ) -> dict[str, Any]:
     """One target's speed phase on its first server; run.json's account of it (the levels, their
     profiles and files, the workload, and what it had to adapt to).
@@ -114,7 +116,7 @@ async def run_phase(
         counts = prompt_counts(tokenizer, template, prompts)
         plan = LevelPlan(target.name, "concurrency", level, prompts, [], counts, profile, level_file(level), SETUP)
         store.discard(target.name, plan.file, SETUP)  # an interrupted phase's records: measured again
-        result = await run_level(plan, backend, store, progress, gen)
+        result = await run_level(plan, backend, store, progress, gen, meter)
         levels.append(
             {
                 "concurrency": level,
@@ -173,6 +175,7 @@ async def measure(
     store: RunStore,
     progress: Progress,
     tokenizer_path: Callable[[TargetConfig], Path | None],
+    meter: Meter | None = None,
 ) -> dict[str, Any]:
     """A bench target's speed phase, at its concurrency, with its model's tokenizer (the first of
     the model's targets that names one, so that every row of a model gets the same prompts), else
@@ -187,7 +190,7 @@ async def measure(
     concurrency = target.concurrency or manifest.client.concurrency
     return await run_phase(
         target, backends, concurrency, manifest.speed_phase, manifest.generation, store, progress, tokenizer_path,
-        fallback, donor,
+        fallback, donor, meter,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator import divergence, stats
+from orchestrator.footprint import footprint_ratios
 from orchestrator.records import SampleRecord
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, REFERENCE_QUANTS
 from orchestrator.report.model import Comparison, PairedResult
@@ -120,6 +121,7 @@ class Compared:
     note: str | None = None
     speed_vs_reference: dict[str, float | None] | None = None
     costs_vs_reference: dict[str, dict[str, float | None]] | None = None
+    footprint_vs_reference: dict[str, float | None] | None = None
     noise_floor: dict[str, list[float]] | None = None
 
     @property
@@ -139,6 +141,8 @@ class Compared:
             out["speed_vs_reference"] = self.speed_vs_reference
         if self.costs_vs_reference is not None:
             out["costs_vs_reference"] = self.costs_vs_reference
+        if self.footprint_vs_reference is not None:
+            out["footprint_vs_reference"] = self.footprint_vs_reference
         out["delta_average"] = self.delta_average
         if self.noise_floor is not None:
             out["noise_floor"] = self.noise_floor
@@ -180,6 +184,7 @@ def compare(rows: Sequence[Mapping[str, Any]], sides: Mapping[tuple[str, str], S
                 pending.append(_pair(row, ref, sides))
                 done.speed_vs_reference = _speed_ratios(row.get("speed_phase"), ref.get("speed_phase"))
                 done.costs_vs_reference = _cost_changes(row.get("costs") or {}, ref.get("costs") or {})
+                done.footprint_vs_reference = footprint_ratios(row.get("footprint"), ref.get("footprint"))
                 if not any(p.n for p in pending[-1].tasks.values()):
                     done.note = f"shares no answered sample with {ref['target']}: nothing to compare"
     family = [p for c in pending for p in (*c.tasks.values(), *([c.average] if c.average else []))]
@@ -203,7 +208,6 @@ def _pair(row: Mapping[str, Any], ref: Mapping[str, Any], sides: Mapping[tuple[s
     is), and the divergence over every task's samples (the KLD column)."""
     c = _Pending(row, ref)
     parts: list[Paired] = []
-    pooled = [0, 0, 0, 0]  # n, right->wrong, wrong->right, changed
     kl_all: dict[tuple[str, str], divergence.SampleDivergence] = {}  # every task's paired samples
     kl_k: list[int] = []
     for name in row["tasks"]:
@@ -225,30 +229,35 @@ def _pair(row: Mapping[str, Any], ref: Mapping[str, Any], sides: Mapping[tuple[s
         c.tasks[name] = p
         if name in row["average_tasks"] and name in ref["average_tasks"] and p.n:
             parts.append(p)
-            pooled = [a + b for a, b in zip(pooled, (p.n, p.right_to_wrong, p.wrong_to_right, p.changed), strict=True)]
     common = [n for n in row["tasks"] if n in row["average_tasks"] and n in ref["average_tasks"]]
     if len(common) == 1 and len(parts) == 1:
         c.single = common[0]
     elif parts and len(parts) == len(common):
-        ci = stats.paired_average(parts)
-        # Every common task has paired samples here (len(parts) == len(common)): no figure is None.
-        deltas = [c.tasks[n].delta or 0.0 for n in common]
-        n, r2w, w2r, changed = pooled
-        c.average = Paired(
-            n, 0, 0,
-            sum(c.tasks[n_].reference or 0.0 for n_ in common) / len(common),
-            sum(c.tasks[n_].quantized or 0.0 for n_ in common) / len(common),
-            sum(deltas) / len(deltas),
-            ci.bounds,
-            r2w, w2r, changed, stats.mcnemar_exact(r2w, w2r),
-            stats.mdd_of(ci),
-            interval_method=ci.method,
-            interval_note=ci.note,
-            extra={"tasks": common},
-        )  # fmt: skip
+        c.average = average_paired(parts, common)
     if kl_all:
         c.divergence = divergence.summarize(kl_all, min(kl_k), stats.seed_for(ref["target"], row["target"], "kl"))
     return c
+
+
+def average_paired(parts: Sequence[Paired], tasks: Sequence[str]) -> Paired:
+    """The Average's paired difference from each task's (``parts``, one per task of ``tasks``, each
+    with paired samples): the mean of the tasks' figures, its interval by MOVER, the flips pooled."""
+    ci = stats.paired_average(parts)
+    n, r2w, w2r, changed = (
+        sum(getattr(p, k) for p in parts) for k in ("n", "right_to_wrong", "wrong_to_right", "changed")
+    )
+    return Paired(
+        n, 0, 0,
+        sum(p.reference or 0.0 for p in parts) / len(parts),
+        sum(p.quantized or 0.0 for p in parts) / len(parts),
+        sum(p.delta or 0.0 for p in parts) / len(parts),
+        ci.bounds,
+        r2w, w2r, changed, stats.mcnemar_exact(r2w, w2r),
+        stats.mdd_of(ci),
+        interval_method=ci.method,
+        interval_note=ci.note,
+        extra={"tasks": list(tasks)},
+    )  # fmt: skip
 
 
 def _result(p: Paired, row: Mapping[str, Any], ref: Mapping[str, Any], task: str | None) -> PairedResult:
@@ -355,6 +364,18 @@ def paired_runs(
     """Two runs of the same checkpoints (e.g. two backends): per matched (target in A, target in B)
     and task, B against A paired on the samples both answered with the same prompt (same id and
     prompt digest; the others are counted as one side only), Holm-corrected across all of them."""
+    return [
+        {name: p.to_json() for name, p in per.items()} for per in paired_runs_raw(pairs, records_a, records_b, tasks)
+    ]
+
+
+def paired_runs_raw(
+    pairs: Sequence[tuple[str, str]],
+    records_a: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
+    records_b: Mapping[str, Mapping[str, Sequence[SampleRecord]]],
+    tasks: Mapping[str, Task],
+) -> list[dict[str, Paired]]:
+    """``paired_runs`` as ``Paired`` objects, judged (Holm across every pair and task)."""
     found: list[dict[str, Paired]] = []
     for ta, tb in pairs:
         per_task: dict[str, Paired] = {}
@@ -378,10 +399,9 @@ def paired_runs(
         row = {}
         for name, p in per.items():
             p_holm = next(adjusted)
-            final = dataclasses.replace(
+            row[name] = dataclasses.replace(
                 p, p_holm=p_holm, verdict=stats.verdict(p.delta, p.interval, p_holm, p.n, p.mdd)
             )
-            row[name] = final.to_json()
         out.append(row)
     return out
 
@@ -390,8 +410,10 @@ __all__ = [
     "Compared",
     "Side",
     "answers_of",
+    "average_paired",
     "compare",
     "paired_runs",
+    "paired_runs_raw",
     "reference_of",
     "target_statistics",
     "verdicts_of",

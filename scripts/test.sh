@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ORCHESTRATOR_VENV:-.venv}"
-bash scripts/install.sh local,test,dev
+bash scripts/install.sh local,gpu,test,dev
 # The IFEval fidelity test compares with the official evaluation loop as vendored by
 # lm-evaluation-harness; only those modules are imported, so none of its heavy dependencies.
 "$VENV/bin/pip" install -q --no-deps 'lm-eval==0.4.13'

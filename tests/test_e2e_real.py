@@ -134,6 +134,11 @@ def test_backend_quirks_recorded(first_run: Path) -> None:
         assert "AVX2" in meta["servers"][target]["managed"]["build"], target
     # As many slots as requests in flight.
     assert meta["servers"]["tiny-llamacpp-f16"]["managed"]["measured"]["slots"] == 16
+    # Memory: vLLM (a running server, not started here) from its /metrics; llama.cpp's from its process.
+    memory = {name: facts["footprint"]["memory"] for name, facts in meta["servers"].items()}
+    vllm_rss = memory["tiny-vllm-f32"]["host"]
+    assert "process_resident_memory_bytes" in vllm_rss["how"] and vllm_rss["steady_bytes"] > 0
+    assert all("RSS of the server" in memory[t]["host"]["how"] for t in TARGETS[1:])
 
 
 def test_report_recomputed_from_records(first_run: Path) -> None:

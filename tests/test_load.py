@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from orchestrator.loadrun import LoadRunner
 from orchestrator.loadtest import LoadConfigError, LoadProfile, parse_slo, schedule
 from orchestrator.manifest import parse_manifest
 from orchestrator.report import write_load_report
+from orchestrator.run_meta import ServerFacts
 from orchestrator.store import RunStore
 from tests.support.fake_openai import FakeOpenAI, chunk
 
@@ -43,6 +45,7 @@ async def run_load(
     handler: Any,
     accuracy_concurrency: int = 16,
     quants: tuple[str, ...] = ("BF16",),
+    gpus: tuple[str, ...] = (),
     **profile: Any,
 ) -> tuple[Path, Any, FakeOpenAI]:
     fake = FakeOpenAI(handler)
@@ -62,6 +65,7 @@ async def run_load(
                         "backend": "vllm",
                         "url": str(server.make_url("")).rstrip("/"),
                         "tokenizer": str(data_dir.parent / "data" / "qwen2-tokenizer"),
+                        "gpus": list(gpus),
                     }
                     for i, quant in enumerate(quants)
                 ],
@@ -72,6 +76,10 @@ async def run_load(
         store.write_meta({"run_id": "run", "manifest": m.to_dict(), "load_profile": lp.to_dict()})
         runner = LoadRunner(m, lp, store, tokenizer_path=lambda t: None)
         results = await runner.run()
+        meta = store.require_meta()  # as `orchestrate load` keeps them
+        meta.servers = {name: ServerFacts.from_json(facts) for name, facts in runner.servers.items() if facts}
+        meta.load_notes = runner.notes
+        store.write_meta(meta)
         store.close()
     finally:
         await server.close()
@@ -148,12 +156,17 @@ def test_profile_and_slo_parsing() -> None:
 
 
 def test_roofline_estimate(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
     from orchestrator.roofline import RooflineError, bandwidth, roofline, weight_bytes
 
-    (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 3000)
-    (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 1000)
+    save_file({"a": np.zeros((30, 25), np.float32)}, str(tmp_path / "model-00001.safetensors"))
+    save_file({"b": np.zeros((500,), np.float16)}, str(tmp_path / "model-00002.safetensors"))
     (tmp_path / "config.json").write_text("{}")
-    assert weight_bytes(str(tmp_path)) == 4000
+    assert weight_bytes(str(tmp_path)) == 4000  # the tensors' bytes, not the files' (headers are not read per token)
+    with pytest.raises(RooflineError):
+        weight_bytes(str(tmp_path / "config.json"))
     assert bandwidth("H100", None) == 3350.0 and bandwidth(None, 123.0) == 123.0
     with pytest.raises(RooflineError):
         bandwidth("tpu", None)
@@ -289,6 +302,36 @@ async def test_the_load_report_shows_the_percentiles_asked_and_keeps_the_median(
     console = Console(width=250, record=True)
     console.print(render_latency_table(report))
     assert "p90/p99.9" in console.export_text()
+
+
+async def test_each_level_has_its_energy_and_each_target_its_memory(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from orchestrator.report import render_latency_table
+    from orchestrator.report.load import footprint_lines
+    from tests.support.fake_nvml import FakeGpu, FakeNvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([FakeGpu("GPU-x", watts=250.0, used=6 << 30)]))
+    run_dir, _, _ = await run_load(
+        tmp_path, data_dir, paced(0.01, 0.002), gpus=("GPU-x",), levels=(1, 2), requests=6, warmup=1, output_tokens=4
+    )  # fmt: skip
+    report = write_load_report(run_dir)
+    for m in report["targets"]["fake"]:
+        e = m["energy"]
+        assert e["valid"] and e["joules"] == pytest.approx(250.0 * e["seconds"], rel=1e-3, abs=0.01)
+        # Every request of the level (warm-up and cool-down too) against the energy of its whole window.
+        assert e["output_tokens"] == 4 * e["requests"] and e["requests"] == 6 + 1 + int(m["level"]) * (
+            m["mode"] == "concurrency"
+        )
+        assert e["j_per_token"] == pytest.approx(e["joules"] / e["output_tokens"], rel=1e-3)
+    [line] = footprint_lines(report)
+    assert "memory peak 6.44 GB" in line and "GPU-x" not in line
+    console = Console(width=250, record=True)
+    console.print(render_latency_table(report))
+    assert "J/token" in console.export_text()
+    assert "J/token" in (run_dir / "load_report.html").read_text()
 
 
 async def test_a_new_latency_metric_is_one_entry(

@@ -122,9 +122,10 @@ def test_the_tables_speed_is_the_phases_and_batch1_meets_the_roofline(speed_run:
         assert phase.main.tpot_p50_ms == pytest.approx(again["tpot_ms"]["p50"])
         line = next(line for line in table.splitlines() if f"| {row.quantization} |" in line)
         assert f"| {phase.main.requests_per_s:.2f} |" in line and f"{phase.main.tpot_p50_ms:.1f}" in line
-        # Batch-1 decode against the bound the command line gave: bandwidth / the GGUF's bytes.
-        size = Path(meta.manifest["targets"][[t["name"] for t in meta.manifest["targets"]].index(row.target)]
-                    ["launch"]["model_path"]).stat().st_size  # fmt: skip
+        # Batch-1 decode against the bound the command line gave: bandwidth / the GGUF's tensor bytes.
+        assert row.footprint is not None and row.footprint.weights is not None
+        size = row.footprint.weights.bytes
+        assert size is not None
         roof = phase.roofline or {}
         assert roof["bound_tok_s"] == pytest.approx(BANDWIDTH_GBS * 1e9 / size)
         assert roof["achieved_tok_s"] == phase.batch1.decode_tokens_per_s
@@ -137,3 +138,41 @@ def test_the_tables_speed_is_the_phases_and_batch1_meets_the_roofline(speed_run:
     assert bounded
     stdout = (speed_run / "stdout.txt").read_text()
     assert "batch-1 tok/s" in stdout and "controlled speed phase" in stdout
+
+
+def test_each_row_has_its_weights_and_the_rss_of_its_server(speed_run: Path, tiny_model: Path) -> None:
+    from orchestrator.weights import folder_size
+
+    report = Report.from_json(__import__("json").loads((speed_run / "report.json").read_text()))
+    params = folder_size(tiny_model / "hf").params  # the HF checkpoint's tensors, read without gguf
+    files = {t["name"]: Path(t["launch"]["model_path"]) for t in RunStore(speed_run).require_meta().manifest["targets"]}
+    bits = {"f16": (16.0, 16.5), "q8": (8.5, 9.0), "q4": (4.5, 6.5)}
+    table = (speed_run / "report.md").read_text().split("\n\n")[1]
+    rows = {row.target: row for row in report.rows}
+    for name in ROWS:
+        fp = rows[name].footprint
+        assert fp is not None and fp.weights is not None and fp.memory is not None
+        w = fp.weights
+        assert w.source == "GGUF tensors" and w.params == params
+        assert w.bytes is not None and w.bytes < files[name].stat().st_size  # metadata (the vocabulary) is not weights
+        low, high = bits[name]
+        assert w.bits_per_weight is not None and low <= w.bits_per_weight <= high, (name, w.bits_per_weight)
+        # Memory measured on the server process: no GPU here, so host RSS, which holds the mapped weights.
+        host = fp.memory.host
+        assert host is not None and fp.memory.gpu is None and host.samples > 0
+        assert host.peak_bytes is not None and host.steady_bytes is not None
+        assert host.peak_bytes >= host.steady_bytes > w.bytes
+        assert "RSS" in host.how
+        line = next(line for line in table.splitlines() if f"| {rows[name].quantization} |" in line)
+        assert f"{w.bytes / 1e9:.2f}" in line and f"{host.peak_bytes / 1e9:.2f}" in line
+    # llama-server is one process (its peak is the kernel's high-water mark); llama-cpp-python's
+    # server is Python with its own RSS.
+    assert "VmHWM" in (rows["f16"].footprint.memory.host.how)  # type: ignore[union-attr]
+    ratios = rows["q8"].footprint_vs_reference or {}
+    assert ratios["weights_bytes"] == pytest.approx(
+        rows["q8"].footprint.weights.bytes / rows["f16"].footprint.weights.bytes  # type: ignore[union-attr,operator]
+    )
+    # Energy: one note says why it was not measured (no GPU or driver on these machines), never a failure.
+    notes = [n for s in RunStore(speed_run).require_meta().sessions for n in s.get("notes", [])]
+    assert len([n for n in notes if n.startswith("energy and GPU memory not measured: ")]) == 1
+    assert all(e is None or not e.valid for row in report.rows if row.footprint for e in row.footprint.speed_energy)

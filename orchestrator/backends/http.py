@@ -270,7 +270,8 @@ async def _read_events(resp: aiohttp.ClientResponse) -> SSEBody:
             proto.watched, proto.arrivals = None, []
 
 
-SERVER_METRIC_PREFIXES = ("vllm:", "tgi_", "sglang:", "llamacpp:")
+# The engines' own families, and the Prometheus client's process RSS (vLLM's API server has it).
+SERVER_METRIC_PREFIXES = ("vllm:", "tgi_", "sglang:", "llamacpp:", "process_resident_memory_bytes")
 
 
 def parse_prometheus(text: str) -> dict[str, float]:

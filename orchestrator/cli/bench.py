@@ -30,6 +30,7 @@ from orchestrator.cli.common import (
     versions,
 )
 from orchestrator.errors import StoreError
+from orchestrator.footprint import merge
 from orchestrator.manifest import (
     Manifest,
     ManifestError,
@@ -330,7 +331,10 @@ def _record_outcomes(meta: RunMeta, outcomes: list[TargetOutcome]) -> None:
         if o.server:
             # What this session found on top of what earlier ones did (a session that only measured
             # the speed phase keeps the accuracy pass's counters).
-            meta.servers[o.name] = ServerFacts.from_json({**meta.server(o.name).to_json(), **o.server})
+            old = meta.server(o.name)
+            meta.servers[o.name] = ServerFacts.from_json({**old.to_json(), **o.server})
+            if old.footprint is not None and "footprint" in o.server:
+                meta.servers[o.name].footprint = merge(old.footprint, meta.servers[o.name].footprint)
         if o.failure:
             failures[o.name] = o.failure
         else:

@@ -33,6 +33,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from orchestrator.loadrun import LoadRunner
     from orchestrator.loadtest import LoadProfile, parse_slo
     from orchestrator.report import render_latency_table, write_load_report
+    from orchestrator.report.load import footprint_lines
     from orchestrator.store import RunStore
 
     manifest = load_manifest(args.manifest)
@@ -98,7 +99,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         "levels": {f"{r.target}/{r.mode}-{r.level:g}": r.cpu_s for r in results},
     }
     meta.load_notes = runner.notes
-    meta.servers = {name: ServerFacts.from_json(facts or {}) for name, facts in runner.servers.items()}
+    meta.servers = {name: ServerFacts.from_json(facts or {}) for name, facts in runner.servers.items() if facts}
     meta.server_metrics = {
         f"{r.target}/{r.mode}-{r.level:g}": {"before": r.server_before, "after": r.server_after} for r in results
     }
@@ -112,6 +113,8 @@ def cmd_load(args: argparse.Namespace) -> int:
             f"{target}: batch-1 decode {r['achieved_tok_s'] or 0:.1f} tok/s of a {r['bound_tok_s'] or 0:.1f} tok/s "
             f"bandwidth bound ({100 * (r['fraction'] or 0):.1f}%, estimate: weights only)"
         )
+    for line in footprint_lines(report):
+        console.print(line, highlight=False, soft_wrap=True)
     for target, levels in report["targets"].items():
         if levels and (top := levels[-1]).get("saturation"):  # the highest level says most
             console.print(f"{target} at {top['mode']} {top['level']:g}: {top['saturation']['line']}", highlight=False)

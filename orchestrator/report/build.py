@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from orchestrator.footprint import Footprint, row_figures, shared_windows
 from orchestrator.published import compare_published, load_references
 from orchestrator.registry import TASKS
 from orchestrator.report.model import Report, as_report
@@ -32,8 +33,12 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     client = manifest.get("client") or {}
     rows = []
     sides = {}
+    shared = shared_windows({name: (meta.server(name).footprint or Footprint()).energy for name in names})
     for t, summary in zip(manifest["targets"], summaries, strict=True):
         server = meta.server(t["name"])
+        answered = sum(cost["answers"] for cost in summary.costs.values())
+        correct = sum(cost["correct"] for cost in summary.costs.values())
+        mine = {i: others for (name, i), others in shared.items() if name == t["name"]}
         sides.update({(t["name"], name): side for name, side in summary.sides.items()})
         rows.append(
             {
@@ -58,6 +63,8 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
                 # The controlled speed phase (speedphase.py): the main table's speed columns.
                 "speed_phase": _speed_phase(store, t["name"], server, meta.roofline_weights),
                 "costs": summary.costs,
+                # Size, memory and energy (footprint.py): what the checkpoint holds and draws.
+                "footprint": row_figures(server.footprint, answered, correct, mine),
                 **summary.average,
             }
         )
@@ -65,6 +72,7 @@ def build_report(run_dir: Path, reference: Path | None = None) -> dict[str, Any]
     compared = compare(rows, sides)
     for row in rows:
         row.update(compared[row["target"]].fields())
+    _bits_from_reference(rows)
     report = {
         "run_id": meta.run_id or run_dir.name,
         "setup": setup,
@@ -106,6 +114,19 @@ def interval_methods(report: dict[str, Any]) -> dict[str, Any]:
             add("Δ Average", cmp["average"].get("interval_method", ""), "Δ Average")
     used = dict.fromkeys(figures.values())
     return {"figures": figures, "headline": headline, "methods": {m: METHODS[m] for m in used if m in METHODS}}
+
+
+def _bits_from_reference(rows: list[dict[str, Any]]) -> None:
+    """Bits per weight of packed checkpoints (GPTQ/AWQ int32 words count no parameters): their
+    bytes over their reference row's parameters."""
+    by_name = {row["target"]: row for row in rows}
+    for row in rows:
+        weights = (row.get("footprint") or {}).get("weights") or {}
+        ref = by_name.get(row.get("reference") or "") or {}
+        params = ((ref.get("footprint") or {}).get("weights") or {}).get("params")
+        if weights.get("bytes") and weights.get("params") is None and params:
+            weights["bits_per_weight"] = round(weights["bytes"] * 8 / params, 3)
+            weights["source"] = f"{weights.get('source')}; parameters of {ref['target']}"
 
 
 def _eval_workload(

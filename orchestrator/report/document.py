@@ -14,6 +14,7 @@ from orchestrator import divergence
 from orchestrator.published import cell_text, published_columns
 from orchestrator.registry import MULTIPLE_CHOICE_TASKS, TASKS
 from orchestrator.report import cells as c
+from orchestrator.report.footprint import footprint_cells, footprint_headers, footprint_section
 from orchestrator.report.layout import Cell, Document, Section, Table
 from orchestrator.report.model import PairedResult, Report, Row
 from orchestrator.report.speed import SPEED_HEADERS, speed_caption, speed_cells, speed_sections
@@ -85,7 +86,7 @@ def headers(report: Report) -> tuple[str, ...]:
     """The main table's headers."""
     return (
         "Model", "Quantization", "Backend", "Average", "Δ Avg", *(["KLD"] if has_kld(report) else []),
-        *(title for _, title in columns(report)), *SPEED_HEADERS, "errors",
+        *(title for _, title in columns(report)), *SPEED_HEADERS, *footprint_headers(report), "errors",
     )  # fmt: skip
 
 
@@ -96,7 +97,7 @@ def _row_cells(report: Report, row: Row) -> tuple[Cell, ...]:
     if row.failure and row.average is None and not any(a.n for a in row.tasks.values()):
         # Nothing measured: say so instead of a row of blanks or zeros.
         blank = [("failed",), ("",), *([("",)] if kld else []), *[("",) for _ in tasks], *[("",)] * len(SPEED_HEADERS)]
-        return (*head, *blank, (str(row.errors),))
+        return (*head, *blank, *footprint_cells(report, row), (str(row.errors),))
     cmp = row.comparison
     out: list[Cell] = []
     if row.average is not None:
@@ -118,7 +119,7 @@ def _row_cells(report: Report, row: Row) -> tuple[Cell, ...]:
         ci = c.ci(agg.interval, note=agg.interval_note)
         delta = c.delta(cmp.tasks.get(key) if cmp else None)
         out.append((f"{c.pct(agg.accuracy)} {ci} (n={agg.n}{unparsed})", *([f"Δ {delta}"] if delta else [])))
-    out += [*speed_cells(row), (str(row.errors),)]
+    out += [*speed_cells(row), *footprint_cells(report, row), (str(row.errors),)]
     return (*head, *out)
 
 
@@ -317,6 +318,7 @@ def build_document(report: Report) -> Document:
             *_comparisons(report),
             *_divergence(report),
             *speed_sections(report),
+            *footprint_section(report),
             *(Section(title, figure=draw) for title, draw in figures.FIGURES),
             *_published(report),
             *_averages(report),

@@ -107,16 +107,59 @@ def pareto_plots(report: Report) -> str | None:
             for r in rows
             if r.speed_phase and r.speed_phase.main and (x := r.speed_phase.main.get(key))
         ]
-        for x, y, name in points:
-            ax.plot(x, y, "o")
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        front = _pareto(points, higher)
-        if len(front) > 1:
-            ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", label="Pareto front")
-            ax.legend()
-        ax.set_xlabel(label)
-        ax.set_ylabel("Average accuracy (%)")
-        ax.grid(True, alpha=0.3)
+        _scatter(ax, points, label, higher)
+    return _png(fig)
+
+
+def _scatter(ax: Any, points: list[tuple[float, float, str]], label: str, higher: bool) -> None:
+    """Accuracy against one figure, each point named, with the Pareto front."""
+    for x, y, name in points:
+        ax.plot(x, y, "o")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = _pareto(points, higher)
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", label="Pareto front")
+        ax.legend()
+    ax.set_xlabel(label)
+    ax.set_ylabel("Average accuracy (%)")
+    ax.grid(True, alpha=0.3)
+
+
+def _memory_points(report: Report) -> tuple[str, list[tuple[float, float, str]]]:
+    """Each row's peak memory in GB (GPU where measured, else host RSS), else its weights' size."""
+    rows = [r for r in report.rows if r.average is not None and r.footprint is not None]
+    mem = [(r, m) for r in rows if r.footprint and r.footprint.memory and (m := r.footprint.memory.main)]
+    if mem:
+        kinds = {"GPU" if r.footprint and r.footprint.memory and r.footprint.memory.gpu else "host RSS" for r, _ in mem}
+        points = [((m.peak_bytes or 0) / 1e9, 100 * (r.average or 0.0), r.target) for r, m in mem if m.peak_bytes]
+        return f"peak memory, GB ({' / '.join(sorted(kinds))})", points
+    sized = [(r, w) for r in rows if r.footprint and (w := r.footprint.weights) and w.bytes]
+    return "weights, GB", [((w.bytes or 0) / 1e9, 100 * (r.average or 0.0), r.target) for r, w in sized]
+
+
+def memory_plot(report: Report) -> str | None:
+    """Average accuracy against memory in use (or, where none was read, the weights' size)."""
+    label, points = _memory_points(report)
+    if not points:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _scatter(ax, points, label, False)
+    return _png(fig)
+
+
+def energy_plot(report: Report) -> str | None:
+    """Average accuracy against joules per output token (the speed phase; valid figures only)."""
+    points = [
+        (e.j_per_token, 100 * (r.average or 0.0), r.target)
+        for r in report.rows
+        if r.average is not None and r.footprint and (e := r.footprint.main_energy) and e.valid and e.j_per_token
+    ]
+    if not points:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _scatter(ax, points, "joules per output token (speed phase)", False)
     return _png(fig)
 
 
@@ -211,6 +254,8 @@ def subject_plot(report: Report, top: int = 8) -> str | None:
 FIGURES = (
     ("Δ against the reference", forest_plot),
     ("Accuracy against speed", pareto_plots),
+    ("Accuracy against memory", memory_plot),
+    ("Accuracy against energy", energy_plot),
     ("Flips", flips_plot),
     ("Per-sample divergence from the reference", kl_plot),
     ("Subjects moved most", subject_plot),

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.table import Table
 
+from orchestrator.footprint import Memory, WeightsSize, energy_figure
 from orchestrator.metrics import LATENCIES
 from orchestrator.report import cells as c
 from orchestrator.run_meta import RunMeta
@@ -32,15 +33,26 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
     meta = store.require_meta()
     profile = LoadProfile.from_dict(meta.load_profile or {})
     targets: dict[str, list[dict[str, Any]]] = {}
+    footprints: dict[str, dict[str, Any]] = {}
     for t in meta.manifest["targets"]:
         levels = []
+        fp = meta.server(t["name"]).footprint
         for records in store.load_levels(t["name"]):
             metrics = level_metrics(records, profile)
             metrics.update(mode=records[0].mode, level=records[0].level)
             metrics["saturation"] = _level_saturation(meta, t["name"], records, metrics)
+            # The level's energy window (named after its records file), divided by its output tokens.
+            phase = f"load-{records[0].mode}-{records[0].level:g}"
+            metrics["energy"] = energy_figure(fp.windows(phase)) if fp is not None else None
             levels.append(metrics)
         levels.sort(key=lambda m: (m["mode"] != "concurrency", m["level"]))
         targets[t["name"]] = levels
+        if fp is not None:
+            footprints[t["name"]] = {
+                "weights": None if fp.weights is None else fp.weights.to_json(),
+                "memory": None if fp.memory is None else fp.memory.to_json(),
+                "notes": fp.notes,
+            }
     return {
         "run_id": meta.run_id or run_dir.name,
         "profile": meta.load_profile,
@@ -48,6 +60,7 @@ def build_load_report(run_dir: Path) -> dict[str, Any]:
         "client": meta.client,
         "roofline": meta.roofline,
         "targets": targets,
+        "footprints": footprints,
         # Each model's checkpoints (target, quantization), for the chart that compares them.
         "models": {
             model: [(t["name"], t["quantization"]) for t in meta.manifest["targets"] if t["model"] == model]
@@ -88,6 +101,9 @@ def render_latency_table(report: dict[str, Any]) -> Table:
         table.add_column(f"{metric.removesuffix('_ms').upper()} ms\n{'/'.join(pcts)}", justify="right")
     if any(m.get("goodput") for levels in report["targets"].values() for m in levels):
         table.add_column("goodput", justify="right")
+    energy = any(m.get("energy") for levels in report["targets"].values() for m in levels)
+    if energy:
+        table.add_column("J/token", justify="right")
     table.add_column("limit")
     for target, levels in report["targets"].items():
         for m in levels:
@@ -105,10 +121,41 @@ def render_latency_table(report: dict[str, Any]) -> Table:
             if m.get("goodput"):
                 g = m["goodput"]
                 cells.append(f"{c.pct(g['fraction'])}% ({c.num(g['rate'])}/s)")
+            if energy:
+                cells.append(level_energy(m.get("energy")))
             cells.append(LIMIT_MARKS[(m.get("saturation") or {}).get("limit", "unknown")])
             table.add_row(*cells)
     table.caption = "limit: who set the pace (server, client, ? unclear); the figures behind it in load_report.json"
     return table
+
+
+def level_energy(figure: dict[str, Any] | None) -> str:
+    """A level's joules per output token: "flagged" when its window is not valid."""
+    if not figure or figure.get("j_per_token") is None:
+        return "-"
+    return f"{figure['j_per_token']:.3g}" if figure.get("valid") else "flagged"
+
+
+def footprint_lines(report: dict[str, Any]) -> list[str]:
+    """Per target: its weights and the memory its server used, and each flagged level's reason."""
+    out = []
+    for target, fp in (report.get("footprints") or {}).items():
+        w, mem = WeightsSize.from_json(fp["weights"] or {}), Memory.from_json(fp["memory"] or {})
+        weights = f"{w.bytes / 1e9:.2f} GB weights" if w.bytes else f"weights n/a ({w.why})"
+        if w.bits_per_weight:
+            weights += f" ({w.bits_per_weight:.2f} bits/weight, {w.source})"
+        m = mem.main
+        memory = (
+            f"memory peak {(m.peak_bytes or 0) / 1e9:.2f} GB, steady {(m.steady_bytes or 0) / 1e9:.2f} GB ({m.how})"
+            if m is not None
+            else f"memory n/a ({mem.why})"
+        )
+        out.append(f"{target}: {weights}; {memory}")
+        for m2 in report["targets"].get(target, []):
+            e = m2.get("energy")
+            if e and not e.get("valid"):
+                out.append(f"{target} {m2['mode']} {m2['level']:g}: energy flagged ({e.get('why')})")
+    return out
 
 
 # How the load table marks who set a level's pace.
@@ -156,6 +203,7 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
     body = [f"<p>profile: <code>{esc(json.dumps(report['profile']))}</code></p>"]
     for target, notes in report["notes"].items():
         body += [f"<p><b>{esc(target)}</b>: {esc(n)}</p>" for n in notes]
+    body += [f"<p>{esc(line)}</p>" for line in footprint_lines(report)]
     for target, r in report["roofline"].items():
         body.append(
             f"<p><b>{esc(target)}</b> batch-1 decode roofline (estimate): "
@@ -164,11 +212,16 @@ def write_load_report(run_dir: Path) -> dict[str, Any]:
             f"{r['bandwidth_gbs']:g} GB/s x {r['gpus']}</p>"
         )
     for target, levels in report["targets"].items():
-        body.append(f"<h2>{esc(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th>")
+        body.append(f"<h2>{esc(target)}</h2><table><tr><th>level</th><th>req/s</th><th>out tok/s</th><th>J/token</th>")
         body += [f"<th>{m} {'/'.join(pcts)}</th>" for m in table_latencies()]
         body.append("</tr>")
         for m in levels:
-            cells = [f"{m['mode']} {m['level']:g}", c.num(m["request_throughput"]), c.num(m["output_throughput"])]
+            cells = [
+                f"{m['mode']} {m['level']:g}",
+                c.num(m["request_throughput"]),
+                c.num(m["output_throughput"]),
+                level_energy(m.get("energy")),
+            ]
             for metric in table_latencies():
                 s = m[metric]
                 cells.append(" / ".join(c.num(s.get(k), "{:.1f}") or "-" for k in pcts))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from orchestrator.footprint import Memory, WeightsSize
 from orchestrator.jsonmodel import Node
 
 
@@ -101,6 +102,57 @@ class AnswerCost(Node):
     output_tokens_per_correct: float | None = None
     server_seconds_per_correct: float | None = None
     seconds_from: str | None = None
+
+
+@dataclass(kw_only=True)
+class EnergyFigure(Node):
+    """One phase's energy divided by its work (footprint.energy_figure); shown only when ``valid``."""
+
+    phase: str = ""
+    concurrency: int | None = None
+    joules: float | None = None
+    seconds: float = 0.0
+    mean_watts: float | None = None
+    requests: int = 0
+    output_tokens: int = 0
+    j_per_token: float | None = None
+    j_per_answer: float | None = None
+    j_per_correct: float | None = None
+    correct_per_kj: float | None = None
+    valid: bool = False
+    why: str | None = None
+    source: str | None = None
+    coverage: float | None = None
+    max_gap_s: float | None = None
+    gpus: list[str] = field(default_factory=list)
+    windows: int = 0
+
+
+def _energy(data: Any) -> EnergyFigure | None:
+    return None if data is None else EnergyFigure.from_json(data)
+
+
+@dataclass(kw_only=True)
+class RowFootprint(Node):
+    """What a row's checkpoint holds and draws: weights, memory, energy per phase."""
+
+    weights: WeightsSize | None = None
+    memory: Memory | None = None
+    accuracy_energy: EnergyFigure | None = None
+    speed_energy: list[EnergyFigure | None] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "weights": lambda d: None if d is None else WeightsSize.from_json(d),
+        "memory": lambda d: None if d is None else Memory.from_json(d),
+        "accuracy_energy": _energy,
+        "speed_energy": lambda d: [_energy(x) for x in d],
+    }
+
+    @property
+    def main_energy(self) -> EnergyFigure | None:
+        """The speed phase's level at the run's concurrency (the table's J/token)."""
+        return self.speed_energy[0] if self.speed_energy else None
 
 
 @dataclass(kw_only=True)
@@ -192,6 +244,7 @@ class Row(Node):
     saturation: dict[str, Any] | None = None
     speed_phase: SpeedPhase | None = None
     costs: dict[str, AnswerCost] = field(default_factory=dict)
+    footprint: RowFootprint | None = None
     average_tasks: list[str] = field(default_factory=list)
     average: float | None = None
     average_interval: list[float] | None = None
@@ -203,6 +256,7 @@ class Row(Node):
     comparison_note: str | None = None
     speed_vs_reference: dict[str, float | None] | None = None
     costs_vs_reference: dict[str, dict[str, float | None]] | None = None
+    footprint_vs_reference: dict[str, float | None] | None = None
     delta_average: float | None = None
     noise_floor: dict[str, Any] | None = None
 
@@ -211,6 +265,7 @@ class Row(Node):
         "speed": SpeedSummary.from_json,
         "speed_phase": lambda d: None if d is None else SpeedPhase.from_json(d),
         "costs": lambda d: {k: AnswerCost.from_json(v) for k, v in d.items()},
+        "footprint": lambda d: None if d is None else RowFootprint.from_json(d),
         "comparison": lambda d: None if d is None else Comparison.from_json(d),
     }
 
