@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.support import smollm2
+from tests.support import junit_schema, smollm2
 from tests.support.fake_openai import FakeOpenAI, Handler
 from tests.support.servers import VLLMServer
 from tests.support.tiny_model import VERSION, build
@@ -47,6 +47,15 @@ def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct (a real trained model, from PyPI): GGUF F16, Q8_0, Q4_K_M and the
     shipped Q4_1 (tests/support/smollm2.py; cached)."""
     return smollm2.build(cache_dir() / "smollm2-v1")
+
+
+@pytest.fixture(scope="session")
+def junit_xsd() -> Path:
+    """The Jenkins JUnit schema (tests/support/junit_schema.py; cached)."""
+    path = junit_schema.fetch(cache_dir() / "junit-xsd")
+    if path is None:
+        pytest.skip("npm is not installed: the JUnit schema comes from the npm registry")
+    return path
 
 
 @pytest.fixture(scope="session")

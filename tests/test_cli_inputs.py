@@ -77,6 +77,7 @@ def test_validate_checks_local_files(tmp_path: Path, data_dir: Path) -> None:
 def test_help_names_every_command_and_the_exit_codes() -> None:
     done = orchestrate("--help")
     assert done.returncode == 0
-    for command in ("bench", "load", "report", "score", "compose", "k8s", "validate"):
+    for command in ("bench", "load", "report", "gate", "score", "compose", "k8s", "validate"):
         assert command in done.stdout
     assert "4 the run directory cannot be written" in " ".join(done.stdout.split())
+    assert "5 the regression gate failed" in " ".join(done.stdout.split())

@@ -1,10 +1,11 @@
 """orchestrate: measure what quantization costs an LLM on real inference servers.
 
-Commands: bench, load, report, score, compose, k8s, validate (``orchestrate COMMAND --help``).
+Commands: bench, load, report, gate, score, compose, k8s, validate (``orchestrate COMMAND --help``).
 
 Exit codes: 0 done; 2 bad input or environment (manifest, data, models, no Hub); 3 a target failed
-or passed the error threshold; 4 the run directory cannot be written (full disk, read-only); 130
-interrupted (Ctrl-C / SIGTERM; everything already answered is on disk).
+or passed the error threshold; 4 the run directory cannot be written (full disk, read-only); 5 the
+regression gate failed (`gate`, `bench --gate`); 130 interrupted (Ctrl-C / SIGTERM; everything
+already answered is on disk).
 """
 
 from __future__ import annotations

@@ -186,7 +186,10 @@ class BenchSession:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a manifest's tasks against its targets."""
+    """Run a manifest's tasks against its targets (and, with --gate, judge the run)."""
+    from orchestrator.cli.gate import gate_config, run_gate
+
+    gate = gate_config(args) if args.gate else None  # a bad limit: one line, exit 2, before anything is sent
     session = BenchSession.open(args)
     compose = None
     if session.plan is not None:
@@ -204,7 +207,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ManifestError("orchestrate bench", "--dry-run", "prints the turns of a Compose run: give --compose FILE")
     runner = session.prepare()
     stopped = session.run(runner, compose)
-    return stopped if stopped is not None else session.finish(runner)
+    if stopped is not None:
+        return stopped
+    code = session.finish(runner)
+    if gate is not None:
+        judged = run_gate(session.store.root, gate, args.baseline, args.junit)
+        code = code or judged  # a failed target's code first: the gate judged what there was
+    return code
 
 
 def _load_for_bench(args: argparse.Namespace) -> tuple[Manifest, RunStore, RunMeta, Plan | None]:

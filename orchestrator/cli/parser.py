@@ -10,6 +10,7 @@ from orchestrator import __version__
 from orchestrator.cli.bench import cmd_bench
 from orchestrator.cli.commands import cmd_compose, cmd_k8s, cmd_report, cmd_score, cmd_validate
 from orchestrator.cli.common import DATA_DIR_ENV
+from orchestrator.cli.gate import add_gate_args, cmd_gate
 from orchestrator.cli.load import cmd_load
 from orchestrator.registry import BACKENDS, COMPOSE_BACKENDS, K8S_BACKENDS, LOAD_PROMPTS
 
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bandwidth-gbs", type=float, help="roofline: memory bandwidth per GPU, GB/s")
     b.add_argument("--gpus-per-target", type=int, default=1, help="roofline: GPUs each server reads weights with")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument(
+        "--gate",
+        action="store_true",
+        help="judge the run when it ends, as `orchestrate gate` does (its limits below); exit 5 when it fails",
+    )
+    add_gate_args(b)
     b.set_defaults(func=cmd_bench)
 
     ld = sub.add_parser(
@@ -164,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--image", default="orchestrator:latest", help="image with orchestrator installed, for the Job")
     k.add_argument("-o", "--output", help="write here instead of stdout")
     k.set_defaults(func=cmd_k8s)
+
+    gt = sub.add_parser(
+        "gate",
+        help="CI regression gate: fail (exit 5) when a row lost more than tolerated, with the run's own confidence",
+    )
+    gt.add_argument("run_dir", help="run directory")
+    add_gate_args(gt)
+    gt.set_defaults(func=cmd_gate)
 
     v = sub.add_parser("validate", help="validate a manifest")
     v.add_argument("manifest")

@@ -41,7 +41,8 @@ COMPARED: tuple[tuple[str, Figure, float], ...] = (
 )
 
 
-def _records_of(run_dir: Path, report: Report, targets: Sequence[str]) -> dict[str, dict[str, Any]]:
+def records_of(run_dir: Path, report: Report, targets: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each target's records per task of a run (its setup's files)."""
     store = RunStore(run_dir)
     key = store_key(report.setup_version)
     return {t: {name: store.records(t, name, key) for name in report.tasks} for t in targets}
@@ -59,11 +60,12 @@ def compare_reports(
     """Rows of two runs matched by (model, quantization): each figure for A, B and B - A; with the
     run directories, each task's B - A paired on the samples both answered (same id and prompt)."""
     a, b = as_report(a_data), as_report(b_data)
-    b_rows = {(r.model, r.quantization): r for r in b.rows}
+    # A noise-floor row repeats its reference's checkpoint: never the one its model and quantization name.
+    b_rows = {(r.model, r.quantization): r for r in b.rows if not r.noise_of}
     rows: list[dict[str, Any]] = []
     matched: list[tuple[str, str]] = []  # (A's target, B's target) per row
     for ra in a.rows:
-        rb = b_rows.get((ra.model, ra.quantization))
+        rb = None if ra.noise_of else b_rows.get((ra.model, ra.quantization))
         if rb is None:
             continue
         matched.append((ra.target, rb.target))
@@ -88,8 +90,8 @@ def compare_reports(
         pairs = matched
         shared = [n for n in a.tasks if n in b.tasks]
         tasks = {n: build_task(n, None, setup=a.setup) for n in shared}
-        recs_a = _records_of(a_dir, a, [p[0] for p in pairs])
-        recs_b = _records_of(b_dir, b, [p[1] for p in pairs])
+        recs_a = records_of(a_dir, a, [p[0] for p in pairs])
+        recs_b = records_of(b_dir, b, [p[1] for p in pairs])
         for row, paired in zip(rows, paired_runs(pairs, recs_a, recs_b, tasks), strict=True):
             row["paired"] = paired
     return {"a": a.run_id, "b": b.run_id, "setups": [a.setup_version, b.setup_version], "rows": rows}
