@@ -112,10 +112,10 @@ class Meter:
                     if mine:
                         self.seen_on.add(gpu.index)
                     used += sum(mine.values())
-            if not pids and self.named:
-                used = sum(self.nvml.memory_used(g.index) or 0 for g in self.named)
-            if pids or self.named:
+            if self.seen_on:  # the server's own processes, where NVML sees them
                 self.gpu_memory.append(used)
+            elif self.named:  # else the whole of the GPUs the target names
+                self.gpu_memory.append(sum(self.nvml.memory_used(g.index) or 0 for g in self.named))
         if pids and tick % RSS_EVERY == 0:
             self._host(pids)
 
@@ -170,10 +170,10 @@ class Meter:
             )
             host = memory_reading(self.host, how, self.high_water if self.tree_size == 1 else None)
         gpu = None
-        if self.gpu_memory and (self.seen_on or self.named):
+        if self.gpu_memory:
             how = (
                 "NVML device memory of the server's processes"
-                if not self.named or self.seen_on
+                if self.seen_on
                 else f"NVML device memory in use on GPU {','.join(str(g.index) for g in self.named)} (every process)"
             )
             gpu = memory_reading(self.gpu_memory, how + ", sampled")

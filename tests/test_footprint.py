@@ -159,6 +159,16 @@ def test_named_gpus_read_device_memory_and_their_energy() -> None:
     assert all(w.joules == pytest.approx(300 * w.seconds, abs=0.01) for w in fp.energy)
 
 
+def test_a_server_nvml_cannot_see_by_pid_is_read_on_the_gpus_it_names() -> None:
+    # A managed server in another PID namespace (a container): its pid is not in NVML's list.
+    clock = Clock()
+    gpus = [FakeGpu("GPU-0", watts=100, used=2 << 30), FakeGpu("GPU-1", watts=300, used=9 << 30, processes={1: 5})]
+    fp = _meter_run(FakeNvml(gpus, clock), clock, [4242], gpus=("1",)).footprint(None)
+    assert fp.memory is not None and fp.memory.gpu is not None
+    assert fp.memory.gpu.peak_bytes == 9 << 30 and "GPU 1 (every process)" in fp.memory.gpu.how
+    assert all(w.gpus == ["GPU-1"] and w.joules == pytest.approx(300 * w.seconds, abs=0.01) for w in fp.energy)
+
+
 def test_a_gpu_gone_unreadable_mid_phase_flags_that_phase_only() -> None:
     clock = Clock()
     gpu = FakeGpu("GPU-0", watts=200, processes={7: 1 << 30})
@@ -409,6 +419,8 @@ async def test_without_nvml_one_note_and_memory_says_why(
     assert fp.accuracy_energy is not None and not fp.accuracy_energy.valid
     headers = render_markdown(report).split("\n\n")[1].splitlines()[0]
     assert "memory GB" in headers and "weights GB" in headers
+    assert "J/token" not in headers  # nothing was read: no column of dashes
+    assert "accuracy pass: not measured (no NVIDIA driver" in render_markdown(report)
 
 
 def test_a_server_that_exports_its_rss_is_read_from_its_metrics() -> None:

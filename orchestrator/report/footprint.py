@@ -14,8 +14,14 @@ ENERGY_HEADER = "J/token"
 
 
 def has_energy(report: Report) -> bool:
-    """Some row has an energy window (valid or flagged): the energy column is shown."""
-    return any(r.footprint and (r.footprint.accuracy_energy or r.footprint.speed_energy) for r in report.rows)
+    """Some row's energy was read (valid or flagged): the energy column is shown. Without NVML
+    there is none, and no column of dashes."""
+    return any(
+        e is not None and e.joules is not None
+        for r in report.rows
+        if r.footprint
+        for e in (r.footprint.accuracy_energy, *r.footprint.speed_energy)
+    )
 
 
 def has_footprint(report: Report) -> bool:
@@ -86,6 +92,8 @@ def _reading(kind: str, m: MemoryReading | None) -> tuple[str, ...]:
 def _energy_line(figure: EnergyFigure | None, label: str) -> tuple[str, ...]:
     if figure is None:
         return ()
+    if figure.joules is None:
+        return (f"{label}: not measured ({figure.why})",)
     work = f"{figure.requests} requests, {figure.output_tokens} output tokens, {figure.seconds:.1f} s"
     if not figure.valid:
         return (f"{label}: flagged, not shown ({figure.why}); {work}",)

@@ -101,7 +101,9 @@ def render_latency_table(report: dict[str, Any]) -> Table:
         table.add_column(f"{metric.removesuffix('_ms').upper()} ms\n{'/'.join(pcts)}", justify="right")
     if any(m.get("goodput") for levels in report["targets"].values() for m in levels):
         table.add_column("goodput", justify="right")
-    energy = any(m.get("energy") for levels in report["targets"].values() for m in levels)
+    energy = any(
+        (m.get("energy") or {}).get("joules") is not None for levels in report["targets"].values() for m in levels
+    )
     if energy:
         table.add_column("J/token", justify="right")
     table.add_column("limit")
@@ -153,7 +155,7 @@ def footprint_lines(report: dict[str, Any]) -> list[str]:
         out.append(f"{target}: {weights}; {memory}")
         for m2 in report["targets"].get(target, []):
             e = m2.get("energy")
-            if e and not e.get("valid"):
+            if e and e.get("joules") is not None and not e.get("valid"):
                 out.append(f"{target} {m2['mode']} {m2['level']:g}: energy flagged ({e.get('why')})")
     return out
 
