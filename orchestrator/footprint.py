@@ -163,7 +163,7 @@ def gpu_energy(
         if abs(power_j / joules - 1) > AGREEMENT_TOLERANCE:
             why = f"the energy counter ({joules:.0f} J) and the power samples ({power_j:.0f} J) disagree"
     elif source == "power samples":
-        why = None if joules is not None else why  # the samples stand in, covering the window
+        why = None  # the samples stand in for the counter, and they cover the window
     return GpuEnergy(joules, source, power_j, len(inside), coverage, max_gap, why)
 
 

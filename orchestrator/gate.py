@@ -256,9 +256,10 @@ def speed_check(ratio: float | None, limit: float) -> Check:
     return Check("speed", "fail" if slower > limit else "pass", text)
 
 
-def _out_tok_s(row: Row | None) -> float | None:
-    main = row.speed_phase.main if row is not None and row.speed_phase else None
-    return None if main is None else main.output_tokens_per_s
+def _out_tok_s(row: Row) -> float | None:
+    from orchestrator.report.compare import phase_figure
+
+    return phase_figure(row, "output_tokens_per_s")
 
 
 @dataclass(frozen=True)

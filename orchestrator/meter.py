@@ -87,7 +87,7 @@ class Meter:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop sampling (one last reading first)."""
+        """Stop sampling; the readings stay for ``footprint()``."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -22,7 +22,8 @@ def _accuracy(name: str) -> Callable[[Row], float | None]:
     return lambda r: agg.accuracy if (agg := r.tasks.get(name)) is not None else None
 
 
-def _phase(row: Row, key: str, batch1: bool = False) -> float | None:
+def phase_figure(row: Row, key: str, batch1: bool = False) -> float | None:
+    """A figure of a row's speed phase: its level at the run's concurrency, or batch 1."""
     phase = row.speed_phase
     level = None if phase is None else (phase.batch1 if batch1 else phase.main)
     return None if level is None else level.get(key)
@@ -33,11 +34,11 @@ COMPARED: tuple[tuple[str, Figure, float], ...] = (
     ("Average", lambda r: r.average, 100.0),
     *((title, _accuracy(name), 100.0) for name, title in TASKS.items()),
     # Speed from each run's speed phase (the same workload on both sides; none in a run without one).
-    ("req/s", lambda r: _phase(r, "requests_per_s"), 1.0),
-    ("out tok/s", lambda r: _phase(r, "output_tokens_per_s"), 1.0),
-    ("TTFT p50 ms", lambda r: _phase(r, "ttft_p50_ms"), 1.0),
-    ("TPOT p50 ms", lambda r: _phase(r, "tpot_p50_ms"), 1.0),
-    ("batch-1 tok/s", lambda r: _phase(r, "decode_tokens_per_s", batch1=True), 1.0),
+    ("req/s", lambda r: phase_figure(r, "requests_per_s"), 1.0),
+    ("out tok/s", lambda r: phase_figure(r, "output_tokens_per_s"), 1.0),
+    ("TTFT p50 ms", lambda r: phase_figure(r, "ttft_p50_ms"), 1.0),
+    ("TPOT p50 ms", lambda r: phase_figure(r, "tpot_p50_ms"), 1.0),
+    ("batch-1 tok/s", lambda r: phase_figure(r, "decode_tokens_per_s", batch1=True), 1.0),
 )
 
 
